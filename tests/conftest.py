@@ -1,0 +1,38 @@
+"""Session fixtures shared by every test tier.
+
+`cluster`: a real control plane (tests/support/cluster.py), started once per session and
+stopped at the end, leaving no process behind. `s3_server`: moto's S3 HTTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, cluster_from_environment
+from tests.support.s3 import S3Endpoint, start_s3
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    state_dir = Path(tempfile.mkdtemp(prefix="eval-test-cluster-"))
+    handle, owner = cluster_from_environment(state_dir, name=f"eval-test-{os.getpid()}")
+    try:
+        handle.install_crds()
+        yield handle
+    finally:
+        if owner is not None and not os.environ.get("EVAL_TEST_KEEP_CLUSTER"):
+            owner.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Endpoint]:
+    endpoint = start_s3()
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()

@@ -1,0 +1,342 @@
+"""A real Kubernetes control plane for tests and local development.
+
+Three ways to get one, all handing back the same `Cluster`:
+
+* KWOK (default): etcd, kube-apiserver (RBAC and admission on, loopback only),
+  kube-controller-manager, kube-scheduler and the KWOK controller run as local processes
+  through `kwokctl --runtime binary`, from binaries the Makefile built from the Go module
+  proxy. Nodes are fake (hack/kwok/nodes.yaml): two with 8 `nvidia.com/gpu` each and one
+  CPU-only node. Pod behaviour is scripted by hack/kwok/stages.yaml (see tests/support/kwok.py).
+* kind (EVAL_TEST_CLUSTER=kind): a kind cluster (needs Docker); nodes are given fake
+  `nvidia.com/gpu` capacity through the node status subresource.
+* existing (EVAL_TEST_KUBECONFIG=/path): whatever cluster that kubeconfig points at.
+
+Command line, used by `make cluster-up` / `make cluster-down`:
+
+    python -m tests.support.cluster up --name NAME --dir DIR [--install-crds]
+    python -m tests.support.cluster down --name NAME --dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.tools import REPO_ROOT, Toolchain, find_kubectl, toolchain
+
+KWOK_DIR = REPO_ROOT / "hack" / "kwok"
+NODES_FILE = KWOK_DIR / "nodes.yaml"
+STAGES_FILE = KWOK_DIR / "stages.yaml"
+CRDS_DIR = REPO_ROOT / "crds"
+GPU_NODES = ("gpu-node-0", "gpu-node-1")
+CPU_NODES = ("cpu-node-0",)
+GPUS_PER_NODE = 8
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class Cluster:
+    """A running cluster as the tests see it."""
+
+    name: str
+    kubeconfig: Path
+    flavour: str  # "kwok", "kind" or "existing"
+    kubectl_path: Path = field(default_factory=find_kubectl)
+
+    @property
+    def scripted_pods(self) -> bool:
+        """True when pods are driven by KWOK stages (tests can finish them on demand)."""
+        return self.flavour == "kwok"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def api_client(self) -> Any:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]]) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump_all(
+            manifest if isinstance(manifest, list) else [manifest]
+        )
+        self.kubectl("apply", "-f", "-", input=text)
+
+    def wait_until(self, what: str, predicate: Any, timeout: float = 60, interval: float = 0.5
+                   ) -> Any:
+        """Poll `predicate()` until it returns something truthy; fail naming `what`."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+    def install_crds(self) -> None:
+        if not any(CRDS_DIR.glob("*.yaml")):
+            return
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS_DIR))
+        for crd in sorted(CRDS_DIR.glob("*.yaml")):
+            for doc in yaml.safe_load_all(crd.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                                 f"crd/{doc['metadata']['name']}")
+
+
+# --- KWOK -------------------------------------------------------------------------------------
+
+
+def _kwokctl_config(tools: Toolchain) -> str:
+    options = {
+        "runtime": "binary",
+        "kubeVersion": tools.kubernetes_version,
+        "etcdVersion": tools.etcd_version,
+        "kubeApiserverBinary": str(tools.kube_apiserver),
+        "kubeControllerManagerBinary": str(tools.kube_controller_manager),
+        "kubeSchedulerBinary": str(tools.kube_scheduler),
+        "kwokControllerBinary": str(tools.kwok),
+        "etcdBinary": str(tools.etcd),
+        "kubectlBinary": str(tools.kubectl),
+        "kubeAuthorization": True,
+        "kubeAdmission": True,
+        "bindAddress": "127.0.0.1",
+    }
+    config = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": options,
+    }
+    return yaml.safe_dump(config) + "---\n" + STAGES_FILE.read_text()
+
+
+@dataclass
+class KwokCluster:
+    name: str
+    state_dir: Path
+
+    @property
+    def workdir(self) -> Path:
+        return self.state_dir / "kwok"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "KWOK_WORKDIR": str(self.workdir)}
+
+    def _pid_files(self) -> list[Path]:
+        return sorted((self.workdir / "clusters" / self.name / "pids").glob("*.pid"))
+
+    def exists(self) -> bool:
+        return (self.workdir / "clusters" / self.name).is_dir()
+
+    def start(self) -> Cluster:
+        tools = toolchain()
+        missing = tools.missing()
+        if missing:
+            raise ClusterError(
+                "control-plane binaries missing (run `make tools`): "
+                + ", ".join(str(p) for p in missing)
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.exists():
+            # Left over from a run that was killed: start clean rather than half-reuse it.
+            self.stop()
+        config_path = self.state_dir / "kwokctl.yaml"
+        config_path.write_text(_kwokctl_config(tools))
+        if self.kubeconfig.exists():
+            self.kubeconfig.unlink()
+        result = subprocess.run(
+            [str(tools.kwokctl), "create", "cluster", "--name", self.name,
+             "--config", str(config_path), "--kubeconfig", str(self.kubeconfig), "--wait", "3m"],
+            env=self._env(), capture_output=True, text=True, timeout=300, check=False,
+        )
+        if result.returncode != 0:
+            self.stop()
+            raise ClusterError(f"kwokctl create cluster failed:\n{result.stdout}\n{result.stderr}")
+        cluster = Cluster(name=self.name, kubeconfig=self.kubeconfig, flavour="kwok",
+                          kubectl_path=tools.kubectl)
+        try:
+            cluster.kubectl("apply", "-f", str(NODES_FILE))
+            _wait_for_nodes(cluster)
+            cluster.wait_until(
+                "the default ServiceAccount (controller-manager running)",
+                lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", "default",
+                                        check=False).returncode == 0,
+                timeout=120,
+            )
+        except Exception:
+            self.stop()
+            raise
+        return cluster
+
+    def stop(self) -> None:
+        pids = []
+        for pid_file in self._pid_files():
+            try:
+                pids.append(int(pid_file.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        kwokctl = toolchain().kwokctl
+        if kwokctl.is_file():
+            subprocess.run(
+                [str(kwokctl), "delete", "cluster", "--name", self.name],
+                env=self._env(), capture_output=True, text=True, timeout=120, check=False,
+            )
+        _wait_for_exit(pids)
+        shutil.rmtree(self.workdir / "clusters" / self.name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers signal 0; it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for_exit(pids: list[int], grace: float = 20) -> None:
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _wait_for_nodes(cluster: Cluster, names: tuple[str, ...] = GPU_NODES + CPU_NODES) -> None:
+    def all_ready() -> bool:
+        nodes = cluster.kubectl_json("get", "nodes")["items"]
+        ready = {
+            n["metadata"]["name"]
+            for n in nodes
+            for c in n.get("status", {}).get("conditions", [])
+            if c["type"] == "Ready" and c["status"] == "True"
+        }
+        return set(names) <= ready
+
+    cluster.wait_until("nodes Ready", all_ready, timeout=120)
+
+
+# --- kind and existing clusters -----------------------------------------------------------------
+
+
+@dataclass
+class KindCluster:
+    name: str
+    state_dir: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def start(self) -> Cluster:
+        kind = shutil.which("kind")
+        if not kind:
+            raise ClusterError("EVAL_TEST_CLUSTER=kind needs `kind` on PATH and a Docker engine")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run([kind, "create", "cluster", "--name", self.name, "--kubeconfig",
+                        str(self.kubeconfig), "--wait", "3m"], check=True, timeout=600)
+        cluster = Cluster(name=self.name, kubeconfig=self.kubeconfig, flavour="kind")
+        # Advertise fake GPUs as an extended resource, as a device plugin would.
+        for node in cluster.kubectl_json("get", "nodes")["items"]:
+            patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu",
+                      "value": str(GPUS_PER_NODE)}]
+            cluster.kubectl("patch", "node", node["metadata"]["name"], "--subresource=status",
+                            "--type=json", "-p", json.dumps(patch))
+        return cluster
+
+    def stop(self) -> None:
+        kind = shutil.which("kind")
+        if kind:
+            subprocess.run([kind, "delete", "cluster", "--name", self.name], check=False,
+                           timeout=300)
+
+
+def cluster_from_environment(state_dir: Path, name: str) -> tuple[Cluster, KwokCluster | KindCluster | None]:
+    """The cluster the test session should use, and the owner that must stop it (if any)."""
+    existing = os.environ.get("EVAL_TEST_KUBECONFIG")
+    if existing:
+        return Cluster(name="existing", kubeconfig=Path(existing), flavour="existing"), None
+    owner: KwokCluster | KindCluster
+    if os.environ.get("EVAL_TEST_CLUSTER", "kwok") == "kind":
+        owner = KindCluster(name=name, state_dir=state_dir)
+    else:
+        owner = KwokCluster(name=name, state_dir=state_dir)
+    return owner.start(), owner
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster")
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--name", default="evaluation-dev")
+    parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".cluster")
+    parser.add_argument("--install-crds", action="store_true")
+    args = parser.parse_args(argv)
+    local = KwokCluster(name=args.name, state_dir=args.dir.resolve())
+    if args.action == "down":
+        local.stop()
+        print(f"cluster {args.name} stopped")
+        return 0
+    cluster = local.start()
+    if args.install_crds:
+        cluster.install_crds()
+    print(cluster.kubectl("get", "nodes", "-o",
+                          "custom-columns=NAME:.metadata.name,"
+                          "GPU:.status.allocatable.nvidia\\.com/gpu,"
+                          "CPU:.status.allocatable.cpu").stdout, end="")
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

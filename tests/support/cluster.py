@@ -20,6 +20,7 @@ Command line, used by `make cluster-up` / `make cluster-down`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -86,7 +87,9 @@ class Cluster:
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+        config.load_kube_config(
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
         return client.ApiClient(configuration)
 
     def apply(self, manifest: str | dict[str, Any] | list[dict[str, Any]]) -> None:
@@ -209,10 +212,8 @@ class KwokCluster:
     def stop(self) -> None:
         pids = []
         for pid_file in self._pid_files():
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 pids.append(int(pid_file.read_text().strip()))
-            except (OSError, ValueError):
-                pass
         kwokctl = toolchain().kwokctl
         if kwokctl.is_file():
             subprocess.run(
@@ -244,10 +245,8 @@ def _wait_for_exit(pids: list[int], grace: float = 20) -> None:
         time.sleep(0.2)
     for pid in pids:
         if _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _wait_for_nodes(cluster: Cluster, names: tuple[str, ...] = GPU_NODES + CPU_NODES) -> None:
@@ -299,7 +298,9 @@ class KindCluster:
                            timeout=300)
 
 
-def cluster_from_environment(state_dir: Path, name: str) -> tuple[Cluster, KwokCluster | KindCluster | None]:
+def cluster_from_environment(
+    state_dir: Path, name: str
+) -> tuple[Cluster, KwokCluster | KindCluster | None]:
     """The cluster the test session should use, and the owner that must stop it (if any)."""
     existing = os.environ.get("EVAL_TEST_KUBECONFIG")
     if existing:

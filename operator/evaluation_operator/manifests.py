@@ -1,0 +1,173 @@
+"""Pure builders for the ConfigMap and Job of one EvaluationTask."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from evaluation_operator import naming
+from evaluation_operator.runner_config import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    MODEL_API_KEY_ENV,
+    dataset_mount_dir,
+)
+from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.spec import TaskSpec
+
+RUNNER_CONTAINER = "runner"
+RUNNER_UID = 65532
+EXIT_CONFIGURATION_ERROR = 78
+EXIT_TRANSIENT_ERROR = 75
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+def owner_reference(task: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{naming.GROUP}/{naming.VERSION}",
+        "kind": naming.KIND,
+        "name": task["metadata"]["name"],
+        "uid": task["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(task: dict[str, Any], name: str) -> dict[str, Any]:
+    meta = task["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": naming.child_labels(meta["name"], meta["uid"]),
+        "ownerReferences": [owner_reference(task)],
+    }
+
+
+def build_configmap(task: dict[str, Any], runner_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(task, naming.configmap_name(task["metadata"]["name"])),
+        "data": {CONFIG_KEY: json.dumps(runner_config, indent=2, sort_keys=True)},
+    }
+
+
+def _env(spec: TaskSpec) -> list[dict[str, Any]]:
+    secret = spec.output.credentials_secret
+    env: list[dict[str, Any]] = [
+        {"name": "AWS_ACCESS_KEY_ID",
+         "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_ACCESS_KEY_ID"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY",
+         "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_SECRET_ACCESS_KEY"}}},
+        {"name": "AWS_SESSION_TOKEN",
+         "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_SESSION_TOKEN",
+                                        "optional": True}}},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+    ]
+    if spec.model.endpoint and spec.model.endpoint.api_key:
+        ref = spec.model.endpoint.api_key
+        env.append({"name": MODEL_API_KEY_ENV,
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _dataset_volumes(spec: TaskSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, benchmark in enumerate(spec.benchmarks):
+        dataset = benchmark.dataset
+        volume_name = f"dataset-{index}"
+        if dataset.configmap:
+            volumes.append({"name": volume_name, "configMap": {
+                "name": dataset.configmap.name,
+                "items": [{"key": dataset.configmap.key, "path": dataset.configmap.key}],
+            }})
+        elif dataset.pvc_claim:
+            volumes.append({"name": volume_name, "persistentVolumeClaim": {
+                "claimName": dataset.pvc_claim, "readOnly": True}})
+        else:
+            continue
+        mounts.append({"name": volume_name, "mountPath": dataset_mount_dir(benchmark),
+                       "readOnly": True})
+    return volumes, mounts
+
+
+def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) -> dict[str, Any]:
+    task_name = task["metadata"]["name"]
+    labels = naming.child_labels(task_name, task["metadata"]["uid"])
+    metadata = _metadata(task, naming.job_name(task_name))
+    resources: dict[str, Any] = {
+        "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+        "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+    }
+    if spec.resources.gpu > 0:
+        resources["limits"][spec.resources.gpu_resource] = str(spec.resources.gpu)
+        resources["requests"][spec.resources.gpu_resource] = str(spec.resources.gpu)
+    dataset_volumes, dataset_mounts = _dataset_volumes(spec)
+    container = {
+        "name": RUNNER_CONTAINER,
+        "image": spec.image or settings.runner_image,
+        "imagePullPolicy": settings.runner_image_pull_policy,
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": _env(spec),
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},
+            *dataset_mounts,
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": naming.configmap_name(task_name)}},
+            {"name": "scratch", "emptyDir": {}},
+            *dataset_volumes,
+        ],
+    }
+    if spec.scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.scheduling.node_selector)
+    if spec.scheduling.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.scheduling.tolerations]
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.retries,
+        "activeDeadlineSeconds": spec.timeout_seconds,
+        "completions": 1,
+        "parallelism": 1,
+        # Never two runner pods at once: a replacement starts only after the old one failed.
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {
+                "containerName": RUNNER_CONTAINER, "operator": "In",
+                "values": [EXIT_CONFIGURATION_ERROR]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if spec.scheduling.queue_name:
+        metadata["labels"][naming.LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
+        job_spec["suspend"] = True  # Kueue unsuspends the Job when it admits it
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}

@@ -1,0 +1,145 @@
+"""The task's results in S3: where they live, reading them, and purging them for good.
+
+Everything is scoped to `<prefix>/<namespace>/<task>/<uid>/`. The uid means a new task with an
+old name never sees or deletes the old task's data, and every key is checked against the
+prefix before it is deleted, so nothing outside a task's own results is ever touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from evaluation_operator.settings import OperatorSettings
+
+_DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_UID = re.compile(r"^[0-9a-fA-F-]{8,64}$")
+DELETE_BATCH = 1000
+
+
+class UnsafePrefixError(ValueError):
+    pass
+
+
+class PurgeIncompleteError(RuntimeError):
+    """S3 answered, but some objects could not be deleted (e.g. object lock)."""
+
+
+@dataclass(frozen=True)
+class ResultsLocation:
+    bucket: str
+    prefix: str  # always ends with "/"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def bundle_uri(self) -> str:
+        return f"{self.uri}results.zip"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> ResultsLocation:
+        match = re.match(r"^s3://([^/]+)/(.+/)$", uri)
+        if not match:
+            raise UnsafePrefixError(f"{uri!r} is not s3://bucket/prefix/")
+        location = cls(match.group(1), match.group(2))
+        _check_prefix(location.prefix)
+        return location
+
+
+def _check_prefix(prefix: str) -> None:
+    parts = prefix.rstrip("/").split("/")
+    if not prefix.endswith("/") or len(parts) < 3 or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePrefixError(f"refusing unsafe results prefix {prefix!r}")
+
+
+def results_location(bucket: str, base_prefix: str, namespace: str, name: str, uid: str
+                     ) -> ResultsLocation:
+    for what, value in (("namespace", namespace), ("name", name)):
+        if not _DNS_NAME.match(value) or ".." in value:
+            raise UnsafePrefixError(f"task {what} {value!r} is not a DNS name")
+    if not _UID.match(uid):
+        raise UnsafePrefixError(f"task uid {uid!r} is not a uid")
+    base = base_prefix.strip("/")
+    prefix = f"{base}/{namespace}/{name}/{uid}/" if base else f"{namespace}/{name}/{uid}/"
+    _check_prefix(prefix)
+    return ResultsLocation(bucket=bucket, prefix=prefix)
+
+
+def s3_client(settings: OperatorSettings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # "when_required": MinIO and Ceph reject the CRC32 checksums boto3 >= 1.36 sends by default.
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5, read_timeout=30,
+    )
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                        config=config)
+
+
+def read_json(client: Any, location: ResultsLocation, key: str) -> Any | None:
+    """The JSON object at `<prefix><key>`, or None when it does not exist."""
+    try:
+        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key)
+    except client.exceptions.NoSuchKey:
+        return None
+    except Exception as error:
+        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    return json.loads(response["Body"].read())
+
+
+def _error_code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def purge(client: Any, location: ResultsLocation) -> int:
+    """Delete every object version and delete marker under the prefix; return how many.
+
+    Paginates and deletes in batches of at most 1,000 keys. DeleteObjects reports per-key
+    failures inside a successful response, so those are raised, never ignored.
+    """
+    _check_prefix(location.prefix)
+    deleted = 0
+    while True:
+        batch = list(_versions(client, location, limit=DELETE_BATCH))
+        if not batch:
+            return deleted
+        response = client.delete_objects(
+            Bucket=location.bucket, Delete={"Objects": batch, "Quiet": True}
+        )
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise PurgeIncompleteError(
+                f"{len(errors)} of {len(batch)} objects under {location.uri} could not be "
+                f"deleted; first: {first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+            )
+        deleted += len(batch)
+
+
+def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:
+    count = 0
+    paginator = client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=location.bucket, Prefix=location.prefix):
+        for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+            key = item["Key"]
+            if not key.startswith(location.prefix):
+                raise UnsafePrefixError(f"S3 listed {key!r} outside {location.prefix!r}")
+            entry = {"Key": key}
+            if item.get("VersionId"):
+                # Unversioned buckets list VersionId "null", which S3 accepts back.
+                entry["VersionId"] = item["VersionId"]
+            yield entry
+            count += 1
+            if count >= limit:
+                return

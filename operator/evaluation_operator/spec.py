@@ -1,0 +1,258 @@
+"""The EvaluationTask spec as typed values, with the defaults of the CRD and the operator.
+
+The CRD's schema and CEL rules reject most bad input at admission; `parse_task_spec` checks
+again (a cluster may run an older CRD) and reports problems as `SpecError`s naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaluation_operator.settings import OperatorSettings
+
+TASK_TYPES = ("multiple-choice", "generation", "classification")
+METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
+
+
+class SpecError(ValueError):
+    """A problem with the spec; `field` is the path users see (e.g. spec.timeout)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    api: str = "chat"
+    api_key: SecretKeyRef | None = None
+    timeout_seconds: int = 120
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    endpoint: Endpoint | None = None
+    source_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    uri: str | None = None
+    configmap: SecretKeyRef | None = None  # name + key
+    pvc_claim: str | None = None
+    pvc_path: str | None = None
+    format: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    dataset: Dataset
+    task: str
+    metrics: tuple[str, ...]
+    limit: int | None = None
+    few_shot: int = 0
+    labels: tuple[str, ...] | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpu: int = 1
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = "2"
+    memory: str = "8Gi"
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    priority_class_name: str = ""
+    queue_name: str = ""
+
+
+@dataclass(frozen=True)
+class Output:
+    bucket: str
+    prefix: str
+    credentials_secret: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    model: Model
+    framework: str
+    image: str | None
+    benchmarks: tuple[Benchmark, ...]
+    parameters: dict[str, Any]
+    resources: Resources
+    scheduling: Scheduling
+    timeout_seconds: int
+    retries: int
+    output: Output
+
+
+def parse_duration(value: str, field_path: str = "spec.timeout") -> int:
+    match = _DURATION.match(value or "")
+    if not value or not match or not any(match.groups()):
+        raise SpecError(field_path, f"{value!r} is not a duration like 30m, 2h or 1h30m")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    match = _S3_URI.match(uri)
+    if not match:
+        raise ValueError(f"{uri!r} is not s3://bucket/key")
+    return match.group(1), match.group(2)
+
+
+def _secret_ref(raw: Any, field_path: str) -> SecretKeyRef | None:
+    if not raw:
+        return None
+    if not raw.get("name") or not raw.get("key"):
+        raise SpecError(field_path, "needs both name and key")
+    return SecretKeyRef(name=str(raw["name"]), key=str(raw["key"]))
+
+
+def _parse_model(raw: Any) -> Model:
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise SpecError("spec.model.name", "is required")
+    endpoint_raw, source_raw = raw.get("endpoint"), raw.get("source")
+    if bool(endpoint_raw) == bool(source_raw):
+        raise SpecError("spec.model", "set exactly one of model.endpoint or model.source")
+    endpoint = None
+    if endpoint_raw:
+        url = str(endpoint_raw.get("url", ""))
+        if not re.match(r"^https?://[^\s/?#]+", url):
+            raise SpecError("spec.model.endpoint.url", f"{url!r} is not an http(s) URL")
+        api = str(endpoint_raw.get("api", "chat"))
+        if api not in ("chat", "completions"):
+            raise SpecError("spec.model.endpoint.api", f"{api!r}: use chat or completions")
+        endpoint = Endpoint(
+            url=url, api=api,
+            api_key=_secret_ref(endpoint_raw.get("apiKeySecretRef"),
+                                "spec.model.endpoint.apiKeySecretRef"),
+            timeout_seconds=int(endpoint_raw.get("timeoutSeconds", 120)),
+        )
+    source_uri = str(source_raw["uri"]) if source_raw else None
+    return Model(name=str(raw["name"]), endpoint=endpoint, source_uri=source_uri)
+
+
+def _parse_dataset(raw: Any, field_path: str) -> Dataset:
+    raw = raw or {}
+    sources = [k for k in ("uri", "configMap", "pvc") if raw.get(k)]
+    if len(sources) != 1:
+        raise SpecError(field_path, "set exactly one of uri, configMap, pvc")
+    fields = {k: str(v) for k, v in (raw.get("fields") or {}).items()}
+    fmt = raw.get("format")
+    if raw.get("uri"):
+        uri = str(raw["uri"])
+        if not (_S3_URI.match(uri) or re.match(r"^https?://[^\s/?#]+/", uri)):
+            raise SpecError(f"{field_path}.uri",
+                            f"{uri!r} is not s3://bucket/key or an http(s) URL")
+        return Dataset(uri=uri, format=fmt, fields=fields)
+    if raw.get("configMap"):
+        ref = _secret_ref(raw["configMap"], f"{field_path}.configMap")
+        return Dataset(configmap=ref, format=fmt, fields=fields)
+    pvc = raw["pvc"]
+    path = str(pvc.get("path", ""))
+    if not pvc.get("claimName") or not path or ".." in path.split("/"):
+        raise SpecError(f"{field_path}.pvc", "needs claimName and a path without '..'")
+    return Dataset(pvc_claim=str(pvc["claimName"]), pvc_path=path.lstrip("/"), format=fmt,
+                   fields=fields)
+
+
+def _parse_benchmarks(raw: Any) -> tuple[Benchmark, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise SpecError("spec.benchmarks", "at least one benchmark is required")
+    seen: set[str] = set()
+    benchmarks = []
+    for index, item in enumerate(raw):
+        path = f"spec.benchmarks[{index}]"
+        name = str(item.get("name", ""))
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", name) or len(name) > 63:
+            raise SpecError(f"{path}.name", f"{name!r}: lowercase letters, digits, '-', '.', '_'")
+        if name in seen:
+            raise SpecError(f"{path}.name", f"duplicate benchmark name {name!r}")
+        seen.add(name)
+        task = str(item.get("task", ""))
+        if task not in TASK_TYPES:
+            raise SpecError(f"{path}.task", f"{task!r}: use one of {', '.join(TASK_TYPES)}")
+        metrics = tuple(str(m) for m in item.get("metrics") or ())
+        if not metrics:
+            raise SpecError(f"{path}.metrics", "at least one metric is required")
+        for metric in metrics:
+            if metric not in METRICS:
+                raise SpecError(f"{path}.metrics", f"unknown metric {metric!r}")
+        labels = item.get("labels")
+        benchmarks.append(Benchmark(
+            name=name, dataset=_parse_dataset(item.get("dataset"), f"{path}.dataset"), task=task,
+            metrics=metrics, limit=item.get("limit"), few_shot=int(item.get("fewShot", 0)),
+            labels=tuple(str(x) for x in labels) if labels else None,
+            weight=float(item.get("weight", 1)),
+        ))
+    return tuple(benchmarks)
+
+
+def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpec:
+    framework = spec.get("framework") or {}
+    resources = spec.get("resources") or {}
+    scheduling = spec.get("scheduling") or {}
+    s3 = (spec.get("output") or {}).get("s3") or {}
+    bucket = s3.get("bucket") or settings.s3_bucket
+    if not bucket:
+        raise SpecError("spec.output.s3.bucket",
+                        "no bucket given and the operator has no default (EVAL_S3_BUCKET)")
+    prefix = str(s3.get("prefix") if s3.get("prefix") is not None else settings.s3_prefix)
+    if ".." in prefix.split("/") or prefix.startswith("/"):
+        raise SpecError("spec.output.s3.prefix", "must be a relative prefix without '..'")
+    gpu = int(resources.get("gpu", 1))
+    if gpu < 0:
+        raise SpecError("spec.resources.gpu", "must be >= 0")
+    retries = int(spec.get("retries", 2))
+    if retries < 0:
+        raise SpecError("spec.retries", "must be >= 0")
+    parameters = {"temperature": 0.0, "maxTokens": 256, "concurrency": 16, "seed": 1234}
+    parameters.update(spec.get("parameters") or {})
+    return TaskSpec(
+        model=_parse_model(spec.get("model")),
+        framework=str(framework.get("name", "builtin")),
+        image=framework.get("image") or None,
+        benchmarks=_parse_benchmarks(spec.get("benchmarks")),
+        parameters=parameters,
+        resources=Resources(
+            gpu=gpu,
+            gpu_resource=str(resources.get("gpuResource") or settings.gpu_resource),
+            cpu=str(resources.get("cpu", "2")),
+            memory=str(resources.get("memory", "8Gi")),
+        ),
+        scheduling=Scheduling(
+            node_selector={k: str(v) for k, v in (scheduling.get("nodeSelector") or {}).items()},
+            tolerations=tuple(scheduling.get("tolerations") or ()),
+            priority_class_name=str(scheduling.get("priorityClassName") or ""),
+            queue_name=str(scheduling.get("queueName") or ""),
+        ),
+        timeout_seconds=parse_duration(str(spec.get("timeout", "2h"))),
+        retries=retries,
+        output=Output(
+            bucket=str(bucket), prefix=prefix.strip("/"),
+            credentials_secret=str((s3.get("credentialsSecretRef") or {}).get("name")
+                                   or settings.s3_credentials_secret),
+        ),
+    )

@@ -1,0 +1,349 @@
+"""From the Job and its pods to the task's status: phase, conditions, message.
+
+Pure functions. `assess` reads what Kubernetes reports and decides what is going on;
+`render_status` turns that into the status object, keeping condition transition times stable
+so that tools (kstatus, Argo CD, `kubectl wait`) see real transitions only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
+
+EVALUATING, COMPLETED, FAILED = "Evaluating", "Completed", "Failed"
+TERMINAL_PHASES = (COMPLETED, FAILED)
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Scheduled", "Running", "Succeeded",
+                   "Failed")
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What the messages need to know about the task."""
+
+    job_name: str
+    timeout: str
+    retries: int
+    gpus: int
+    gpu_resource: str
+    memory: str
+    queue_name: str = ""
+
+
+@dataclass
+class Assessment:
+    phase: str
+    reason: str
+    message: str
+    scheduled: bool | None = None  # None: not known yet
+    scheduled_reason: str = ""
+    running: bool = False
+    start_time: str | None = None
+    completion_time: str | None = None
+    runner_summary: dict[str, Any] | None = None
+    failed_attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    status = (obj or {}).get("status") or {}
+    return {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+
+
+def _runner_status(pod: dict[str, Any]) -> dict[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == RUNNER_CONTAINER:
+            return dict(status)
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return dict(statuses[0]) if statuses else {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    status = _runner_status(pod)
+    state = (status.get("state") or {}).get("terminated") or (
+        (status.get("lastState") or {}).get("terminated"))
+    return dict(state) if state else None
+
+
+def parse_termination_message(text: str | None) -> dict[str, Any] | None:
+    """The runner's compact JSON summary, or None when absent or not ours."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("v") != 1 or "status" not in value:
+        return None
+    return value
+
+
+def _created(pod: dict[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("creationTimestamp") or "")
+
+
+def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any] | None]:
+    """Exit code, kubelet reason and the runner's summary of a failed pod."""
+    if pod is None:
+        return None, "", None
+    terminated = _terminated(pod) or {}
+    code = terminated.get("exitCode")
+    summary = parse_termination_message(terminated.get("message"))
+    return (int(code) if code is not None else None), str(terminated.get("reason") or ""), summary
+
+
+def _runner_message(summary: dict[str, Any] | None) -> str:
+    if summary and summary.get("message"):
+        return str(summary["message"])[:1024]
+    return ""
+
+
+def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskContext
+           ) -> Assessment:
+    if job is None:
+        return Assessment(EVALUATING, "JobPending", "Creating the evaluation Job.")
+    job_status = job.get("status") or {}
+    conditions = _conditions(job)
+    pods = sorted(pods, key=_created)
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    current = pods[-1] if pods else None
+    start_time = job_status.get("startTime")
+    ran = [p for p in pods if (p.get("status") or {}).get("startTime")
+           and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
+    first_run = min(((p["status"]["startTime"]) for p in ran), default=None)
+
+    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
+        succeeded = next((p for p in reversed(pods)
+                          if (p.get("status") or {}).get("phase") == "Succeeded"), None)
+        terminated = _terminated(succeeded) if succeeded else None
+        summary = parse_termination_message((terminated or {}).get("message"))
+        completion = job_status.get("completionTime") or (terminated or {}).get("finishedAt")
+        return Assessment(
+            COMPLETED, "Succeeded", "Evaluation finished; scores are in status.",
+            scheduled=True, start_time=first_run or start_time, completion_time=completion,
+            runner_summary=summary, failed_attempts=len(failed_pods),
+        )
+
+    failure = conditions.get("Failed") or conditions.get("FailureTarget")
+    if failure:
+        last_failed = failed_pods[-1] if failed_pods else current
+        code, kubelet_reason, summary = _failure_detail(last_failed)
+        completion = (failure.get("lastTransitionTime") if "Failed" in conditions else None)
+        base = Assessment(FAILED, "", "", scheduled=bool(ran), start_time=first_run,
+                          completion_time=completion, runner_summary=summary,
+                          failed_attempts=len(failed_pods))
+        job_reason = failure.get("reason", "")
+        if job_reason == "DeadlineExceeded":
+            base.reason = "DeadlineExceeded"
+            base.message = (
+                f"The run exceeded spec.timeout ({ctx.timeout}) and was stopped. Raise "
+                "spec.timeout, lower benchmarks[].limit, or raise parameters.concurrency, "
+                "then create a new task."
+            )
+        elif code == EXIT_CONFIGURATION_ERROR or job_reason == "PodFailurePolicy":
+            detail = _runner_message(summary) or "see the runner's log"
+            base.reason = "ConfigurationError"
+            base.message = (
+                f"Runner configuration error: {detail}. Retrying cannot help: fix the spec "
+                "and create a new task."
+            )
+        elif kubelet_reason == "OOMKilled":
+            base.reason = "OOMKilled"
+            base.message = (
+                f"The runner ran out of memory (OOMKilled) and retries are exhausted "
+                f"({len(failed_pods)} attempt(s)). Raise spec.resources.memory (now "
+                f"{ctx.memory}) or lower parameters.concurrency."
+            )
+        else:
+            detail = _runner_message(summary) or (
+                f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
+                if code is not None else failure.get("message", "no detail"))
+            base.reason = "RetriesExhausted" if job_reason == "BackoffLimitExceeded" else (
+                job_reason or "RunnerFailed")
+            base.message = (
+                f"The runner failed {len(failed_pods)} time(s) and retries are exhausted "
+                f"(spec.retries={ctx.retries}); last failure: {detail}. See "
+                f"`kubectl logs job/{ctx.job_name}`."
+            )
+        return base
+
+    # The Job is still going: describe the current pod.
+    retry_note = ""
+    if failed_pods:
+        code, kubelet_reason, summary = _failure_detail(failed_pods[-1])
+        what = _runner_message(summary) or f"exit code {code} {kubelet_reason}".strip()
+        retry_note = (f" Attempt {len(failed_pods) + 1} of {ctx.retries + 1}; the previous one "
+                      f"failed: {what}.")
+    if job.get("spec", {}).get("suspend"):
+        queue = f" in queue {ctx.queue_name}" if ctx.queue_name else ""
+        return Assessment(EVALUATING, "Queued",
+                          f"Waiting for Kueue to admit the Job{queue}.",
+                          scheduled=False, scheduled_reason="Queued")
+    if current is None or (current.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+        return Assessment(EVALUATING, "PodPending",
+                          "Waiting for the Job controller to create the runner pod." + retry_note,
+                          failed_attempts=len(failed_pods), start_time=first_run)
+    pod_status = current.get("status") or {}
+    for condition in pod_status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            what = (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
+                    else "a node with enough CPU and memory")
+            return Assessment(
+                EVALUATING, "Unschedulable",
+                f"Waiting for {what}: {condition.get('message') or condition.get('reason')}. "
+                f"The run starts when capacity frees up and fails if it has not finished "
+                f"within spec.timeout ({ctx.timeout})." + retry_note,
+                scheduled=False, scheduled_reason=str(condition.get("reason") or "Unschedulable"),
+                failed_attempts=len(failed_pods), start_time=first_run,
+            )
+    waiting = (_runner_status(current).get("state") or {}).get("waiting") or {}
+    waiting_reason = str(waiting.get("reason") or "")
+    if waiting_reason in IMAGE_PULL_REASONS:
+        image = _runner_status(current).get("image") or "the runner image"
+        return Assessment(
+            FAILED, "ImagePullError",
+            f"The runner image {image} cannot be pulled ({waiting_reason}: "
+            f"{waiting.get('message', '')}). Fix spec.framework.image or the operator's runner "
+            "image and its pull secret, then create a new task.",
+            scheduled=True, completion_time=None, failed_attempts=len(failed_pods),
+        )
+    if waiting_reason in CONFIG_REASONS:
+        return Assessment(
+            FAILED, "ContainerConfigError",
+            f"The runner cannot start: {waiting.get('message', waiting_reason)}. Check that the "
+            "Secrets named in spec.output.s3.credentialsSecretRef and "
+            "spec.model.endpoint.apiKeySecretRef exist in this namespace with the expected "
+            "keys, then create a new task.",
+            scheduled=True, failed_attempts=len(failed_pods),
+        )
+    node = current.get("spec", {}).get("nodeName")
+    if pod_status.get("phase") == "Running":
+        return Assessment(
+            EVALUATING, "Running", f"Evaluating on node {node}." + retry_note,
+            scheduled=True, running=True, start_time=first_run or pod_status.get("startTime"),
+            failed_attempts=len(failed_pods),
+        )
+    return Assessment(
+        EVALUATING, "Starting",
+        f"Scheduled on node {node}; starting the runner." + retry_note,
+        scheduled=bool(node), failed_attempts=len(failed_pods), start_time=first_run,
+    )
+
+
+def _condition_states(a: Assessment) -> dict[str, tuple[str, str, str]]:
+    """type -> (status, reason, message)."""
+    states: dict[str, tuple[str, str, str]] = {}
+    if a.phase == COMPLETED:
+        states["Ready"] = ("True", "Succeeded", a.message)
+        states["Reconciling"] = ("False", "Succeeded", "")
+        states["Stalled"] = ("False", "Succeeded", "")
+        states["Succeeded"] = ("True", a.reason, a.message)
+        states["Failed"] = ("False", "Succeeded", "")
+        states["Running"] = ("False", "Finished", "")
+    elif a.phase == FAILED:
+        states["Ready"] = ("False", a.reason, a.message)
+        states["Reconciling"] = ("False", a.reason, "")
+        states["Stalled"] = ("True", a.reason, a.message)
+        states["Succeeded"] = ("False", a.reason, "")
+        states["Failed"] = ("True", a.reason, a.message)
+        states["Running"] = ("False", "Finished", "")
+    else:
+        states["Ready"] = ("False", a.reason, a.message)
+        states["Reconciling"] = ("True", a.reason, a.message)
+        states["Stalled"] = ("False", a.reason, "")
+        states["Running"] = ("True" if a.running else "False", a.reason, "")
+    if a.scheduled is not None:
+        states["Scheduled"] = (
+            "True" if a.scheduled else "False",
+            "Scheduled" if a.scheduled else (a.scheduled_reason or a.reason),
+            "" if a.scheduled else a.message,
+        )
+    return states
+
+
+def merge_conditions(
+    previous: list[dict[str, Any]], states: dict[str, tuple[str, str, str]],
+    generation: int, now: str,
+) -> list[dict[str, Any]]:
+    """Conditions in a stable order; lastTransitionTime moves only when status changes."""
+    by_type = {c["type"]: c for c in previous}
+    merged: list[dict[str, Any]] = []
+    for ctype in [*CONDITION_TYPES, *[t for t in by_type if t not in CONDITION_TYPES]]:
+        old = by_type.get(ctype)
+        if ctype not in states:
+            if old is not None:
+                merged.append(old)
+            continue
+        status, reason, message = states[ctype]
+        transition = old["lastTransitionTime"] if old and old.get("status") == status else now
+        merged.append({
+            "type": ctype, "status": status, "reason": reason or "Unknown",
+            "message": message[:2048], "observedGeneration": generation,
+            "lastTransitionTime": transition,
+        })
+    return merged
+
+
+def scores_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """overallScore and benchmarks for status, from a termination message or summary.json."""
+    benchmarks = []
+    for b in summary.get("benchmarks") or []:
+        entry: dict[str, Any] = {"name": b.get("name"), "score": b.get("score")}
+        if b.get("primaryMetric"):
+            entry["primaryMetric"] = b["primaryMetric"]
+        if isinstance(b.get("metrics"), dict):
+            entry["metrics"] = {k: v for k, v in b["metrics"].items()
+                                if isinstance(v, int | float)}
+        if b.get("samples") is not None:
+            entry["samples"] = int(b["samples"])
+        benchmarks.append(entry)
+    result: dict[str, Any] = {"benchmarks": benchmarks}
+    if summary.get("overallScore") is not None:
+        result["overallScore"] = float(summary["overallScore"])
+    return result
+
+
+def summary_is_complete(summary: dict[str, Any] | None) -> bool:
+    if not summary or summary.get("truncated"):
+        return False
+    return bool(summary.get("benchmarks")) and summary.get("overallScore") is not None
+
+
+def render_status(
+    previous: dict[str, Any], a: Assessment, *, generation: int, now: str,
+    job_name: str, configmap_name: str, results: dict[str, str],
+    scores: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": a.phase,
+        "reason": a.reason,
+        "message": a.message,
+        "observedGeneration": generation,
+        "jobName": job_name,
+        "configMapName": configmap_name,
+        "results": results,
+        "conditions": merge_conditions(previous.get("conditions") or [],
+                                       _condition_states(a), generation, now),
+    }
+    start = previous.get("startTime") or a.start_time
+    if start:
+        status["startTime"] = start
+    if a.phase in TERMINAL_PHASES:
+        status["completionTime"] = previous.get("completionTime") or a.completion_time or now
+    if scores:
+        status.update(scores)
+    if previous.get("progress"):
+        status["progress"] = previous["progress"]
+    return status
+
+
+def progress_status(progress: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        done, total = int(progress["samplesDone"]), int(progress["samplesTotal"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"samplesDone": done, "samplesTotal": total, "text": f"{done}/{total}"}

@@ -81,7 +81,7 @@ def resync(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.delete(*TASK, retries=None)
-def task_deleted(body: kopf.Body, retry: int, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+def task_deleted(body: kopf.Body, retry: int, logger: Any, **_: Any) -> None:
     task = dict(body)
     name, namespace = str(body.metadata.name), str(body.metadata.namespace)
     if reconcile.nothing_was_written(task):
@@ -94,7 +94,7 @@ def task_deleted(body: kopf.Body, retry: int, patch: kopf.Patch, logger: Any, **
     except Exception as error:
         delay = min(5 * 2 ** min(retry, 10), SETTINGS.purge_retry_max_seconds)
         metrics.record_purge("failed", time.monotonic() - started)
-        patch.status.update(reconcile.purge_failed_status(task, error, delay))
+        kube().patch_task_status(namespace, name, reconcile.purge_failed_status(task, error, delay))
         kopf.warn(body, reason="PurgeFailed",
                   message=f"Deleting results failed ({error}); retrying in {delay}s")
         # Never PermanentError: Kopf would drop the finalizer and leave the data behind.

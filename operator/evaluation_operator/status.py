@@ -82,6 +82,14 @@ def parse_termination_message(text: str | None) -> dict[str, Any] | None:
     return value
 
 
+def _timestamp(value: Any) -> str | None:
+    """RFC 3339 with a Z, whatever form the client returned."""
+    if not value:
+        return None
+    text = str(value).replace("+00:00", "Z")
+    return text if "T" in text else text.replace(" ", "T")
+
+
 def _created(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
@@ -114,7 +122,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
     start_time = job_status.get("startTime")
     ran = [p for p in pods if (p.get("status") or {}).get("startTime")
            and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
-    first_run = min(((p["status"]["startTime"]) for p in ran), default=None)
+    first_run = _timestamp(min((str(p["status"]["startTime"]) for p in ran), default=None))
 
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
         succeeded = next((p for p in reversed(pods)
@@ -124,7 +132,8 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
         completion = job_status.get("completionTime") or (terminated or {}).get("finishedAt")
         return Assessment(
             COMPLETED, "Succeeded", "Evaluation finished; scores are in status.",
-            scheduled=True, start_time=first_run or start_time, completion_time=completion,
+            scheduled=True, start_time=first_run or _timestamp(start_time),
+            completion_time=_timestamp(completion),
             runner_summary=summary, failed_attempts=len(failed_pods),
         )
 
@@ -132,7 +141,8 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
     if failure:
         last_failed = failed_pods[-1] if failed_pods else current
         code, kubelet_reason, summary = _failure_detail(last_failed)
-        completion = (failure.get("lastTransitionTime") if "Failed" in conditions else None)
+        completion = _timestamp(failure.get("lastTransitionTime")) if "Failed" in conditions \
+            else None
         base = Assessment(FAILED, "", "", scheduled=bool(ran), start_time=first_run,
                           completion_time=completion, runner_summary=summary,
                           failed_attempts=len(failed_pods))
@@ -224,13 +234,16 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
     if pod_status.get("phase") == "Running":
         return Assessment(
             EVALUATING, "Running", f"Evaluating on node {node}." + retry_note,
-            scheduled=True, running=True, start_time=first_run or pod_status.get("startTime"),
+            scheduled=True, running=True,
+            start_time=first_run or _timestamp(pod_status.get("startTime")),
             failed_attempts=len(failed_pods),
         )
+    if not node:
+        return Assessment(EVALUATING, "Scheduling", "Waiting for the scheduler." + retry_note,
+                          failed_attempts=len(failed_pods), start_time=first_run)
     return Assessment(
-        EVALUATING, "Starting",
-        f"Scheduled on node {node}; starting the runner." + retry_note,
-        scheduled=bool(node), failed_attempts=len(failed_pods), start_time=first_run,
+        EVALUATING, "Starting", f"Scheduled on node {node}; starting the runner." + retry_note,
+        scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
     )
 
 
@@ -272,7 +285,8 @@ def merge_conditions(
     """Conditions in a stable order; lastTransitionTime moves only when status changes."""
     by_type = {c["type"]: c for c in previous}
     merged: list[dict[str, Any]] = []
-    for ctype in [*CONDITION_TYPES, *[t for t in by_type if t not in CONDITION_TYPES]]:
+    extra = [t for t in [*by_type, *states] if t not in CONDITION_TYPES]
+    for ctype in [*CONDITION_TYPES, *dict.fromkeys(extra)]:
         old = by_type.get(ctype)
         if ctype not in states:
             if old is not None:

@@ -1,0 +1,98 @@
+"""Purging a task's results from a real (moto) S3 endpoint, and never anything else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from evaluation_operator.results_store import (
+    PurgeIncompleteError,
+    ResultsLocation,
+    UnsafePrefixError,
+    purge,
+    results_location,
+)
+
+from tests.support.s3 import S3Endpoint
+
+UID = "6f1d2c3b-aaaa-bbbb-cccc-ddddeeeeffff"
+
+
+@pytest.fixture
+def bucket(s3_server: S3Endpoint) -> Iterator[Any]:
+    s3 = s3_server.client()
+    name = "purge-unit"
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    yield s3
+    listing = s3.list_object_versions(Bucket=name)
+    for v in listing.get("Versions", []) + listing.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
+    s3.delete_bucket(Bucket=name)
+
+
+def count(s3: Any, prefix: str) -> int:
+    total = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket="purge-unit",
+                                                                  Prefix=prefix):
+        total += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
+    return total
+
+
+def test_purges_versions_and_markers_across_pages_and_batches(bucket: Any) -> None:
+    location = results_location("purge-unit", "runs", "team-a", "big", UID)
+    neighbour = results_location("purge-unit", "runs", "team-a", "big-2", UID)
+    for i in range(1100):  # more than one DeleteObjects batch
+        bucket.put_object(Bucket="purge-unit", Key=f"{location.prefix}samples/{i}", Body=b"x")
+    bucket.put_object(Bucket="purge-unit", Key=location.prefix + "summary.json", Body=b"1")
+    bucket.put_object(Bucket="purge-unit", Key=location.prefix + "summary.json", Body=b"2")
+    bucket.delete_object(Bucket="purge-unit", Key=location.prefix + "summary.json")
+    bucket.put_object(Bucket="purge-unit", Key=neighbour.prefix + "summary.json", Body=b"n")
+    assert count(bucket, location.prefix) == 1103
+    assert purge(bucket, location) == 1103
+    assert count(bucket, location.prefix) == 0
+    assert count(bucket, neighbour.prefix) == 1
+
+
+def test_purge_of_an_empty_prefix_is_quick_and_fine(bucket: Any) -> None:
+    assert purge(bucket, results_location("purge-unit", "runs", "team-a", "none", UID)) == 0
+
+
+@pytest.mark.parametrize(("namespace", "name", "uid"), [
+    ("team-a", "..", UID), ("..", "x", UID), ("team-a", "a/b", UID), ("team-a", "x", "../../"),
+    ("", "x", UID),
+])
+def test_unsafe_locations_are_refused(namespace: str, name: str, uid: str) -> None:
+    with pytest.raises(UnsafePrefixError):
+        results_location("b", "runs", namespace, name, uid)
+
+
+def test_prefix_from_status_uri_is_checked() -> None:
+    assert ResultsLocation.from_uri(f"s3://b/runs/ns/t/{UID}/").prefix == f"runs/ns/t/{UID}/"
+    for bad in ("s3://b/", "s3://b/runs/", "s3://b/runs/../x/y/", "s3://b/a//b/"):
+        with pytest.raises(UnsafePrefixError):
+            ResultsLocation.from_uri(bad)
+
+
+class RefusingS3:
+    """An S3 that answers DeleteObjects with per-key errors (e.g. object lock)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def get_paginator(self, name: str) -> Any:
+        return self.real.get_paginator(name)
+
+    def delete_objects(self, **kwargs: Any) -> dict[str, Any]:
+        objects = kwargs["Delete"]["Objects"]
+        return {"Errors": [{"Key": o["Key"], "Code": "AccessDenied",
+                            "Message": "object is under legal hold"} for o in objects]}
+
+
+def test_per_key_errors_are_raised_not_ignored(bucket: Any) -> None:
+    location = results_location("purge-unit", "runs", "team-a", "locked", UID)
+    bucket.put_object(Bucket="purge-unit", Key=location.prefix + "summary.json", Body=b"x")
+    with pytest.raises(PurgeIncompleteError, match="legal hold"):
+        purge(RefusingS3(bucket), location)
+    assert count(bucket, location.prefix) == 1

@@ -1,0 +1,170 @@
+"""Job and pod state -> phase, conditions and the message users read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from evaluation_operator.status import (
+    TaskContext,
+    assess,
+    merge_conditions,
+    parse_termination_message,
+    render_status,
+    summary_is_complete,
+)
+
+CTX = TaskContext(job_name="t-eval", timeout="2h", retries=2, gpus=2,
+                  gpu_resource="nvidia.com/gpu", memory="16Gi")
+
+
+def job(conditions: list[dict[str, Any]] | None = None, suspend: bool = False) -> dict[str, Any]:
+    return {"metadata": {"name": "t-eval", "uid": "j"}, "spec": {"suspend": suspend},
+            "status": {"conditions": conditions or [], "startTime": "2026-01-01T00:00:00Z"}}
+
+
+def pod(phase: str, created: str = "2026-01-01T00:00:01Z", node: str | None = "gpu-node-0",
+        terminated: dict[str, Any] | None = None, waiting: dict[str, Any] | None = None,
+        conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    if terminated:
+        state["terminated"] = terminated
+    if waiting:
+        state["waiting"] = waiting
+    if phase == "Running":
+        state["running"] = {"startedAt": created}
+    return {
+        "metadata": {"name": f"p-{created}", "creationTimestamp": created},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "startTime": created if phase != "Pending" else None,
+                   "conditions": conditions or [],
+                   "containerStatuses": [{"name": "runner", "image": "img:1", "state": state}]},
+    }
+
+
+def failed(code: int, reason: str = "Error", message: str = "",
+           created: str = "2026-01-01T00:00:01Z") -> dict[str, Any]:
+    return pod("Failed", created=created,
+               terminated={"exitCode": code, "reason": reason, "message": message})
+
+
+def test_waiting_for_gpu_reports_the_scheduler_reason() -> None:
+    pending = pod("Pending", node=None, conditions=[{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+    a = assess(job(), [pending], CTX)
+    assert (a.phase, a.reason, a.scheduled) == ("Evaluating", "Unschedulable", False)
+    assert "2 free nvidia.com/gpu" in a.message and "Insufficient nvidia.com/gpu" in a.message
+
+
+def test_running() -> None:
+    a = assess(job(), [pod("Running")], CTX)
+    assert (a.phase, a.reason, a.running, a.scheduled) == ("Evaluating", "Running", True, True)
+    assert a.start_time == "2026-01-01T00:00:01Z"
+
+
+def test_success_reads_scores_from_the_termination_message() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    done = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message,
+                                        "finishedAt": "2026-01-01T01:00:00Z"})
+    a = assess(job([{"type": "Complete", "status": "True"}]), [done], CTX)
+    assert a.phase == "Completed"
+    assert a.runner_summary is not None and a.runner_summary["overallScore"] == 0.5
+    assert summary_is_complete(a.runner_summary)
+
+
+def test_truncated_summary_is_not_complete() -> None:
+    assert not summary_is_complete({"v": 1, "status": "Succeeded", "truncated": True})
+    assert not summary_is_complete(None)
+
+
+def test_config_error_is_not_retried_and_quotes_the_runner() -> None:
+    message = json.dumps({"v": 1, "status": "Failed", "reason": "ConfigurationError",
+                          "message": "benchmarks[0].metrics: unknown metric 'blue'"})
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
+               [failed(78, message=message)], CTX)
+    assert (a.phase, a.reason) == ("Failed", "ConfigurationError")
+    assert "unknown metric 'blue'" in a.message and "Retrying cannot help" in a.message
+
+
+def test_deadline_exceeded_names_the_timeout() -> None:
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]),
+               [failed(143)], CTX)
+    assert a.reason == "DeadlineExceeded" and "spec.timeout (2h)" in a.message
+
+
+def test_oom_killed_points_at_memory() -> None:
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+               [failed(137, "OOMKilled")], CTX)
+    assert a.reason == "OOMKilled" and "spec.resources.memory (now 16Gi)" in a.message
+
+
+def test_retries_exhausted_counts_attempts_and_quotes_the_last_failure() -> None:
+    pods = [failed(1, created="2026-01-01T00:00:01Z"),
+            failed(1, created="2026-01-01T00:00:02Z"),
+            failed(3, message='{"v": 1, "status": "Failed", "message": "CUDA error"}',
+                   created="2026-01-01T00:00:03Z")]
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+               pods, CTX)
+    assert a.reason == "RetriesExhausted"
+    assert "failed 3 time(s)" in a.message and "CUDA error" in a.message
+
+
+def test_retry_in_progress_mentions_the_previous_failure() -> None:
+    a = assess(job(), [failed(75, created="2026-01-01T00:00:01Z"),
+                       pod("Running", created="2026-01-01T00:00:05Z")], CTX)
+    assert a.phase == "Evaluating" and "Attempt 2 of 3" in a.message
+
+
+def test_image_pull_error_fails() -> None:
+    a = assess(job(), [pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "nope"})],
+               CTX)
+    assert (a.phase, a.reason) == ("Failed", "ImagePullError") and "img:1" in a.message
+
+
+def test_missing_secret_fails_with_what_to_check() -> None:
+    a = assess(job(), [pod("Pending", waiting={"reason": "CreateContainerConfigError",
+                                               "message": 'secret "s3" not found'})], CTX)
+    assert a.reason == "ContainerConfigError" and "credentialsSecretRef" in a.message
+
+
+def test_suspended_job_waits_for_kueue() -> None:
+    ctx = TaskContext(**{**CTX.__dict__, "queue_name": "team-a"})
+    a = assess(job(suspend=True), [], ctx)
+    assert a.reason == "Queued" and "team-a" in a.message
+
+
+def test_termination_message_must_be_ours() -> None:
+    assert parse_termination_message("panic: oops") is None
+    assert parse_termination_message('{"status": "Succeeded"}') is None
+    assert parse_termination_message('{"v": 1, "status": "Failed"}') == {"v": 1, "status": "Failed"}
+
+
+def test_condition_transition_time_moves_only_on_change() -> None:
+    first = merge_conditions([], {"Ready": ("False", "Running", "x")}, 1, "T1")
+    same = merge_conditions(first, {"Ready": ("False", "Running", "y")}, 1, "T2")
+    flipped = merge_conditions(same, {"Ready": ("True", "Succeeded", "")}, 1, "T3")
+    assert same[0]["lastTransitionTime"] == "T1"
+    assert flipped[0]["lastTransitionTime"] == "T3"
+
+
+def test_kstatus_view_of_each_phase() -> None:
+    """Flux's kstatus: Reconciling while in progress, Ready on success, Stalled on failure,
+    all stamped with observedGeneration."""
+    cases = {
+        "Evaluating": (job(), [pod("Running")], {"Reconciling": "True", "Ready": "False",
+                                                 "Stalled": "False"}),
+        "Completed": (job([{"type": "Complete", "status": "True"}]), [],
+                      {"Reconciling": "False", "Ready": "True", "Stalled": "False"}),
+        "Failed": (job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), [],
+                   {"Reconciling": "False", "Ready": "False", "Stalled": "True"}),
+    }
+    for phase, (j, pods, expected) in cases.items():
+        status = render_status({}, assess(j, pods, CTX), generation=3, now="T", job_name="t-eval",
+                               configmap_name="t-config", results={})
+        assert status["phase"] == phase
+        got = {c["type"]: c["status"] for c in status["conditions"]}
+        assert {k: got[k] for k in expected} == expected
+        assert status["observedGeneration"] == 3
+        assert all(c["observedGeneration"] == 3 for c in status["conditions"])

@@ -1,0 +1,82 @@
+"""The results bundle (docs/runner-contract.md, section 2) and its one-file download."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+from evaluation_runner.metrics import MetricValue
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    name: str
+    task: str
+    primary_metric: str
+    score: float
+    weight: float
+    metrics: dict[str, MetricValue]
+    samples: list[dict[str, Any]]
+    dataset: dict[str, Any]
+
+    def metrics_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "task": self.task, "primaryMetric": self.primary_metric,
+            "score": self.score, "samples": len(self.samples),
+            "metrics": {k: v.value for k, v in self.metrics.items()},
+            "stderr": {k: v.stderr for k, v in self.metrics.items()},
+            "sampleCounts": {k: v.samples for k, v in self.metrics.items()},
+            "dataset": self.dataset,
+        }
+
+
+def summary_document(results: list[BenchmarkResult], overall: float, context: dict[str, Any]
+                     ) -> dict[str, Any]:
+    return {
+        "overallScore": overall,
+        "benchmarks": [{
+            "name": r.name, "task": r.task, "primaryMetric": r.primary_metric, "score": r.score,
+            "metrics": {k: v.value for k, v in r.metrics.items()},
+            "stderr": {k: v.stderr for k, v in r.metrics.items()},
+            "samples": len(r.samples), "weight": r.weight,
+        } for r in results],
+        "datasets": [{"name": r.name, **r.dataset} for r in results],
+        **context,
+    }
+
+
+def summary_csv(results: list[BenchmarkResult]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["benchmark", "metric", "value", "stderr", "samples", "primary"])
+    for r in results:
+        for name, value in r.metrics.items():
+            writer.writerow([r.name, name, repr(value.value),
+                             "" if value.stderr is None else repr(value.stderr), value.samples,
+                             "yes" if name == r.primary_metric else "no"])
+    return out.getvalue()
+
+
+def bundle_files(results: list[BenchmarkResult], summary: dict[str, Any]) -> dict[str, bytes]:
+    files = {
+        "summary.json": json.dumps(summary, indent=2, ensure_ascii=False).encode(),
+        "summary.csv": summary_csv(results).encode(),
+    }
+    for r in results:
+        files[f"benchmarks/{r.name}/metrics.json"] = json.dumps(
+            r.metrics_json(), indent=2, ensure_ascii=False).encode()
+        files[f"benchmarks/{r.name}/samples.jsonl"] = "".join(
+            json.dumps(s, ensure_ascii=False) + "\n" for s in r.samples).encode()
+    return files
+
+
+def zip_bundle(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            archive.writestr(name, files[name])
+    return out.getvalue()

@@ -1,0 +1,29 @@
+"""Failures the runner reports, with the exit code that tells the Job whether to retry."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_TRANSIENT = 75  # EX_TEMPFAIL: worth a retry (Job backoffLimit)
+EXIT_CONFIGURATION = 78  # EX_CONFIG: never retried (podFailurePolicy FailJob)
+
+
+class RunnerError(Exception):
+    exit_code = 1
+    reason = "RunnerError"
+
+
+class ConfigurationError(RunnerError):
+    """Bad configuration or data: retrying cannot help."""
+
+    exit_code = EXIT_CONFIGURATION
+    reason = "ConfigurationError"
+
+
+class TransientError(RunnerError):
+    """The model endpoint or S3 failed after retries: a later attempt may succeed."""
+
+    exit_code = EXIT_TRANSIENT
+
+    def __init__(self, message: str, reason: str = "ModelUnreachable") -> None:
+        super().__init__(message)
+        self.reason = reason

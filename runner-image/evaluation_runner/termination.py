@@ -1,0 +1,46 @@
+"""The compact summary in /dev/termination-log, which the kubelet caps at 4 KiB."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+LIMIT = 4096
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
+                    bundle: str) -> bytes:
+    """Drop per-benchmark metrics first, then the benchmarks, to stay within the limit."""
+    message: dict[str, Any] = {"v": 1, "status": "Succeeded", "overallScore": overall,
+                               "benchmarks": benchmarks, "results": {"uri": uri, "bundle": bundle}}
+    data = encode(message)
+    if len(data) <= LIMIT:
+        return data
+    message["truncated"] = True
+    message["benchmarks"] = [{k: v for k, v in b.items() if k != "metrics"} for b in benchmarks]
+    data = encode(message)
+    if len(data) <= LIMIT:
+        return data
+    del message["benchmarks"]
+    return encode(message)
+
+
+def failure_message(reason: str, message: str) -> bytes:
+    text = message
+    while True:
+        data = encode({"v": 1, "status": "Failed", "reason": reason, "message": text[:1024]})
+        if len(data) <= LIMIT:
+            return data
+        text = text[: len(text) // 2]
+
+
+def write(path: Path, data: bytes) -> None:
+    # Outside a pod the log may not be writable; the exit code still tells the story.
+    with contextlib.suppress(OSError):
+        path.write_bytes(data)

@@ -41,6 +41,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(*TASK)
 @kopf.on.resume(*TASK)
 def task_created(body: kopf.Body, **_: Any) -> None:
+    # On resume (operator restart) the gauges start empty: count the task as it stands.
+    metrics.observe_task(str(body.metadata.namespace), str(body.metadata.name),
+                         dict(body.get("status") or {}))
     reconcile.ensure_children(dict(body), SETTINGS, kube())
 
 

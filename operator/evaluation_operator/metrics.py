@@ -1,5 +1,21 @@
 """Prometheus metrics on /metrics: task phases, waiting and running time, failures, purges,
-and the scores themselves, so a dashboard can plot model quality over time."""
+and the scores themselves, so a dashboard can plot model quality over time.
+
+Everything lives on this module's own registry (`REGISTRY`), never the process-wide default,
+so importing the operator in tests or next to other code registers nothing twice.
+
+What the handlers call:
+
+* `observe_task(ns, name, status)`: idempotent; sets the task's phase and, once Completed, its
+  scores from a status as it is now. Call it when the operator (re)starts handling a task, so
+  the gauges are right after a restart.
+* `observe_transition(ns, name, previous, status, created)`: after writing a new status; also
+  observes the wait for a GPU and the run time, once each.
+* `set_phase(ns, name, phase)`, `record_scores(ns, name, status)`,
+  `record_failure(ns, reason)`, `record_purge(outcome, seconds, objects)`,
+  `forget_task(ns, name)` (the task is gone: its series go too),
+  `start_metrics_server(port)`.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +27,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 _DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+PHASES = ("Evaluating", "Completed", "Failed")
 
 TASK_PHASE = Gauge(
-    "evaluation_tasks", "EvaluationTasks by phase (tasks this operator has seen).",
+    "evaluation_tasks", "EvaluationTasks by phase (tasks this operator handles now).",
     ["namespace", "phase"], registry=REGISTRY)
 GPU_WAIT = Histogram(
-    "evaluation_task_wait_seconds", "Time from task creation until its runner pod started.",
+    "evaluation_task_wait_seconds",
+    "Time from task creation until its runner pod started (waiting for a GPU and the image).",
     buckets=_DURATION_BUCKETS, registry=REGISTRY)
 RUN_TIME = Histogram(
-    "evaluation_task_run_seconds", "Time from the runner pod starting to the task finishing.",
+    "evaluation_task_run_seconds",
+    "Time from the runner pod starting to the task finishing, by final phase.",
     ["phase"], buckets=_DURATION_BUCKETS, registry=REGISTRY)
 FAILURES = Counter(
-    "evaluation_task_failures", "Failed tasks by reason.", ["namespace", "reason"],
-    registry=REGISTRY)
+    "evaluation_task_failures", "Failed tasks by reason (status.reason).",
+    ["namespace", "reason"], registry=REGISTRY)
 PURGES = Counter(
     "evaluation_results_purges", "Purges of task results by outcome (succeeded, failed).",
     ["outcome"], registry=REGISTRY)
@@ -31,25 +50,39 @@ PURGED_OBJECTS = Counter(
     "evaluation_results_purged_objects", "Object versions and delete markers deleted.",
     registry=REGISTRY)
 PURGE_DURATION = Histogram(
-    "evaluation_results_purge_seconds", "Duration of one purge attempt.",
-    buckets=(0.05, 0.1, 0.5, 1, 5, 15, 60, 300), registry=REGISTRY)
+    "evaluation_results_purge_seconds", "Duration of one purge attempt, by outcome.",
+    ["outcome"], buckets=(0.05, 0.1, 0.5, 1, 5, 15, 60, 300), registry=REGISTRY)
 SCORE = Gauge(
-    "evaluation_score", "Score of a completed task: overall, or per benchmark and metric.",
+    "evaluation_score",
+    "Scores of completed tasks. benchmark=\"\" metric=\"overall\": the overall score; "
+    "metric=\"score\": a benchmark's score (0-1); other metrics on their own scale "
+    "(bleu and chrf 0-100, the rest 0-1).",
     ["namespace", "task", "benchmark", "metric"], registry=REGISTRY)
 
+_lock = threading.RLock()
 _phases: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
+_score_series: dict[tuple[str, str], set[tuple[str, str, str, str]]] = {}
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
     parse = datetime.datetime.fromisoformat
-    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))
-            ).total_seconds()
+    try:
+        return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))
+                ).total_seconds()
+    except ValueError:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def set_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Count the task under `phase` (None: under none)."""
     with _lock:
         old = _phases.pop((namespace, name), None)
         if old:
@@ -59,8 +92,19 @@ def set_phase(namespace: str, name: str, phase: str | None) -> None:
             TASK_PHASE.labels(namespace, phase).inc()
 
 
+def observe_task(namespace: str, name: str, status: dict[str, Any] | None) -> None:
+    """Bring the task's series in line with `status` as it is now (idempotent)."""
+    status = status or {}
+    with _lock:
+        set_phase(namespace, name, status.get("phase"))
+        if status.get("phase") == "Completed":
+            record_scores(namespace, name, status)
+
+
 def observe_transition(namespace: str, name: str, previous: dict[str, Any],
                        status: dict[str, Any], created: str | None = None) -> None:
+    """After a status change: the phase, and the wait and run durations the first time
+    startTime and completionTime appear."""
     set_phase(namespace, name, status.get("phase"))
     if status.get("startTime") and not previous.get("startTime"):
         waited = _seconds_between(created, status["startTime"])
@@ -73,34 +117,52 @@ def observe_transition(namespace: str, name: str, previous: dict[str, Any],
 
 
 def record_failure(namespace: str, reason: str) -> None:
-    FAILURES.labels(namespace, reason).inc()
+    FAILURES.labels(namespace, reason or "Unknown").inc()
 
 
 def record_scores(namespace: str, name: str, status: dict[str, Any]) -> None:
-    if status.get("overallScore") is not None:
-        SCORE.labels(namespace, name, "", "overall").set(float(status["overallScore"]))
+    """The overall score, each benchmark's score and each metric, replacing the task's
+    previous score series."""
+    values: dict[tuple[str, str, str, str], float] = {}
+    overall = _number(status.get("overallScore"))
+    if overall is not None:
+        values[(namespace, name, "", "overall")] = overall
     for benchmark in status.get("benchmarks") or []:
-        bench = str(benchmark.get("name"))
-        if benchmark.get("score") is not None:
-            SCORE.labels(namespace, name, bench, "score").set(float(benchmark["score"]))
-        for metric, value in (benchmark.get("metrics") or {}).items():
-            SCORE.labels(namespace, name, bench, metric).set(float(value))
+        bench = str(benchmark.get("name") or "")
+        score = _number(benchmark.get("score"))
+        if score is not None:
+            values[(namespace, name, bench, "score")] = score
+        for metric, raw in (benchmark.get("metrics") or {}).items():
+            value = _number(raw)
+            if value is not None:
+                values[(namespace, name, bench, str(metric))] = value
+    with _lock:
+        for labels in _score_series.pop((namespace, name), set()) - set(values):
+            SCORE.remove(*labels)
+        for labels, value in values.items():
+            SCORE.labels(*labels).set(value)
+        if values:
+            _score_series[(namespace, name)] = set(values)
 
 
 def record_purge(outcome: str, seconds: float, objects: int = 0) -> None:
+    """One purge attempt: outcome "succeeded" or "failed", its duration, objects deleted."""
     PURGES.labels(outcome).inc()
-    PURGE_DURATION.observe(seconds)
+    PURGE_DURATION.labels(outcome).observe(max(seconds, 0.0))
     if objects:
         PURGED_OBJECTS.inc(objects)
 
 
 def forget_task(namespace: str, name: str) -> None:
-    """A deleted task's series go away with it."""
-    set_phase(namespace, name, None)
-    for labels in list(SCORE._metrics):
-        if labels[0] == namespace and labels[1] == name:
+    """A deleted task's series go away with it (its phase count drops)."""
+    with _lock:
+        set_phase(namespace, name, None)
+        for labels in _score_series.pop((namespace, name), set()):
             SCORE.remove(*labels)
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
-    start_http_server(port, addr=addr, registry=REGISTRY)
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:
+    """Serve REGISTRY on http://addr:port/metrics in a daemon thread; returns the server
+    (call `.shutdown()` to stop it)."""
+    server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    return server

@@ -1,7 +1,8 @@
 # evaluation-operator: build, run and test.
 #   make test          install everything, build the control plane, run the whole test suite
-#   make cluster-up    a local control plane (etcd, apiserver, controller-manager, scheduler,
-#                      KWOK GPU nodes) with the CRD installed; prints `export KUBECONFIG=...`
+#   make run           a local control plane (etcd, apiserver, controller-manager, scheduler,
+#                      KWOK GPU nodes) with the CRD, a local S3, and the operator running
+#   make cluster-up    the local control plane alone; prints `export KUBECONFIG=...`
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -77,6 +78,10 @@ tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.buil
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD
 	$(PY) -m tests.support.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
+
+.PHONY: run
+run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctrl-C stops it)
+	$(PY) hack/run_local.py
 
 .PHONY: cluster-down
 cluster-down: venv  ## stop the local control plane and remove its state

@@ -169,7 +169,7 @@ class KwokCluster:
     def exists(self) -> bool:
         return (self.workdir / "clusters" / self.name).is_dir()
 
-    def start(self) -> Cluster:
+    def start(self, reuse: bool = False) -> Cluster:
         tools = toolchain()
         missing = tools.missing()
         if missing:
@@ -178,6 +178,11 @@ class KwokCluster:
                 + ", ".join(str(p) for p in missing)
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.exists() and reuse and self.kubeconfig.exists():
+            running = Cluster(name=self.name, kubeconfig=self.kubeconfig, flavour="kwok",
+                              kubectl_path=tools.kubectl)
+            if running.kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
+                return running
         if self.exists():
             # Left over from a run that was killed: start clean rather than half-reuse it.
             self.stop()
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         local.stop()
         print(f"cluster {args.name} stopped")
         return 0
-    cluster = local.start()
+    cluster = local.start(reuse=True)
     if args.install_crds:
         cluster.install_crds()
     print(cluster.kubectl("get", "nodes", "-o",

@@ -1,0 +1,108 @@
+"""EvaluationTask objects as the operator writes them, one per situation users meet.
+
+Built by the operator's own code (`status.assess` + `render_status`, and the purge-failure
+status), from Job and pod objects shaped like the API server's, so the GitOps health checks
+are tested against what the operator really produces rather than hand-written statuses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from evaluation_operator.reconcile import purge_failed_status
+from evaluation_operator.status import TaskContext, assess, render_status, scores_from_summary
+
+CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
+                  gpu_resource="nvidia.com/gpu", memory="16Gi")
+RESULTS = {"uri": "s3://eval-results/runs/team-a/llm-eval/u1/",
+           "bundle": "s3://eval-results/runs/team-a/llm-eval/u1/results.zip"}
+SUMMARY = {"v": 1, "status": "Succeeded", "overallScore": 0.7132,
+           "benchmarks": [{"name": "arc-easy", "score": 0.81, "primaryMetric": "accuracy",
+                           "metrics": {"accuracy": 0.81}, "samples": 500}],
+           "results": RESULTS}
+
+
+def _job(conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": "llm-eval-eval", "uid": "job-uid"}, "spec": {},
+            "status": {"conditions": conditions or [], "startTime": "2026-01-01T00:00:00Z"}}
+
+
+def _pod(phase: str, *, node: str | None = "gpu-node-0", state: dict[str, Any] | None = None,
+         conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llm-eval-eval-x1", "creationTimestamp": "2026-01-01T00:00:01Z"},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "conditions": conditions or [],
+                   "startTime": None if phase == "Pending" else "2026-01-01T00:00:05Z",
+                   "containerStatuses": [{"name": "runner", "image": "runner:0.1.0",
+                                          "state": state or {}}]},
+    }
+
+
+def _terminated(code: int, message: dict[str, Any] | None = None, reason: str = "Error"
+                ) -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, "reason": reason,
+                           "message": json.dumps(message) if message else "",
+                           "finishedAt": "2026-01-01T00:30:00Z"}}
+
+
+def task(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
+        "metadata": {"name": "llm-eval", "namespace": "team-a", "generation": generation,
+                     "uid": "u1"},
+        "spec": {"model": {"name": "tiny"}},
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1
+            ) -> dict[str, Any]:
+    assessment = assess(job, pods, CTX)
+    scores = scores_from_summary(assessment.runner_summary or {}) \
+        if assessment.phase == "Completed" else None
+    return render_status({}, assessment, generation=generation, now="2026-01-01T00:31:00Z",
+                         job_name=CTX.job_name, configmap_name="llm-eval-config",
+                         results=RESULTS, scores=scores)
+
+
+def statuses() -> dict[str, tuple[dict[str, Any], str]]:
+    """situation -> (task object, the Argo CD health it should get)."""
+    unschedulable = _pod("Pending", node=None, conditions=[{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])
+    completed = _render(_job([{"type": "Complete", "status": "True"}]),
+                        [_pod("Succeeded", state=_terminated(0, SUMMARY, "Completed"))])
+    deleting = task({**completed, **purge_failed_status(
+        task(completed), RuntimeError("AccessDenied"), 60)})
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
+    running = _render(_job(), [_pod("Running", state={"running": {}})])
+    return {
+        "new": (task(None), "Progressing"),
+        "job-pending": (task(_render(None, [])), "Progressing"),
+        "waiting-for-gpu": (task(_render(_job(), [unschedulable])), "Progressing"),
+        "running": (task(running), "Progressing"),
+        "running-with-progress": (task({**running, "progress": {
+            "samplesDone": 350, "samplesTotal": 1000, "text": "350/1000"}}), "Progressing"),
+        "completed": (task(completed), "Healthy"),
+        "retries-exhausted": (task(_render(
+            _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+            [_pod("Failed", state=_terminated(1))])), "Degraded"),
+        "configuration-error": (task(_render(
+            _job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]),
+            [_pod("Failed", state=_terminated(78, {
+                "v": 1, "status": "Failed", "reason": "ConfigurationError",
+                "message": "benchmarks[0].dataset.uri: s3://datasets/x.jsonl does not exist"}))]
+        )), "Degraded"),
+        "deadline-exceeded": (task(_render(
+            _job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), [])),
+            "Degraded"),
+        "image-pull-error": (task(_render(_job(), [_pod("Pending", state={"waiting": {
+            "reason": "ImagePullBackOff", "message": "not found"}})])), "Degraded"),
+        "purge-failing": (deleting, "Degraded"),
+        # A status written for generation 1 seen with generation 2: not yet observed.
+        "stale-generation": (task(completed, generation=2), "Progressing"),
+    }

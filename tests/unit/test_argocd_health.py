@@ -58,7 +58,7 @@ def test_degraded_names_the_reason_and_what_to_do() -> None:
     message = argocd_health(CASES["configuration-error"][0])["message"]
     assert message.startswith("ConfigurationError: ")
     assert "s3://datasets/x.jsonl does not exist" in message
-    assert "Degraded" == argocd_health(CASES["purge-failing"][0])["status"]
+    assert argocd_health(CASES["purge-failing"][0])["status"] == "Degraded"
     assert "AccessDenied" in argocd_health(CASES["purge-failing"][0])["message"]
 
 

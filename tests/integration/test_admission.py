@@ -81,6 +81,20 @@ REJECTIONS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      "spec.output.s3.prefix", "must be a relative key prefix without '..'"),
     ("literal-api-key", _set("model.endpoint.apiKey", "sk-secret"), "spec.model.endpoint",
      "unknown field \"spec.model.endpoint.apiKey\""),
+    ("all-weights-zero", lambda s: [b.update(weight=0) for b in s["benchmarks"]],
+     "spec.benchmarks", "at least one benchmark needs a weight above 0"),
+    ("toleration-exists-with-value", _set("scheduling", {"tolerations": [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "value": "x"}]}),
+     "spec.scheduling.tolerations[0]", "a toleration with operator Exists must not set a value"),
+    ("toleration-seconds-without-noexecute", _set("scheduling", {"tolerations": [
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5}]}),
+     "spec.scheduling.tolerations[0]", "tolerationSeconds applies to the NoExecute effect only"),
+    ("bad-queue-name", _set("scheduling", {"queueName": "team a"}),
+     "spec.scheduling.queueName", "should match"),
+    ("no-dataset-source", _set("benchmarks.0.dataset", {"format": "jsonl"}),
+     "spec.benchmarks[0].dataset", "set exactly one of dataset.uri"),
+    ("no-metrics", _set("benchmarks.0.metrics", []), "spec.benchmarks[0].metrics",
+     "at least 1"),
 ]
 
 

@@ -1,16 +1,17 @@
-"""`python -m evaluation_operator [kopf run options]`: run the operator.
+"""`python -m evaluation_operator [our flags] [kopf run options]`: run the operator.
 
-Configuration comes from the environment (see settings.py and the Helm chart's values);
-namespaces to watch from EVAL_NAMESPACES (comma-separated; empty means all namespaces).
+Configuration comes from the environment, each variable overridable by a flag (config.py);
+any other option goes to `kopf run` (--verbose, --liveness=...).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import kopf.cli
 
-from evaluation_operator.settings import OperatorSettings, SettingsError
+from evaluation_operator.config import OperatorSettings, SettingsError, apply_flags
 
 
 def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
@@ -24,12 +25,15 @@ def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    env, kopf_args = apply_flags(sys.argv[1:] if argv is None else argv, os.environ)
     try:
-        settings = OperatorSettings.from_env()
+        settings = OperatorSettings.from_env(env)
     except SettingsError as error:
         sys.exit(f"evaluation-operator: bad configuration: {error}")
-    kopf.cli.main(args=build_argv(settings, list(sys.argv[1:] if argv is None else argv)),
-                  prog_name="evaluation-operator", standalone_mode=True)
+    # The handlers module reads its settings from the environment when Kopf imports it.
+    os.environ.update(env)
+    kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
+                  standalone_mode=True)
 
 
 if __name__ == "__main__":

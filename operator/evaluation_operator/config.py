@@ -1,12 +1,53 @@
-"""Operator configuration, read once from the environment (the Helm chart sets it)."""
+"""Operator configuration: environment variables (the Helm chart sets them), each overridable
+by a command-line flag of `python -m evaluation_operator`.
+
+| variable | flag | meaning |
+| --- | --- | --- |
+| EVAL_NAMESPACES | --namespace (repeat) | namespaces to watch, comma-separated; empty: all |
+| EVAL_RUNNER_IMAGE | --runner-image | the runner image (a task may override it) |
+| EVAL_RUNNER_IMAGE_PULL_POLICY | --runner-image-pull-policy | Always, IfNotPresent, Never |
+| EVAL_GPU_RESOURCE | --gpu-resource | extended resource name of a GPU |
+| EVAL_S3_ENDPOINT | --s3-endpoint | S3 endpoint of the operator (purge, summaries) |
+| EVAL_RUNNER_S3_ENDPOINT | --runner-s3-endpoint | S3 endpoint given to runner pods |
+| EVAL_S3_BUCKET | --s3-bucket | default results bucket |
+| EVAL_S3_REGION | --s3-region | S3 region |
+| EVAL_S3_PREFIX | --s3-prefix | default key prefix above `<namespace>/<task>/<uid>/` |
+| EVAL_S3_CREDENTIALS_SECRET | --s3-credentials-secret | runner S3 keys Secret (task namespace) |
+| EVAL_PROGRESS_INTERVAL_SECONDS | --progress-interval | how often progress.json is read |
+| EVAL_PURGE_RETRY_MAX_SECONDS | --purge-retry-max | longest back-off between purge attempts |
+| EVAL_START_FAILURE_GRACE_SECONDS | --start-failure-grace | image pull / Secret error grace |
+| EVAL_METRICS_PORT | --metrics-port | Prometheus port; 0: off |
+
+The operator's own S3 credentials come from the standard AWS variables or files
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE...).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/evaluation-operator/runner:0.1.0"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+# flag -> environment variable
+FLAGS: dict[str, str] = {
+    "--runner-image": "EVAL_RUNNER_IMAGE",
+    "--runner-image-pull-policy": "EVAL_RUNNER_IMAGE_PULL_POLICY",
+    "--gpu-resource": "EVAL_GPU_RESOURCE",
+    "--s3-endpoint": "EVAL_S3_ENDPOINT",
+    "--runner-s3-endpoint": "EVAL_RUNNER_S3_ENDPOINT",
+    "--s3-bucket": "EVAL_S3_BUCKET",
+    "--s3-region": "EVAL_S3_REGION",
+    "--s3-prefix": "EVAL_S3_PREFIX",
+    "--s3-credentials-secret": "EVAL_S3_CREDENTIALS_SECRET",
+    "--progress-interval": "EVAL_PROGRESS_INTERVAL_SECONDS",
+    "--purge-retry-max": "EVAL_PURGE_RETRY_MAX_SECONDS",
+    "--start-failure-grace": "EVAL_START_FAILURE_GRACE_SECONDS",
+    "--metrics-port": "EVAL_METRICS_PORT",
+}
 
 
 class SettingsError(ValueError):
@@ -37,12 +78,13 @@ class OperatorSettings:
     s3_bucket: str | None = None
     s3_region: str | None = None
     s3_prefix: str = "runs"
-    # Default Secret (in the task's namespace) with the runner's S3 credentials.
     s3_credentials_secret: str = "evaluation-s3-credentials"
     progress_interval_seconds: int = 30
     purge_retry_max_seconds: int = 300
-    metrics_port: int = 0  # 0: no metrics server
-    extra: dict[str, str] = field(default_factory=dict)
+    # Registries and Secrets can be briefly missing (rate limits, GitOps apply order): an
+    # image pull or container config error fails the task only after lasting this long.
+    start_failure_grace_seconds: int = 180
+    metrics_port: int = 0
 
     @property
     def pod_s3_endpoint(self) -> str | None:
@@ -53,10 +95,10 @@ class OperatorSettings:
         env = os.environ if env is None else env
         raw_namespaces = env.get("EVAL_NAMESPACES", "").split(",")
         namespaces = tuple(n.strip() for n in raw_namespaces if n.strip())
-        pull_policy = env.get("EVAL_RUNNER_IMAGE_PULL_POLICY", "IfNotPresent")
-        if pull_policy not in ("Always", "IfNotPresent", "Never"):
+        pull_policy = env.get("EVAL_RUNNER_IMAGE_PULL_POLICY") or "IfNotPresent"
+        if pull_policy not in PULL_POLICIES:
             raise SettingsError(
-                f"EVAL_RUNNER_IMAGE_PULL_POLICY={pull_policy!r}: use Always, IfNotPresent or Never"
+                f"EVAL_RUNNER_IMAGE_PULL_POLICY={pull_policy!r}: use {', '.join(PULL_POLICIES)}"
             )
         return cls(
             namespaces=namespaces,
@@ -72,5 +114,27 @@ class OperatorSettings:
             or "evaluation-s3-credentials",
             progress_interval_seconds=_int(env, "EVAL_PROGRESS_INTERVAL_SECONDS", 30, minimum=1),
             purge_retry_max_seconds=_int(env, "EVAL_PURGE_RETRY_MAX_SECONDS", 300, minimum=1),
+            start_failure_grace_seconds=_int(env, "EVAL_START_FAILURE_GRACE_SECONDS", 180),
             metrics_port=_int(env, "EVAL_METRICS_PORT", 0),
         )
+
+
+def apply_flags(argv: Sequence[str], env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Fold our flags into a copy of the environment; return it and the arguments left for
+    Kopf (e.g. --verbose, --liveness)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--namespace", "-n", action="append", default=[])
+    parser.add_argument("--all-namespaces", "-A", action="store_true")
+    for flag in FLAGS:
+        parser.add_argument(flag)
+    known, rest = parser.parse_known_args(list(argv))
+    merged = dict(env)
+    for flag, variable in FLAGS.items():
+        value = getattr(known, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            merged[variable] = value
+    if known.all_namespaces:
+        merged["EVAL_NAMESPACES"] = ""
+    elif known.namespace:
+        merged["EVAL_NAMESPACES"] = ",".join(known.namespace)
+    return merged, rest

@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 from evaluation_operator import naming
+from evaluation_operator.config import OperatorSettings
 from evaluation_operator.runner_config import (
     CONFIG_DIR,
     CONFIG_KEY,
     MODEL_API_KEY_ENV,
     dataset_mount_dir,
 )
-from evaluation_operator.settings import OperatorSettings
 from evaluation_operator.spec import TaskSpec
 
 RUNNER_CONTAINER = "runner"
@@ -39,6 +39,7 @@ def _metadata(task: dict[str, Any], name: str) -> dict[str, Any]:
         "name": name,
         "namespace": meta["namespace"],
         "labels": naming.child_labels(meta["name"], meta["uid"]),
+        "annotations": naming.child_annotations(meta["name"]),
         "ownerReferences": [owner_reference(task)],
     }
 
@@ -165,7 +166,9 @@ def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) 
                 "values": [EXIT_CONFIGURATION_ERROR]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
         ]},
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels,
+                                  "annotations": naming.child_annotations(task_name)},
+                     "spec": pod_spec},
     }
     if spec.scheduling.queue_name:
         metadata["labels"][naming.LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name

@@ -19,6 +19,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TASK = "evaluation.dev/task"
 LABEL_TASK_UID = "evaluation.dev/task-uid"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# The task label holds a shortened name when the task's is too long for a label value;
+# this annotation always holds the full name.
+ANNOTATION_TASK_NAME = "evaluation.dev/task-name"
 MAX_NAME = 63
 
 
@@ -45,6 +48,10 @@ def task_label_value(task_name: str) -> str:
         return task_name
     digest = hashlib.sha256(task_name.encode()).hexdigest()[:8]
     return f"{task_name[:MAX_NAME - 9].rstrip('-.')}-{digest}"
+
+
+def child_annotations(task_name: str) -> dict[str, str]:
+    return {ANNOTATION_TASK_NAME: task_name}
 
 
 def child_labels(task_name: str, task_uid: str) -> dict[str, str]:

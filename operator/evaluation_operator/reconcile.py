@@ -10,23 +10,18 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import metrics, naming
+from evaluation_operator import events, metrics, naming
+from evaluation_operator.config import OperatorSettings
 from evaluation_operator.manifests import build_configmap, build_job
-from evaluation_operator.results_store import (
-    ResultsLocation,
-    purge,
-    read_json,
-    results_location,
-    s3_client,
-)
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.s3 import ResultsLocation, purge, read_json, results_location, s3_client
 from evaluation_operator.spec import SpecError, TaskSpec, parse_task_spec
 from evaluation_operator.status import (
     COMPLETED,
@@ -44,11 +39,33 @@ from evaluation_operator.status import (
 )
 
 log = logging.getLogger(__name__)
+# Job events, pod events and the timer may refresh one task at once, from different threads.
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+FINISHED_POD_PHASES = ("Succeeded", "Failed")
+
+
+class RetryLater(Exception):
+    """Not done yet; the handler asks Kopf to call again after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ForeignChildError(RetryLater):
+    """A child with our deterministic name belongs to an older task of the same name (deleted
+    and re-created before the garbage collector removed its Job): wait until it is gone."""
 
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owner_uid(obj: dict[str, Any]) -> str | None:
+    for owner in obj.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == naming.KIND:
+            return str(owner.get("uid"))
+    return None
 
 
 class Kube:
@@ -58,6 +75,10 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(obj)
+        return result
 
     def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -73,8 +94,8 @@ class Kube:
         self.custom.patch_namespaced_custom_object_status(
             naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name, {"status": status})
 
-    def create_if_absent(self, manifest: dict[str, Any]) -> bool:
-        """Create; True if created now, False if it already existed."""
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create; True if created now, False if an object of that name already exists."""
         namespace = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Job":
@@ -87,15 +108,21 @@ class Kube:
             raise
         return True
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            job = self.batch.read_namespaced_job(name, namespace)
+            return self._plain(self.core.read_namespaced_config_map(name, namespace))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        result: dict[str, Any] = self.batch.api_client.sanitize_for_serialization(job)
-        return result
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
@@ -105,24 +132,30 @@ class Kube:
                 raise
 
     def job_pods(self, namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
-        uid = job["metadata"]["uid"]
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"controller-uid={uid}")
-        items: list[dict[str, Any]] = self.core.api_client.sanitize_for_serialization(pods)[
-            "items"]
+        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        items: list[dict[str, Any]] = self._plain(
+            self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
+        return items
+
+    def task_pods(self, namespace: str, task_uid: str) -> list[dict[str, Any]]:
+        selector = f"{naming.LABEL_TASK_UID}={task_uid}"
+        items: list[dict[str, Any]] = self._plain(
+            self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
         return items
 
 
-def _task_context(task: dict[str, Any], spec: TaskSpec | None) -> TaskContext:
+def _task_context(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings
+                  ) -> TaskContext:
     raw = task.get("spec") or {}
-    resources = raw.get("resources") or {}
     return TaskContext(
         job_name=naming.job_name(task["metadata"]["name"]),
         timeout=str(raw.get("timeout", "2h")),
-        retries=int(raw.get("retries", 2)),
-        gpus=spec.resources.gpu if spec else int(resources.get("gpu", 1)),
-        gpu_resource=spec.resources.gpu_resource if spec else "nvidia.com/gpu",
-        memory=str(resources.get("memory", "8Gi")),
-        queue_name=spec.scheduling.queue_name if spec else "",
+        retries=spec.retries,
+        gpus=spec.resources.gpu,
+        gpu_resource=spec.resources.gpu_resource,
+        memory=spec.resources.memory,
+        queue_name=spec.scheduling.queue_name,
+        start_failure_grace_seconds=settings.start_failure_grace_seconds,
     )
 
 
@@ -136,20 +169,39 @@ def _results_field(location: ResultsLocation) -> dict[str, str]:
     return {"uri": location.uri, "bundle": location.bundle_uri}
 
 
-def _event(task: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    try:
-        import kopf
+# --- creation -----------------------------------------------------------------------------
 
-        reference = {"apiVersion": task.get("apiVersion", f"{naming.GROUP}/{naming.VERSION}"),
-                     "kind": task.get("kind", naming.KIND), "metadata": task["metadata"]}
-        kopf.event(kopf.Body(reference),  # type: ignore[arg-type]
-                   type=type_, reason=reason, message=message[:1024])
-    except Exception:  # events are best effort; status carries the same information
-        log.debug("could not post event %s for %s", reason, task["metadata"]["name"])
+
+def _create_owned(kube: Kube, task: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Create a child; True if created now. An existing one is ours (a restart) unless it
+    belongs to an older task of the same name."""
+    if kube.create(manifest):
+        return True
+    meta = manifest["metadata"]
+    try:
+        existing = (kube.get_job if manifest["kind"] == "Job" else kube.get_configmap)(
+            meta["namespace"], meta["name"])
+    except ApiException as error:
+        if error.status != 403:
+            raise
+        log.warning("cannot read %s %s/%s to check its owner (RBAC); assuming it is ours",
+                    manifest["kind"], meta["namespace"], meta["name"])
+        return False
+    if existing is not None and _owner_uid(existing) not in (None, task["metadata"]["uid"]):
+        raise ForeignChildError(
+            f"{manifest['kind']} {meta['name']} still belongs to a deleted task of the same "
+            "name; waiting for the garbage collector to remove it", delay=3)
+    if existing is None:
+        raise RetryLater(f"{manifest['kind']} {meta['name']} vanished while being created",
+                         delay=1)
+    return False
 
 
 def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube) -> None:
-    """Create the ConfigMap and Job of a task that is not finished yet."""
+    """Create the ConfigMap and Job of a task that is not finished yet.
+
+    Raises RetryLater while an older task's children are in the way.
+    """
     meta = task["metadata"]
     status = task.get("status") or {}
     if status.get("phase") in TERMINAL_PHASES:
@@ -162,12 +214,29 @@ def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube
         return
     config = build_runner_config(spec, name=meta["name"], namespace=meta["namespace"],
                                  uid=meta["uid"], location=location, settings=settings)
-    kube.create_if_absent(build_configmap(task, config))
-    created = kube.create_if_absent(build_job(task, spec, settings))
+    try:
+        _create_owned(kube, task, build_configmap(task, config))
+        created = _create_owned(kube, task, build_job(task, spec, settings))
+    except ApiException as error:
+        if error.status != 422:
+            raise
+        # The API server refused what the spec asked for (e.g. a toleration it rejects):
+        # retrying cannot help.
+        fail_invalid_spec(task, _api_message(error), kube)
+        return
     if created:
-        _event(task, "Normal", "JobCreated",
-               f"Created Job {naming.job_name(meta['name'])}; results will go to {location.uri}")
-    refresh_status(meta["namespace"], meta["name"], settings, kube, task=task)
+        events.normal(task, "JobCreated", f"Created Job {naming.job_name(meta['name'])}; "
+                                          f"results will go to {location.uri}")
+    refresh_status(meta["namespace"], meta["name"], settings, kube)
+
+
+def _api_message(error: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
 
 
 def fail_invalid_spec(task: dict[str, Any], message: str, kube: Kube) -> None:
@@ -181,12 +250,14 @@ def fail_invalid_spec(task: dict[str, Any], message: str, kube: Kube) -> None:
     )
     kube.patch_task_status(meta["namespace"], meta["name"], status)
     metrics.record_failure(meta["namespace"], "InvalidSpec")
-    _event(task, "Warning", "InvalidSpec", message)
+    events.warning(task, "InvalidSpec", message)
+
+
+# --- status -------------------------------------------------------------------------------
 
 
 def refresh_status(
-    namespace: str, name: str, settings: OperatorSettings, kube: Kube,
-    task: dict[str, Any] | None = None, s3: Any | None = None,
+    namespace: str, name: str, settings: OperatorSettings, kube: Kube, s3: Any | None = None,
 ) -> dict[str, Any] | None:
     """Recompute the task's status from its Job and pods and write it if it changed."""
     with _locks[f"{namespace}/{name}"]:
@@ -204,11 +275,11 @@ def refresh_status(
             return None
         job_name = naming.job_name(name)
         job = kube.get_job(namespace, job_name)
-        if job is not None and job["metadata"].get("ownerReferences", [{}])[0].get(
-                "uid") != task["metadata"]["uid"]:
+        if job is not None and _owner_uid(job) != task["metadata"]["uid"]:
             job = None  # a Job of an older task with the same name, on its way out
         pods = kube.job_pods(namespace, job) if job else []
-        assessment = assess(job, pods, _task_context(task, spec))
+        assessment = assess(job, pods, _task_context(task, spec, settings),
+                            now=datetime.datetime.now(datetime.UTC))
         scores = None
         if assessment.phase == COMPLETED:
             summary = assessment.runner_summary
@@ -234,8 +305,18 @@ def refresh_status(
         if _same(previous, status):
             return previous
         kube.patch_task_status(namespace, name, status)
-        _after_transition(task, previous, status, assessment, kube)
+        _after_transition(task, previous, status, kube)
         return status
+
+
+def refresh_status_of_owner(child: dict[str, Any], settings: OperatorSettings, kube: Kube
+                            ) -> None:
+    """A Job or pod of ours changed: refresh its task (named by the child's annotation)."""
+    meta = child.get("metadata") or {}
+    task_name = (meta.get("annotations") or {}).get(naming.ANNOTATION_TASK_NAME) or (
+        meta.get("labels") or {}).get(naming.LABEL_TASK)
+    if task_name:
+        refresh_status(str(meta["namespace"]), str(task_name), settings, kube)
 
 
 def _same(previous: dict[str, Any], status: dict[str, Any]) -> bool:
@@ -244,13 +325,15 @@ def _same(previous: dict[str, Any], status: dict[str, Any]) -> bool:
 
 
 def _after_transition(task: dict[str, Any], previous: dict[str, Any], status: dict[str, Any],
-                      assessment: Assessment, kube: Kube) -> None:
+                      kube: Kube) -> None:
     meta = task["metadata"]
     if (previous.get("phase"), previous.get("reason")) == (status["phase"], status["reason"]):
         return
-    kind = "Warning" if status["phase"] == FAILED or status["reason"] in (
-        "Unschedulable", "CollectingResults") else "Normal"
-    _event(task, kind, status["reason"], status["message"])
+    if status["phase"] == FAILED or status["reason"] in (
+            "Unschedulable", "CollectingResults", "ImagePullBackOff", "ContainerConfigPending"):
+        events.warning(task, status["reason"], status["message"])
+    else:
+        events.normal(task, status["reason"], status["message"])
     metrics.observe_transition(meta["namespace"], meta["name"], previous, status,
                                created=meta.get("creationTimestamp"))
     if status["phase"] == FAILED:
@@ -279,10 +362,84 @@ def refresh_progress(task: dict[str, Any], settings: OperatorSettings, kube: Kub
         kube.patch_task_status(meta["namespace"], meta["name"], {"progress": value})
 
 
-def nothing_was_written(task: dict[str, Any]) -> bool:
-    """No runner pod ever started, so the task has no results to purge."""
+def resync(namespace: str, name: str, settings: OperatorSettings, kube: Kube) -> None:
+    """Periodic: catches anything the watches missed, and mirrors progress.json."""
+    status = refresh_status(namespace, name, settings, kube)
+    if status is not None:
+        task = kube.get_task(namespace, name)
+        if task is not None:
+            refresh_progress(task, settings, kube)
+
+
+# --- deletion -----------------------------------------------------------------------------
+
+
+def runner_never_started(status: dict[str, Any], job: dict[str, Any] | None,
+                         pods: list[dict[str, Any]]) -> bool:
+    """True only when it is certain that no runner ever ran, so nothing can be in S3.
+
+    Unsure means False: the purge then runs (and waits for S3 if it must).
+    """
+    if status.get("startTime") or status.get("phase") == COMPLETED:
+        return False
+    if status.get("reason") == "InvalidSpec" and job is None and not pods:
+        return True  # the operator never created a Job for it
+    if job is None:
+        return False  # gone already (or never seen): cannot tell
+    job_status = job.get("status") or {}
+    if job_status.get("succeeded") or job_status.get("failed"):
+        return False
+    return not any((p.get("spec") or {}).get("nodeName") for p in pods)
+
+
+def pods_still_running(pods: list[dict[str, Any]]) -> list[str]:
+    """Pods whose runner may still write to S3."""
+    return [p["metadata"]["name"] for p in pods
+            if (p.get("status") or {}).get("phase") not in FINISHED_POD_PHASES]
+
+
+def purge_retry_delay(retry: int, maximum: float) -> float:
+    return float(min(5 * 2 ** min(retry, 10), maximum))
+
+
+def delete_task(task: dict[str, Any], retry: int, settings: OperatorSettings, kube: Kube,
+                s3: Any | None = None) -> None:
+    """Stop the runner, then delete every object version under the task's prefix.
+
+    The order matters: a runner still going after the purge would write its progress or
+    results again, and they would stay behind. Raises RetryLater until both are done; the
+    task (with its finalizer) stays meanwhile, saying why in its status and events.
+    """
+    meta = task["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     status = task.get("status") or {}
-    return not status.get("startTime") and status.get("phase") != COMPLETED
+    job = kube.get_job(namespace, naming.job_name(name))
+    if job is not None and _owner_uid(job) != uid:
+        job = None
+    pods = kube.task_pods(namespace, uid)
+    if runner_never_started(status, job, pods):
+        log.info("no runner of %s/%s ever started: nothing to purge", namespace, name)
+        metrics.forget_task(namespace, name)
+        return
+    if job is not None:
+        kube.delete_job(namespace, job["metadata"]["name"])
+    running = pods_still_running(pods)
+    if running:
+        raise RetryLater(f"waiting for runner pod(s) {', '.join(running)} to stop before "
+                         "deleting the results", delay=2)
+    started = time.monotonic()
+    try:
+        deleted = purge_task_results(task, settings, s3)
+    except Exception as error:
+        delay = purge_retry_delay(retry, settings.purge_retry_max_seconds)
+        metrics.record_purge("failed", time.monotonic() - started)
+        kube.patch_task_status(namespace, name, purge_failed_status(task, error, delay))
+        events.warning(task, "PurgeFailed",
+                       f"Deleting the results failed ({error}); retrying in {int(delay)}s")
+        raise RetryLater(f"purge failed: {error}", delay=delay) from error
+    metrics.record_purge("succeeded", time.monotonic() - started, deleted)
+    metrics.forget_task(namespace, name)
+    events.normal(task, "ResultsPurged", f"Deleted {deleted} object versions")
 
 
 def purge_task_results(task: dict[str, Any], settings: OperatorSettings, s3: Any | None = None
@@ -297,11 +454,13 @@ def purge_task_results(task: dict[str, Any], settings: OperatorSettings, s3: Any
     return purge(s3 or s3_client(settings), location)
 
 
-def purge_failed_status(task: dict[str, Any], error: Exception, retry_in: float) -> dict[str, Any]:
+def purge_failed_status(task: dict[str, Any], error: Exception, retry_in: float
+                        ) -> dict[str, Any]:
     meta = task["metadata"]
     status = task.get("status") or {}
     message = (f"Deleting the results failed: {error}. The task stays until they are gone; "
-               f"retrying in {int(retry_in)}s. Check the operator's S3 endpoint and credentials.")
+               f"retrying in {int(retry_in)}s. Check the operator's S3 endpoint and "
+               "credentials.")
     conditions = merge_conditions(
         status.get("conditions") or [],
         {"ResultsPurged": ("False", "PurgeFailed", message)},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluation_operator.results_store import ResultsLocation
-from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.s3 import ResultsLocation
 from evaluation_operator.spec import Benchmark, TaskSpec
 
 CONFIG_VERSION = 1

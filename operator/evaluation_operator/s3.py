@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.config import OperatorSettings
 
 _DNS_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _UID = re.compile(r"^[0-9a-fA-F-]{8,64}$")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.config import OperatorSettings
 
 TASK_TYPES = ("multiple-choice", "generation", "classification")
 METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")

@@ -7,8 +7,9 @@ so that tools (kstatus, Argo CD, `kubectl wait`) see real transitions only.
 
 from __future__ import annotations
 
+import datetime
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
@@ -32,6 +33,8 @@ class TaskContext:
     gpu_resource: str
     memory: str
     queue_name: str = ""
+    # How long an image pull or container config error may last before the task fails.
+    start_failure_grace_seconds: int = 0
 
 
 @dataclass
@@ -46,7 +49,6 @@ class Assessment:
     completion_time: str | None = None
     runner_summary: dict[str, Any] | None = None
     failed_attempts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -110,8 +112,49 @@ def _runner_message(summary: dict[str, Any] | None) -> str:
     return ""
 
 
-def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskContext
-           ) -> Assessment:
+# What to check for each failure reason the runner reports (runner contract, section 3).
+RUNNER_REASON_HINTS = {
+    "ModelUnreachable": "Check that the model server at spec.model.endpoint.url is up and "
+                        "reachable from this namespace (NetworkPolicies included).",
+    "UploadFailed": "Check the S3 endpoint, the bucket and the credentials Secret "
+                    "(spec.output.s3.credentialsSecretRef).",
+}
+
+
+def _parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _waiting_since(pod: dict[str, Any]) -> datetime.datetime | None:
+    """When the pod got a node (a pod that waited long for a GPU must not lose its grace)."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            scheduled = _parse_time(condition.get("lastTransitionTime"))
+            if scheduled:
+                return scheduled
+    return _parse_time((pod.get("status") or {}).get("startTime")) or _parse_time(
+        (pod.get("metadata") or {}).get("creationTimestamp"))
+
+
+def _grace_left(pod: dict[str, Any], ctx: TaskContext, now: datetime.datetime | None) -> int:
+    """Seconds left before a start failure (image pull, missing Secret) fails the task."""
+    if ctx.start_failure_grace_seconds <= 0 or now is None:
+        return 0
+    since = _waiting_since(pod)
+    if since is None:
+        return ctx.start_failure_grace_seconds
+    return max(0, ctx.start_failure_grace_seconds - int((now - since).total_seconds()))
+
+
+def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskContext,
+           now: datetime.datetime | None = None) -> Assessment:
+    """`now` is needed only for the grace period of start failures."""
     if job is None:
         return Assessment(EVALUATING, "JobPending", "Creating the evaluation Job.")
     job_status = job.get("status") or {}
@@ -172,13 +215,20 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             detail = _runner_message(summary) or (
                 f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
                 if code is not None else failure.get("message", "no detail"))
-            base.reason = "RetriesExhausted" if job_reason == "BackoffLimitExceeded" else (
-                job_reason or "RunnerFailed")
-            base.message = (
-                f"The runner failed {len(failed_pods)} time(s) and retries are exhausted "
-                f"(spec.retries={ctx.retries}); last failure: {detail}. See "
-                f"`kubectl logs job/{ctx.job_name}`."
-            )
+            runner_reason = str((summary or {}).get("reason") or "")
+            hint = RUNNER_REASON_HINTS.get(runner_reason, "")
+            logs = f"See `kubectl logs job/{ctx.job_name}`."
+            if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
+                base.reason = "RetriesExhausted"
+                base.message = (
+                    f"The runner failed {len(failed_pods)} time(s) and retries are exhausted "
+                    f"(spec.retries={ctx.retries}); last failure: {detail}. {hint} {logs}")
+            else:
+                base.reason = "RunnerFailed" if job_reason in ("", "BackoffLimitExceeded") \
+                    else job_reason
+                retry = " (spec.retries=0: no retry)" if ctx.retries == 0 else ""
+                base.message = f"The runner failed{retry}: {detail}. {hint} {logs}"
+            base.message = " ".join(base.message.split())
         return base
 
     # The Job is still going: describe the current pod.
@@ -212,6 +262,26 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             )
     waiting = (_runner_status(current).get("state") or {}).get("waiting") or {}
     waiting_reason = str(waiting.get("reason") or "")
+    grace_left = _grace_left(current, ctx, now) if waiting_reason in (
+        *IMAGE_PULL_REASONS, *CONFIG_REASONS) else 0
+    if waiting_reason in IMAGE_PULL_REASONS and grace_left:
+        image = _runner_status(current).get("image") or "the runner image"
+        return Assessment(
+            EVALUATING, "ImagePullBackOff",
+            f"The runner image {image} cannot be pulled yet ({waiting_reason}: "
+            f"{waiting.get('message', '')}). The task fails if this lasts {grace_left}s more: "
+            "check spec.framework.image, the operator's runner image and its pull secret.",
+            scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
+        )
+    if waiting_reason in CONFIG_REASONS and grace_left:
+        return Assessment(
+            EVALUATING, "ContainerConfigPending",
+            f"The runner cannot start yet: {waiting.get('message', waiting_reason)}. The task "
+            f"fails if this lasts {grace_left}s more: create the Secrets named in "
+            "spec.output.s3.credentialsSecretRef and spec.model.endpoint.apiKeySecretRef in "
+            "this namespace, with the expected keys.",
+            scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
+        )
     if waiting_reason in IMAGE_PULL_REASONS:
         image = _runner_status(current).get("image") or "the runner image"
         return Assessment(

@@ -21,6 +21,7 @@ from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 BUCKET = "eval-results"
+START_FAILURE_GRACE_SECONDS = 4
 
 
 class OperatorProcess:
@@ -42,6 +43,7 @@ class OperatorProcess:
             "EVAL_S3_REGION": self.s3.region,
             "EVAL_PROGRESS_INTERVAL_SECONDS": "2",
             "EVAL_PURGE_RETRY_MAX_SECONDS": "4",
+            "EVAL_START_FAILURE_GRACE_SECONDS": str(START_FAILURE_GRACE_SECONDS),
             "EVAL_RUNNER_IMAGE": "registry.example/evaluation-runner:test",
         }
 

@@ -158,6 +158,12 @@ def test_image_that_cannot_be_pulled_fails_the_task_and_frees_the_gpu(
 ) -> None:
     create_task(cluster, namespace, task_manifest(
         "bad-image", framework={"name": "builtin", "image": unpullable_image()}))
+    # First a grace period (registries have bad minutes), saying what is wrong...
+    status = wait_status(cluster, namespace, "bad-image", "ImagePullBackOff",
+                         lambda s: s.get("reason") == "ImagePullBackOff")
+    assert status["phase"] == "Evaluating"
+    assert "cannot be pulled yet" in status["message"]
+    # ...then the task fails and the GPU is freed.
     status = wait_status(cluster, namespace, "bad-image", "Failed",
                          lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "ImagePullError"

@@ -1,12 +1,10 @@
-"""Operator configuration and the Prometheus metrics users scrape."""
+"""Operator configuration: environment variables and command-line flags."""
 
 from __future__ import annotations
 
 import pytest
-from evaluation_operator import metrics
 from evaluation_operator.__main__ import build_argv
-from evaluation_operator.settings import OperatorSettings, SettingsError
-from prometheus_client import generate_latest
+from evaluation_operator.config import FLAGS, OperatorSettings, SettingsError, apply_flags
 
 
 def test_settings_from_env() -> None:
@@ -31,20 +29,27 @@ def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
         OperatorSettings.from_env(env)
 
 
-def test_scores_phases_and_failures_are_exported() -> None:
-    status = {"phase": "Completed", "overallScore": 0.71, "startTime": "2026-01-01T00:00:10Z",
-              "completionTime": "2026-01-01T00:10:10Z",
-              "benchmarks": [{"name": "arc", "score": 0.8, "metrics": {"accuracy": 0.8}}]}
-    metrics.observe_transition("ns-m", "t1", {}, status, created="2026-01-01T00:00:00Z")
-    metrics.record_scores("ns-m", "t1", status)
-    metrics.record_failure("ns-m", "OOMKilled")
-    text = generate_latest(metrics.REGISTRY).decode()
-    assert 'evaluation_score{benchmark="arc",metric="accuracy",namespace="ns-m",task="t1"} 0.8' \
-        in text
-    assert 'evaluation_score{benchmark="",metric="overall",namespace="ns-m",task="t1"} 0.71' in text
-    assert 'evaluation_tasks{namespace="ns-m",phase="Completed"} 1.0' in text
-    assert 'evaluation_task_failures_total{namespace="ns-m",reason="OOMKilled"} 1.0' in text
-    metrics.forget_task("ns-m", "t1")
-    text = generate_latest(metrics.REGISTRY).decode()
-    assert 'task="t1"' not in text
-    assert 'evaluation_tasks{namespace="ns-m",phase="Completed"} 0.0' in text
+def test_flags_override_the_environment_and_the_rest_goes_to_kopf() -> None:
+    env, rest = apply_flags(
+        ["--runner-image", "r:2", "--s3-bucket=flagged", "-n", "a", "--namespace", "b",
+         "--verbose", "--liveness=http://0.0.0.0:8080/healthz"],
+        {"EVAL_S3_BUCKET": "from-env", "EVAL_S3_REGION": "eu-west-1"})
+    settings = OperatorSettings.from_env(env)
+    assert settings.runner_image == "r:2"
+    assert settings.s3_bucket == "flagged"
+    assert settings.s3_region == "eu-west-1"
+    assert settings.namespaces == ("a", "b")
+    assert rest == ["--verbose", "--liveness=http://0.0.0.0:8080/healthz"]
+
+
+def test_all_namespaces_flag_clears_the_namespace_list() -> None:
+    env, _ = apply_flags(["--all-namespaces"], {"EVAL_NAMESPACES": "a"})
+    assert OperatorSettings.from_env(env).namespaces == ()
+
+
+def test_every_flag_maps_to_a_setting() -> None:
+    """A flag whose variable nothing reads would silently do nothing."""
+    for flag, variable in FLAGS.items():
+        value = "7" if flag not in ("--runner-image-pull-policy",) else "Never"
+        env, _ = apply_flags([flag, value], {})
+        assert OperatorSettings.from_env(env) != OperatorSettings.from_env({}), (flag, variable)

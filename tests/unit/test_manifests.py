@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from evaluation_operator import naming
+from evaluation_operator.config import OperatorSettings
 from evaluation_operator.manifests import build_configmap, build_job
-from evaluation_operator.results_store import results_location
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.settings import OperatorSettings
+from evaluation_operator.s3 import results_location
 from evaluation_operator.spec import SpecError, parse_task_spec
 
 SETTINGS = OperatorSettings(s3_bucket="eval-results", runner_image="runner:1",

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from evaluation_operator.results_store import (
+from evaluation_operator.s3 import (
     PurgeIncompleteError,
     ResultsLocation,
     UnsafePrefixError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from evaluation_operator.status import (
     merge_conditions,
     parse_termination_message,
     render_status,
+    scores_from_summary,
     summary_is_complete,
 )
 
@@ -168,3 +170,83 @@ def test_kstatus_view_of_each_phase() -> None:
         assert {k: got[k] for k in expected} == expected
         assert status["observedGeneration"] == 3
         assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+GRACE = TaskContext(**{**CTX.__dict__, "start_failure_grace_seconds": 120})
+SCHEDULED_AT = [{"type": "PodScheduled", "status": "True",
+                 "lastTransitionTime": "2026-01-01T01:00:00Z"}]
+
+
+def at(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_image_pull_error_waits_out_the_grace_period_counted_from_scheduling() -> None:
+    # Created an hour before it got a GPU: the grace starts when it was scheduled.
+    pulling = pod("Pending", created="2026-01-01T00:00:00Z", conditions=SCHEDULED_AT,
+                  waiting={"reason": "ErrImagePull", "message": "429 Too Many Requests"})
+    early = assess(job(), [pulling], GRACE, now=at("2026-01-01T01:00:30Z"))
+    assert (early.phase, early.reason) == ("Evaluating", "ImagePullBackOff")
+    assert "429 Too Many Requests" in early.message and "90s more" in early.message
+    late = assess(job(), [pulling], GRACE, now=at("2026-01-01T01:02:00Z"))
+    assert (late.phase, late.reason) == ("Failed", "ImagePullError")
+
+
+def test_missing_secret_gets_the_same_grace() -> None:
+    waiting = pod("Pending", created="2026-01-01T01:00:00Z",
+                  waiting={"reason": "CreateContainerConfigError",
+                           "message": 'secret "s3-creds" not found'})
+    early = assess(job(), [waiting], GRACE, now=at("2026-01-01T01:01:00Z"))
+    assert early.reason == "ContainerConfigPending" and 's3-creds' in early.message
+    assert assess(job(), [waiting], GRACE, now=at("2026-01-01T01:05:00Z")).reason == \
+        "ContainerConfigError"
+
+
+def test_runner_failure_without_retries_is_runner_failed_with_a_hint() -> None:
+    ctx = TaskContext(**{**CTX.__dict__, "retries": 0})
+    message = json.dumps({"v": 1, "status": "Failed", "reason": "ModelUnreachable",
+                          "message": "http://m:8000/v1: connection refused"})
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+               [failed(75, message=message)], ctx)
+    assert (a.phase, a.reason) == ("Failed", "RunnerFailed")
+    assert "connection refused" in a.message
+    assert "spec.model.endpoint.url" in a.message
+    assert "kubectl logs job/t-eval" in a.message
+
+
+def test_upload_failure_points_at_s3() -> None:
+    message = json.dumps({"v": 1, "status": "Failed", "reason": "UploadFailed",
+                          "message": "PutObject: AccessDenied"})
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+               [failed(75, message=message)], CTX)
+    assert a.reason == "RetriesExhausted" and "credentialsSecretRef" in a.message
+
+
+def test_runner_failure_without_a_message_reports_the_exit_code() -> None:
+    ctx = TaskContext(**{**CTX.__dict__, "retries": 0})
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+               [failed(2)], ctx)
+    assert a.reason == "RunnerFailed" and "exit code 2 (Error)" in a.message
+
+
+def test_preempted_pod_is_replaced_without_counting_as_a_failure() -> None:
+    """DisruptionTarget pods are ignored by the Job; status keeps evaluating."""
+    a = assess(job(), [pod("Pending", node=None)], CTX)
+    assert (a.phase, a.reason) == ("Evaluating", "Scheduling")
+
+
+def test_scores_from_summary_keep_numbers_only() -> None:
+    scores = scores_from_summary({"overallScore": 0.5, "benchmarks": [
+        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "samples": 10,
+         "metrics": {"bleu": 50.0, "note": "text"}}]})
+    assert scores == {"overallScore": 0.5, "benchmarks": [
+        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "metrics": {"bleu": 50.0},
+         "samples": 10}]}
+
+
+def test_status_keeps_start_time_and_progress_across_updates() -> None:
+    previous = {"startTime": "T0", "progress": {"samplesDone": 1, "samplesTotal": 2,
+                                                "text": "1/2"}}
+    status = render_status(previous, assess(job(), [pod("Running")], CTX), generation=1,
+                           now="T9", job_name="t-eval", configmap_name="t-config", results={})
+    assert status["startTime"] == "T0" and status["progress"]["text"] == "1/2"

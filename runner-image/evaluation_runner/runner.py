@@ -8,7 +8,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from evaluation_runner import termination
+from evaluation_runner import lm_eval_adapter, termination
 from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
 from evaluation_runner.config import BenchmarkConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, load_dataset
@@ -62,20 +62,30 @@ def score_benchmark(benchmark: BenchmarkConfig, dataset: LoadedDataset,
     )
 
 
+def framework_document(name: str, framework_results: dict[str, dict[str, Any]]
+                       ) -> dict[str, Any]:
+    libraries = {p: _version(p) for p in ("sacrebleu", "rouge-score", "scikit-learn")}
+    if name == "lm-eval":
+        # Our metrics over lm-eval's answers; lm-eval's own figures in frameworkResults.
+        return {"name": "lm-eval", "version": lm_eval_adapter.lm_eval_version(),
+                "runnerVersion": RUNNER_VERSION, "libraries": libraries,
+                "frameworkResults": framework_results}
+    return {"name": "builtin", "version": RUNNER_VERSION, "libraries": libraries}
+
+
 def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None) -> bytes:
     """Evaluate, upload the bundle, and return the termination message. Raises RunnerError."""
     started, clock = _now(), time.monotonic()
+    api_key: str | None = None
     if config.framework == "lm-eval":
-        raise ConfigurationError(
-            "framework.name: lm-eval is not available in this runner version yet; use "
-            "framework builtin")
+        lm_eval_adapter.require_lm_eval()
     if config.endpoint is None:
         from evaluation_runner.local_model import local_client
 
         client: Any = local_client(config)
     else:
-        client = ModelClient(config.endpoint, config.model_name,
-                             api_key=resolve_api_key(config.endpoint))
+        api_key = resolve_api_key(config.endpoint)
+        client = ModelClient(config.endpoint, config.model_name, api_key=api_key)
     s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
                         if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
                         else None)
@@ -83,14 +93,25 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     generation = Generation(config.max_tokens, config.temperature, config.seed)
     totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
     results = []
+    framework_results: dict[str, dict[str, Any]] = {}
     tracker = ProgressTracker(totals, lambda doc: writer.put("progress.json", doc,
                                                              "application/json"),
                               config.progress_interval_seconds)
     with tracker:
-        for benchmark, dataset in zip(config.benchmarks, datasets, strict=True):
-            predictions = predict_all(
-                client, benchmark, dataset.samples, dataset.examples, generation,
-                config.concurrency, on_done=functools.partial(tracker.advance, benchmark.name))
+        for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
+                                                         strict=True)):
+            if config.framework == "lm-eval":
+                run_result = lm_eval_adapter.run_benchmark(config, benchmark, index, dataset,
+                                                           api_key)
+                predictions = run_result.predictions
+                framework_results[benchmark.name] = run_result.native
+                for _ in predictions:
+                    tracker.advance(benchmark.name)
+            else:
+                predictions = predict_all(
+                    client, benchmark, dataset.samples, dataset.examples, generation,
+                    config.concurrency,
+                    on_done=functools.partial(tracker.advance, benchmark.name))
             results.append(score_benchmark(benchmark, dataset, predictions))
     overall = overall_score([(r.score, r.weight) for r in results])
     context = {
@@ -99,9 +120,7 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
                   "endpoint": config.endpoint.url if config.endpoint else None,
                   "api": config.endpoint.api if config.endpoint else None,
                   "source": config.source_uri},
-        "framework": {"name": "builtin", "version": RUNNER_VERSION,
-                      "libraries": {p: _version(p) for p in
-                                    ("sacrebleu", "rouge-score", "scikit-learn")}},
+        "framework": framework_document(config.framework, framework_results),
         "parameters": {"temperature": config.temperature, "maxTokens": config.max_tokens,
                        "concurrency": config.concurrency, "seed": config.seed},
         "timings": {"startedAt": started, "finishedAt": _now(),

@@ -1,0 +1,223 @@
+"""framework: lm-eval. Each benchmark becomes a small lm-evaluation-harness task built from
+our own dataset rows, run with lm-eval's OpenAI-compatible API models (`local-completions`,
+`local-chat-completions`) against the same endpoint. lm-eval's per-sample answers are then
+scored with our metrics, so the bundle has the same shape and the same metric definitions as
+a builtin run; lm-eval's own headline figures are kept beside them in `frameworkResults`.
+
+lm_eval is imported lazily: it is an optional extra of the runner image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from evaluation_runner.config import BenchmarkConfig, EndpointConfig, RunnerConfig
+from evaluation_runner.datasets import LoadedDataset, Sample
+from evaluation_runner.errors import ConfigurationError, TransientError
+from evaluation_runner.tasks import Prediction, match_label
+
+INSTALL_HINT = ("framework.name: lm-eval is not installed in this runner image; use the image "
+                "built with the lm-eval extra (pip install 'evaluation-operator[runner,lm-eval]')")
+MC_TEMPLATE = "Question: {{prompt}}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class FrameworkRun:
+    predictions: list[Prediction]
+    native: dict[str, Any]  # lm-eval's own aggregated figures for the task
+
+
+def lm_eval_version() -> str | None:
+    try:
+        return metadata.version("lm_eval")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def require_lm_eval() -> None:
+    """Fail fast, before any dataset is fetched, when the image lacks the extra."""
+    _import_lm_eval()
+
+
+def _import_lm_eval() -> Any:
+    try:
+        import lm_eval
+    except ImportError as error:
+        raise ConfigurationError(INSTALL_HINT) from error
+    return lm_eval
+
+
+def task_name(benchmark: BenchmarkConfig) -> str:
+    return "evalrunner_" + re.sub(r"[^A-Za-z0-9_]", "_", benchmark.name)
+
+
+def _rows(samples: tuple[Sample, ...]) -> list[dict[str, Any]]:
+    rows = []
+    for sample in samples:
+        row: dict[str, Any] = {"id": sample.index, "prompt": sample.prompt,
+                               "reference": sample.reference}
+        if sample.choices is not None:
+            row["choices"] = list(sample.choices)
+            row["gold"] = (sample.choices.index(sample.reference)
+                           if sample.reference in sample.choices else 0)
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def task_config(benchmark: BenchmarkConfig, dataset: LoadedDataset, workdir: Path,
+                config: RunnerConfig) -> dict[str, Any]:
+    """An lm-eval task definition (the dict form of its YAML) over our parsed rows."""
+    files = {"test": _write_jsonl(workdir / "test.jsonl", _rows(dataset.samples))}
+    if dataset.examples:
+        files["train"] = _write_jsonl(workdir / "train.jsonl", _rows(dataset.examples))
+    task: dict[str, Any] = {
+        "task": task_name(benchmark),
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": files},
+        "test_split": "test",
+        "num_fewshot": benchmark.few_shot,
+        "metadata": {"version": 1.0},
+    }
+    if dataset.examples:
+        # The first N rows, in order, as the builtin framework does.
+        task["fewshot_split"] = "train"
+        task["fewshot_config"] = {"sampler": "first_n"}
+    if benchmark.task == "multiple-choice":
+        task.update({
+            "output_type": "multiple_choice", "doc_to_text": MC_TEMPLATE,
+            "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}",
+            "metric_list": [{"metric": "acc", "aggregation": "mean",
+                             "higher_is_better": True}]})
+    else:
+        task.update({
+            "output_type": "generate_until", "doc_to_text": "{{prompt}}",
+            "doc_to_target": "{{reference}}", "target_delimiter": "\n",
+            "fewshot_delimiter": "\n\n",
+            "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": config.max_tokens,
+                                  "temperature": config.temperature, "do_sample": False},
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean",
+                             "higher_is_better": True}]})
+    return task
+
+
+def model_spec(config: RunnerConfig, benchmark: BenchmarkConfig, index: int
+               ) -> tuple[str, dict[str, Any]]:
+    endpoint: EndpointConfig | None = config.endpoint
+    if endpoint is None:
+        raise ConfigurationError(
+            "model.source: framework lm-eval runs against model.endpoint only")
+    args: dict[str, Any] = {
+        "model": config.model_name, "num_concurrent": config.concurrency,
+        "max_retries": max(1, endpoint.max_retries + 1), "timeout": int(endpoint.timeout_seconds),
+        "seed": config.seed, "max_gen_toks": config.max_tokens,
+    }
+    if benchmark.task == "multiple-choice":
+        if endpoint.api != "completions":
+            raise ConfigurationError(
+                f"benchmarks[{index}].task: multiple-choice with framework lm-eval scores "
+                "choices by log-likelihood, which needs model.endpoint.api: completions")
+        # Context lengths come from the server's own tokenizer (vLLM's /tokenize).
+        args.update(base_url=f"{endpoint.url}/completions", tokenizer_backend="remote")
+        return "local-completions", args
+    args["tokenizer_backend"] = "none"
+    if endpoint.api == "completions":
+        args["base_url"] = f"{endpoint.url}/completions"
+        return "local-completions", args
+    args["base_url"] = f"{endpoint.url}/chat/completions"
+    return "local-chat-completions", args
+
+
+def _prediction(benchmark: BenchmarkConfig, sample: Sample, record: dict[str, Any],
+                labels: list[str]) -> Prediction:
+    prompt = ""
+    arguments = record.get("arguments")
+    if isinstance(arguments, dict | list) and arguments:
+        first = next(iter(arguments.values())) if isinstance(arguments, dict) else arguments[0]
+        if isinstance(first, dict):
+            first = first.get("arg_0", "")
+        if isinstance(first, list | tuple) and first:
+            first = first[0]
+        prompt = first if isinstance(first, str) else ""
+    responses = record.get("filtered_resps") or record.get("resps") or []
+    if benchmark.task == "multiple-choice":
+        assert sample.choices is not None
+        values = []
+        for response in responses:
+            while isinstance(response, list | tuple) and response and \
+                    isinstance(response[0], list | tuple):
+                response = response[0]
+            values.append(float(response[0]) if isinstance(response, list | tuple)
+                          else float(response))
+        if len(values) != len(sample.choices):
+            raise TransientError(f"lm-eval returned {len(values)} log-likelihoods for "
+                                 f"{len(sample.choices)} choices", reason="RunnerError")
+        best = max(range(len(values)), key=lambda i: (values[i], -i))
+        return Prediction(sample, prompt, sample.choices[best], tuple(values))
+    text = responses[0] if responses else ""
+    while isinstance(text, list | tuple):
+        text = text[0] if text else ""
+    prediction = str(text).strip()
+    if benchmark.task == "classification":
+        prediction = match_label(prediction, labels)
+    return Prediction(sample, prompt, prediction)
+
+
+def _unreachable(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}".lower()
+    return any(word in text for word in ("connection", "refused", "timed out", "timeout",
+                                         "max retries", "failed after"))
+
+
+def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
+                  dataset: LoadedDataset, api_key: str | None) -> FrameworkRun:
+    lm_eval = _import_lm_eval()
+    model, model_args = model_spec(config, benchmark, index)
+    if api_key:
+        os.environ["OPENAI_API_KEY"] = api_key  # where lm-eval's API models read it
+    # The Job's HOME is /tmp; keep the datasets cache there, never reach the Hub.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="lm-eval-") as tmp:
+        task = task_config(benchmark, dataset, Path(tmp), config)
+        try:
+            output = lm_eval.simple_evaluate(
+                model=model, model_args=model_args, tasks=[task], log_samples=True,
+                apply_chat_template=model == "local-chat-completions",
+                random_seed=config.seed, numpy_random_seed=config.seed,
+                torch_random_seed=config.seed, fewshot_random_seed=config.seed,
+                bootstrap_iters=0)
+        except ConfigurationError:
+            raise
+        except Exception as error:
+            if _unreachable(error):
+                url = config.endpoint.url if config.endpoint else ""
+                raise TransientError(f"model endpoint {url} failed under lm-eval: {error}"[:900],
+                                     reason="ModelUnreachable") from error
+            raise
+    if not output:
+        raise TransientError("lm-eval returned no results", reason="RunnerError")
+    name = task["task"]
+    records = sorted(output.get("samples", {}).get(name, []), key=lambda r: int(r["doc_id"]))
+    if len(records) != len(dataset.samples):
+        raise TransientError(f"lm-eval scored {len(records)} of {len(dataset.samples)} "
+                             f"samples of {benchmark.name}", reason="RunnerError")
+    labels = list(benchmark.labels) if benchmark.labels else sorted(
+        {s.reference for s in (*dataset.samples, *dataset.examples)})
+    predictions = [_prediction(benchmark, sample, record, labels)
+                   for sample, record in zip(dataset.samples, records, strict=True)]
+    native = {key: value for key, value in output.get("results", {}).get(name, {}).items()
+              if isinstance(value, int | float) and not isinstance(value, bool)}
+    return FrameworkRun(predictions, native)

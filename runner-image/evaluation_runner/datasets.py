@@ -107,6 +107,10 @@ def _choices(value: Any, field_path: str) -> tuple[str, ...]:
 def _reference(value: Any, choices: tuple[str, ...] | None) -> str:
     if choices is not None and isinstance(value, int) and not isinstance(value, bool):
         return choices[value] if 0 <= value < len(choices) else str(value)
+    if choices is not None and isinstance(value, str) and value.strip().isdigit() \
+            and value not in choices:  # CSV cells hold an index as text
+        index = int(value.strip())
+        return choices[index] if 0 <= index < len(choices) else value
     if choices is not None and isinstance(value, str) and len(value) == 1 and value.isalpha() \
             and value not in choices:
         index = ord(value.upper()) - ord("A")

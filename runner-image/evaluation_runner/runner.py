@@ -97,6 +97,9 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     tracker = ProgressTracker(totals, lambda doc: writer.put("progress.json", doc,
                                                              "application/json"),
                               config.progress_interval_seconds)
+    # Before any model time is spent: a results location we cannot write to fails the run
+    # now (78 for a missing bucket or bad credentials, 75 for an outage), not hours later.
+    writer.put("progress.json", tracker.document(), "application/json")
     with tracker:
         for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
                                                          strict=True)):

@@ -63,6 +63,7 @@ class ResultsWriter:
                         f"output.s3: cannot write {self.uri(key)}: {error_code(error)} "
                         "(check the bucket and the credentials Secret)") from error
                 last = error
-                time.sleep(self.backoff_seconds * 2 ** attempt)
+                if attempt + 1 < UPLOAD_ATTEMPTS:
+                    time.sleep(self.backoff_seconds * 2 ** attempt)
         raise TransientError(f"uploading {self.uri(key)} failed after {UPLOAD_ATTEMPTS} "
                              f"attempts: {last}", reason="UploadFailed")

@@ -34,6 +34,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
+    ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    settings.watching.label_selectors["batch", "v1", "jobs"] = ours
+    settings.watching.label_selectors["", "v1", "pods"] = ours
+    if SETTINGS.namespaces:
+        # Named namespaces need no discovery: without this Kopf lists all namespaces (and
+        # watches CRDs) cluster-wide, which a namespaced install is not allowed to do, and
+        # stalls about a minute in retries before falling back to the names given.
+        settings.scanning.disabled = True
     if SETTINGS.metrics_port:
         metrics.start_metrics_server(SETTINGS.metrics_port)
 

@@ -217,6 +217,9 @@ def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube
     try:
         _create_owned(kube, task, build_configmap(task, config))
         created = _create_owned(kube, task, build_job(task, spec, settings))
+    except ForeignChildError as waiting:
+        _report_waiting(task, "PreviousRunCleanup", f"{waiting}.", kube)
+        raise
     except ApiException as error:
         if error.status != 422:
             raise
@@ -228,6 +231,19 @@ def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube
         events.normal(task, "JobCreated", f"Created Job {naming.job_name(meta['name'])}; "
                                           f"results will go to {location.uri}")
     refresh_status(meta["namespace"], meta["name"], settings, kube)
+
+
+def _report_waiting(task: dict[str, Any], reason: str, message: str, kube: Kube) -> None:
+    meta = task["metadata"]
+    previous = task.get("status") or {}
+    if previous.get("reason") == reason:
+        return
+    status = render_status(
+        previous, Assessment(EVALUATING, reason, message),
+        generation=int(meta.get("generation", 1)), now=now_iso(),
+        job_name=naming.job_name(meta["name"]), configmap_name=naming.configmap_name(meta["name"]),
+        results=previous.get("results") or {})
+    kube.patch_task_status(meta["namespace"], meta["name"], status)
 
 
 def _api_message(error: ApiException) -> str:

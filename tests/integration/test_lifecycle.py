@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.conftest import (
     BUCKET,
@@ -55,11 +56,15 @@ def test_every_example_applies_and_gets_a_status(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess, example: Path
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(example))
-    name = next(line.split(":", 1)[1].strip() for line in example.read_text().splitlines()
-                if line.strip().startswith("name:"))
+    manifest = yaml.safe_load(example.read_text())
+    name = manifest["metadata"]["name"]
     status = wait_status(cluster, namespace, name, "a phase", lambda s: s.get("phase"))
     assert status["phase"] == "Evaluating"
     assert status["jobName"] == f"{name}-eval"
+    job = cluster.kubectl_json("get", "job", f"{name}-eval", "-n", namespace)
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    gpus = (manifest["spec"].get("resources") or {}).get("gpu", 1)
+    assert limits.get("nvidia.com/gpu", "0") == str(gpus)
 
 
 def test_task_runs_on_a_gpu_node_and_completes_with_scores(

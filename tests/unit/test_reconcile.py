@@ -180,6 +180,8 @@ def test_children_of_an_older_task_with_the_same_name_are_waited_out() -> None:
     with pytest.raises(reconcile.ForeignChildError, match="deleted task of the same name"):
         reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
     assert "create Job" not in fake.calls
+    assert fake.task["status"]["phase"] == "Evaluating"
+    assert fake.task["status"]["reason"] == "PreviousRunCleanup"
 
 
 def test_existing_children_of_this_task_are_reused_after_a_restart() -> None:

@@ -1,0 +1,158 @@
+"""More of a task's life on the real control plane: runner failure without retries, a Kueue
+queue, long names, deleting a running task, re-creating a task under the same name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import (
+    BUCKET,
+    OperatorProcess,
+    condition,
+    create_task,
+    get_task,
+    running_pod,
+    success_message,
+    task_manifest,
+    wait_status,
+)
+from tests.support.cluster import GPU_NODES, Cluster
+from tests.support.kwok import finish_pod
+from tests.support.s3 import S3Endpoint
+
+pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
+
+SCORES = [{"name": "arc-easy", "score": 0.5, "primaryMetric": "accuracy",
+           "metrics": {"accuracy": 0.5}, "samples": 2},
+          {"name": "wmt-de-en", "score": 0.2, "primaryMetric": "bleu",
+           "metrics": {"bleu": 20.0}, "samples": 2}]
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_kwok(cluster: Cluster) -> None:
+    if not cluster.scripted_pods:
+        pytest.skip("plays the runner through KWOK-scripted pods")
+
+
+def _prefix(status: dict[str, Any]) -> str:
+    return str(status["results"]["uri"])[len(f"s3://{BUCKET}/"):]
+
+
+def _keys_under(s3: Any, prefix: str) -> list[str]:
+    listing = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
+    return [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+
+
+def test_runner_failure_without_retries_says_what_to_check(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any
+) -> None:
+    create_task(cluster, namespace, task_manifest("unreachable", retries=0))
+    pod = running_pod(cluster, namespace, "unreachable")
+    failure = json.dumps({"v": 1, "status": "Failed", "reason": "ModelUnreachable",
+                          "message": "http://tiny-llm.models.svc:8000/v1: connection refused"})
+    finish_pod(core, namespace, pod["metadata"]["name"], 75, message=failure)
+    status = wait_status(cluster, namespace, "unreachable", "Failed",
+                         lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "RunnerFailed"
+    assert "connection refused" in status["message"]
+    assert "spec.model.endpoint.url" in status["message"]
+    assert condition(status, "Failed")["reason"] == "RunnerFailed"
+    assert condition(status, "Stalled")["status"] == "True"
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                "evaluation.dev/task=unreachable")["items"]
+    assert len(pods) == 1
+
+
+def test_kueue_queue_holds_the_job_until_admitted(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any
+) -> None:
+    create_task(cluster, namespace, task_manifest("queued", scheduling={"queueName": "gpu-q"}))
+    status = wait_status(cluster, namespace, "queued", "Queued",
+                         lambda s: s.get("reason") == "Queued")
+    assert status["phase"] == "Evaluating"
+    assert "gpu-q" in status["message"]
+    assert condition(status, "Scheduled") == {**condition(status, "Scheduled"),
+                                              "status": "False", "reason": "Queued"}
+    job = cluster.kubectl_json("get", "job", "queued-eval", "-n", namespace)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-q"
+    assert cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                "evaluation.dev/task=queued")["items"] == []
+    # Kueue admits the workload by unsuspending the Job.
+    cluster.kubectl("patch", "job", "queued-eval", "-n", namespace, "--type=merge",
+                    "-p", '{"spec": {"suspend": false}}')
+    running_pod(cluster, namespace, "queued")
+    wait_status(cluster, namespace, "queued", "Running",
+                lambda s: condition(s, "Running").get("status") == "True")
+
+
+def test_long_task_name_gets_hashed_children_and_a_full_status(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any
+) -> None:
+    name = "llama-3-70b-instruct-reasoning-and-translation-suite-nightly-2026-11-27"
+    assert len(name) > 63
+    create_task(cluster, namespace, task_manifest(name))
+    status = wait_status(cluster, namespace, name, "Running",
+                         lambda s: condition(s, "Running").get("status") == "True")
+    job_name = status["jobName"]
+    assert len(job_name) <= 63 and job_name.endswith("-eval") and job_name != f"{name}-eval"
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                f"batch.kubernetes.io/job-name={job_name}")["items"]
+    assert len(pods) == 1 and pods[0]["spec"]["nodeName"] in GPU_NODES
+    finish_pod(core, namespace, pods[0]["metadata"]["name"], 0,
+               message=success_message(0.35, SCORES, status["results"]["uri"]))
+    status = wait_status(cluster, namespace, name, "Completed",
+                         lambda s: s.get("phase") == "Completed")
+    assert status["overallScore"] == 0.35
+
+
+def test_deleting_a_running_task_stops_the_runner_and_purges(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, s3_server: S3Endpoint
+) -> None:
+    s3 = s3_server.client()
+    create_task(cluster, namespace, task_manifest("cancelled"))
+    pod = running_pod(cluster, namespace, "cancelled")
+    status = wait_status(cluster, namespace, "cancelled", "started",
+                         lambda s: s.get("startTime") and s.get("results"))
+    prefix = _prefix(status)
+    for key in ("progress.json", "benchmarks/arc-easy/samples.jsonl"):
+        s3.put_object(Bucket=BUCKET, Key=prefix + key, Body=b"partial")
+    cluster.kubectl("delete", "evaluationtask", "cancelled", "-n", namespace, "--timeout=60s")
+    assert _keys_under(s3, prefix) == []
+    assert cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace,
+                           check=False).returncode != 0, "the runner pod was stopped"
+
+
+def test_recreating_a_task_under_the_same_name_starts_a_fresh_run(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any,
+    s3_server: S3Endpoint,
+) -> None:
+    s3 = s3_server.client()
+    first = create_task(cluster, namespace, task_manifest("nightly"))
+    pod = running_pod(cluster, namespace, "nightly")
+    status = wait_status(cluster, namespace, "nightly", "started",
+                         lambda s: s.get("startTime") and s.get("results"))
+    first_prefix = _prefix(status)
+    s3.put_object(Bucket=BUCKET, Key=first_prefix + "summary.json", Body=b"{}")
+    finish_pod(core, namespace, pod["metadata"]["name"], 0,
+               message=success_message(0.1, SCORES, status["results"]["uri"]))
+    wait_status(cluster, namespace, "nightly", "Completed", lambda s: s.get("phase") == "Completed")
+
+    cluster.kubectl("delete", "evaluationtask", "nightly", "-n", namespace, "--timeout=60s")
+    second = create_task(cluster, namespace, task_manifest("nightly"))
+    new_uid = second["metadata"]["uid"]
+    assert new_uid != first["metadata"]["uid"]
+    # Whatever the garbage collector has left of the first run, the new task gets its own Job.
+    pod = running_pod(cluster, namespace, "nightly", timeout=90)
+    assert pod["metadata"]["labels"]["evaluation.dev/task-uid"] == new_uid
+    job = cluster.kubectl_json("get", "job", "nightly-eval", "-n", namespace)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == new_uid
+    status = wait_status(cluster, namespace, "nightly", "Running",
+                         lambda s: condition(s, "Running").get("status") == "True")
+    assert new_uid in status["results"]["uri"]
+    assert _keys_under(s3, first_prefix) == []
+    task = get_task(cluster, namespace, "nightly")
+    assert task is not None and task["status"]["phase"] == "Evaluating"

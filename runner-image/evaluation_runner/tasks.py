@@ -48,14 +48,41 @@ def lettered_prompt(sample: Sample, shots: str) -> str:
 
 
 def extract_letter(text: str, choices: Sequence[str]) -> str:
-    """The chosen option from a chat answer such as "B", "(B)" or "The answer is B."."""
+    """The chosen option from a chat answer such as "B", "(b)", "The answer is B." or the
+    option's own text; "" when no single option can be read from it."""
     valid = LETTERS[:len(choices)]
-    match = re.search(rf"\b([{valid}])\b", text.strip().upper()) if valid else None
-    if match:
-        return choices[LETTERS.index(match.group(1))]
-    stripped = text.strip().lower()
-    exact = [c for c in choices if c.strip().lower() == stripped]
-    return exact[0] if exact else ""
+    if not valid:
+        return ""
+    answer = text.strip()
+
+    def pick(letter: str) -> str:
+        return choices[LETTERS.index(letter.upper())]
+
+    # The whole answer is a letter: "B", "b", "(B)", "B.", "**B**".
+    bare = re.fullmatch(rf"[\s*(\[]*([{valid}])[\s*)\].:]*", answer, re.IGNORECASE)
+    if bare:
+        return pick(bare.group(1))
+    # An explicit statement: "answer is B", "Answer: (c)", "option D".
+    stated = re.search(rf"\b(?:answer|option|choice)\s*(?:is|:)?\s*[(\[]?([{valid}])\b"
+                       r"(?!\s+[a-z])", answer, re.IGNORECASE)
+    if stated:
+        return pick(stated.group(1))
+    # A leading label: "B) blue", "C. Paris is ...".
+    leading = re.match(rf"[(\[]?([{valid}])[).\]:]\s", answer)
+    if leading:
+        return pick(leading.group(1))
+    # A capital letter standing alone, except "A"/"I" used as a word ("A good question").
+    for found in re.finditer(rf"\b([{valid}])\b", answer):
+        if found.group(1) in "AI" and re.match(r"\s+[a-z]", answer[found.end():]):
+            continue
+        return pick(found.group(1))
+    lowered = answer.lower().rstrip(".!")
+    exact = [c for c in choices if c.strip().lower() == lowered]
+    if exact:
+        return exact[0]
+    mentioned = [c for c in choices
+                 if re.search(rf"\b{re.escape(c.strip().lower())}\b", lowered)]
+    return mentioned[0] if len(mentioned) == 1 else ""
 
 
 def match_label(text: str, labels: Sequence[str]) -> str:

@@ -24,7 +24,8 @@ from evaluation_runner.errors import ConfigurationError, TransientError
 from evaluation_runner.tasks import Prediction, match_label
 
 INSTALL_HINT = ("framework.name: lm-eval is not installed in this runner image; use the image "
-                "built with the lm-eval extra (pip install 'evaluation-operator[runner,lm-eval]')")
+                "built with the lm-eval extra (docker build --build-arg WITH_LM_EVAL=true, "
+                "tag -lm-eval; or pip install 'evaluation-operator[runner,lm-eval]')")
 MC_TEMPLATE = "Question: {{prompt}}\nAnswer:"
 
 

@@ -196,3 +196,17 @@ def test_lm_eval_multiple_choice_on_chat_is_a_configuration_error(
     assert result.termination["reason"] == "ConfigurationError"
     assert "benchmarks[0].task" in result.termination["message"]
     assert "completions" in result.termination["message"]
+
+
+def test_the_image_has_an_lm_eval_variant_pinned_like_the_tests() -> None:
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[2] / "runner-image"
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "ARG WITH_LM_EVAL=false" in dockerfile
+    assert "requirements-lm-eval.txt" in dockerfile
+    pins = dict(line.split("==") for line in (root / "requirements-lm-eval.txt").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    assert pins["lm-eval[api]"] == metadata.version("lm_eval")
+    # The default image stays small: lm-eval is not in the base requirements.
+    assert "lm-eval" not in (root / "requirements.txt").read_text()

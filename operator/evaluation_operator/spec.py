@@ -16,6 +16,7 @@ TASK_TYPES = ("multiple-choice", "generation", "classification")
 METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
+_URL_WITH_CREDENTIALS = re.compile(r"^https?://[^/?#]*@")
 
 
 class SpecError(ValueError):
@@ -141,6 +142,10 @@ def _parse_model(raw: Any) -> Model:
         url = str(endpoint_raw.get("url", ""))
         if not re.match(r"^https?://[^\s/?#]+", url):
             raise SpecError("spec.model.endpoint.url", f"{url!r} is not an http(s) URL")
+        if _URL_WITH_CREDENTIALS.match(url):
+            # Not quoted: the URL holds a secret that must not reach status or events.
+            raise SpecError("spec.model.endpoint.url", "must not hold credentials; use "
+                                                       "apiKeySecretRef")
         api = str(endpoint_raw.get("api", "chat"))
         if api not in ("chat", "completions"):
             raise SpecError("spec.model.endpoint.api", f"{api!r}: use chat or completions")
@@ -163,6 +168,8 @@ def _parse_dataset(raw: Any, field_path: str) -> Dataset:
     fmt = raw.get("format")
     if raw.get("uri"):
         uri = str(raw["uri"])
+        if _URL_WITH_CREDENTIALS.match(uri):
+            raise SpecError(f"{field_path}.uri", "must not hold credentials (user:password@)")
         if not (_S3_URI.match(uri) or re.match(r"^https?://[^\s/?#]+/", uri)):
             raise SpecError(f"{field_path}.uri",
                             f"{uri!r} is not s3://bucket/key or an http(s) URL")

@@ -81,6 +81,13 @@ REJECTIONS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      "spec.output.s3.prefix", "must be a relative key prefix without '..'"),
     ("literal-api-key", _set("model.endpoint.apiKey", "sk-secret"), "spec.model.endpoint",
      "unknown field \"spec.model.endpoint.apiKey\""),
+    ("literal-s3-key", _set("output", {"s3": {"secretAccessKey": "x"}}), "spec.output.s3",
+     "unknown field \"spec.output.s3.secretAccessKey\""),
+    ("credentials-in-endpoint-url", _set("model.endpoint.url", "http://u:sk-1@m.svc:8000/v1"),
+     "spec.model.endpoint.url", "must not hold credentials"),
+    ("credentials-in-dataset-url", _set("benchmarks.0.dataset",
+                                        {"uri": "https://u:p@example.org/d.jsonl"}),
+     "spec.benchmarks[0].dataset.uri", "must not hold credentials"),
     ("all-weights-zero", lambda s: [b.update(weight=0) for b in s["benchmarks"]],
      "spec.benchmarks", "at least one benchmark needs a weight above 0"),
     ("toleration-exists-with-value", _set("scheduling", {"tolerations": [

@@ -81,6 +81,11 @@ def test_bad_durations(text: str) -> None:
      "spec.benchmarks[0].dataset.pvc"),
     ({"benchmarks": [{"name": "a", "dataset": {}, "task": "generation", "metrics": ["bleu"]}]},
      "spec.benchmarks[0].dataset"),
+    ({"model": {"name": "m", "endpoint": {"url": "http://u:sk-123@m/v1"}}},
+     "spec.model.endpoint.url"),
+    ({"benchmarks": [{"name": "a", "dataset": {"uri": "https://u:p@x.org/a.jsonl"},
+                      "task": "generation", "metrics": ["bleu"]}]},
+     "spec.benchmarks[0].dataset.uri"),
     ({"resources": {"gpu": -1}}, "spec.resources.gpu"),
     ({"retries": -1}, "spec.retries"),
     ({"timeout": "forever"}, "spec.timeout"),
@@ -90,6 +95,7 @@ def test_errors_name_the_field(overrides: dict[str, Any], field: str) -> None:
         parse_task_spec(spec(**overrides), SETTINGS)
     assert error.value.field == field
     assert str(error.value).startswith(field)
+    assert "sk-123" not in str(error.value) and "u:p@" not in str(error.value)
 
 
 def test_dataset_sources() -> None:

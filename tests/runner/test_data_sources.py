@@ -3,6 +3,7 @@ progress.json while a run goes on."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -162,11 +163,9 @@ def test_progress_is_published_while_the_run_goes_on(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: list[dict[str, Any]] = []
     while process.poll() is None:
-        try:
+        with contextlib.suppress(s3.exceptions.NoSuchKey):
             seen.append(json.loads(s3.get_object(Bucket=RESULTS_BUCKET,
                                                  Key=prefix + "progress.json")["Body"].read()))
-        except s3.exceptions.NoSuchKey:
-            pass
         time.sleep(0.1)
     assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
     done = [p["samplesDone"] for p in seen]

@@ -176,10 +176,38 @@ def _prediction(benchmark: BenchmarkConfig, sample: Sample, record: dict[str, An
     return Prediction(sample, prompt, prediction)
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _http_status(error: BaseException) -> int | None:
+    for item in _chain(error):
+        status = getattr(item, "status", None)
+        if status is None:
+            status = getattr(getattr(item, "response", None), "status_code", None)
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
+    return None
+
+
 def _unreachable(error: BaseException) -> bool:
-    text = f"{type(error).__name__}: {error}".lower()
-    return any(word in text for word in ("connection", "refused", "timed out", "timeout",
-                                         "max retries", "failed after"))
+    """Connection failures, timeouts and retried-out 429/5xx: worth another attempt."""
+    status = _http_status(error)
+    if status is not None:
+        return status == 429 or status >= 500
+    for item in _chain(error):
+        if isinstance(item, OSError | TimeoutError):
+            return True
+        if any(name in type(item).__name__ for name in ("Connect", "Timeout", "ServerDisconnected",
+                                                        "ClientOSError")):
+            return True
+    text = str(error).lower()
+    return any(w in text for w in ("cannot connect", "connection", "refused", "timed out"))
 
 
 def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
@@ -203,6 +231,12 @@ def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
         except ConfigurationError:
             raise
         except Exception as error:
+            status = _http_status(error)
+            if status in (400, 401, 403, 404, 422):
+                raise ConfigurationError(
+                    f"model.endpoint: {config.endpoint.url if config.endpoint else ''} "
+                    f"rejected lm-eval's requests with HTTP {status} (check the URL, "
+                    "model name and API key)") from error
             if _unreachable(error):
                 url = config.endpoint.url if config.endpoint else ""
                 raise TransientError(f"model endpoint {url} failed under lm-eval: {error}"[:900],

@@ -210,3 +210,54 @@ def test_the_image_has_an_lm_eval_variant_pinned_like_the_tests() -> None:
     assert pins["lm-eval[api]"] == metadata.version("lm_eval")
     # The default image stays small: lm-eval is not in the base requirements.
     assert "lm-eval" not in (root / "requirements.txt").read_text()
+
+
+def test_lm_eval_few_shot_uses_the_first_rows_and_does_not_score_them(
+        vllm: tuple[VllmLike, str], runner_buckets: S3Endpoint, tmp_path: Path) -> None:
+    model, url = vllm
+    model.answers = {"Gute Nacht": "Good night", "Danke": "Thanks"}
+    rows = [{"prompt": "Translate: Hallo Welt", "reference": "Hello world"},
+            {"prompt": "Translate: Gute Nacht", "reference": "Good night"},
+            {"prompt": "Translate: Danke", "reference": "Thank you"},
+            {"prompt": "Translate: Tschüss", "reference": "Bye"}]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    prefix = "runs/lm-eval/fewshot/"
+    config = base_config(url, runner_buckets, prefix, [
+        {"name": "translate", "task": "generation", "metrics": ["exact-match"],
+         "dataset": {"uri": str(data), "format": None, "fields": {}},
+         "limit": 2, "weight": 1.0, "fewShot": 1, "labels": None}],
+        api="completions", framework={"name": "lm-eval"})
+
+    result = run_runner(tmp_path, config, runner_buckets,
+                        env={"HF_HOME": str(tmp_path / "hf")})
+
+    assert result.exit_code == 0, result.stderr[-3000:]
+    assert result.termination["benchmarks"][0]["samples"] == 2  # row 0 is the example
+    assert result.termination["benchmarks"][0]["metrics"]["exact-match"] == 0.5
+    samples = [json.loads(line) for line in runner_buckets.client().get_object(
+        Bucket=RESULTS_BUCKET, Key=f"{prefix}benchmarks/translate/samples.jsonl"
+    )["Body"].read().decode().splitlines()]
+    assert [s["reference"] for s in samples] == ["Good night", "Thank you"]
+    # the example row is in every prompt lm-eval sent, ahead of the question
+    assert all(s["prompt"].startswith("Translate: Hallo Welt\nHello world\n\n")
+               for s in samples), samples[0]["prompt"]
+
+
+def test_lm_eval_against_an_unreachable_model_is_transient(
+        runner_buckets: S3Endpoint, tmp_path: Path) -> None:
+    data = tmp_path / "gen.jsonl"
+    data.write_text('{"prompt": "Translate: Hallo", "reference": "Hello"}\n')
+    config = base_config("http://127.0.0.1:9/v1", runner_buckets, "runs/lm-eval/down/", [
+        {"name": "translate", "task": "generation", "metrics": ["exact-match"],
+         "dataset": {"uri": str(data), "format": None, "fields": {}},
+         "limit": None, "weight": 1.0, "fewShot": 0, "labels": None}],
+        framework={"name": "lm-eval"})
+    config["model"]["endpoint"]["maxRetries"] = 1
+
+    result = run_runner(tmp_path, config, runner_buckets,
+                        env={"HF_HOME": str(tmp_path / "hf")})
+
+    assert result.exit_code == 75, result.stderr[-3000:]
+    assert result.termination["reason"] == "ModelUnreachable"
+    assert "127.0.0.1:9" in result.termination["message"]

@@ -3,6 +3,7 @@ completions, request timeouts, retries with backoff on 429, 5xx and connection e
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import random
@@ -30,6 +31,23 @@ def resolve_api_key(endpoint: EndpointConfig, key_file: Path = API_KEY_FILE) -> 
     if key_file.is_file():
         return key_file.read_text().strip()
     return None
+
+
+def parse_retry_after(header: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date (RFC 9110)."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class ModelClient:
@@ -65,11 +83,7 @@ class ModelClient:
                         f"model.endpoint: {url} {what}: HTTP {error.code} {detail}") from error
                 last_problem = f"HTTP {error.code} {detail}"
                 header = error.headers.get("Retry-After") if error.headers else None
-                if header:
-                    try:
-                        retry_after = float(header)
-                    except ValueError:
-                        retry_after = None
+                retry_after = parse_retry_after(header)
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
                 last_problem = str(getattr(error, "reason", error))
             except ValueError as error:

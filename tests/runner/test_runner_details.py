@@ -122,3 +122,17 @@ def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
     path.write_text('{"prompt": "a", "reference": "b"}\n\n{"prompt": "c", "reference": \n')
     with pytest.raises(ConfigurationError, match=r"benchmarks\[3\].dataset.*line 3"):
         load_dataset(_benchmark(str(path), task="generation"), 3)
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("3", 3.0), ("0", 0.0), ("-5", 0.0), (None, None), ("soon", None),
+    ("Fri, 27 Nov 2026 10:00:07 GMT", 7.0), ("Fri, 27 Nov 2026 09:59:00 GMT", 0.0),
+])
+def test_retry_after_in_seconds_or_as_an_http_date(header: str | None,
+                                                   expected: float | None) -> None:
+    from datetime import UTC, datetime
+
+    from evaluation_runner.model_client import parse_retry_after
+
+    now = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after(header, now=now) == expected

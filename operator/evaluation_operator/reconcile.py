@@ -57,6 +57,10 @@ class ForeignChildError(RetryLater):
     and re-created before the garbage collector removed its Job): wait until it is gone."""
 
 
+class RejectedSpecError(Exception):
+    """The API server refused a child built from the spec (422): retrying cannot help."""
+
+
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -197,6 +201,29 @@ def _create_owned(kube: Kube, task: dict[str, Any], manifest: dict[str, Any]) ->
     return False
 
 
+def _create_children(task: dict[str, Any], spec: TaskSpec, location: ResultsLocation,
+                     settings: OperatorSettings, kube: Kube) -> bool:
+    """Create the ConfigMap and the Job unless they exist; True if the Job was created now.
+
+    Raises ForeignChildError while an older task's children are in the way, and
+    RejectedSpecError when the API server refuses what the spec asks for (e.g. a toleration).
+    """
+    meta = task["metadata"]
+    config = build_runner_config(spec, name=meta["name"], namespace=meta["namespace"],
+                                 uid=meta["uid"], location=location, settings=settings)
+    try:
+        _create_owned(kube, task, build_configmap(task, config))
+        created = _create_owned(kube, task, build_job(task, spec, settings))
+    except ApiException as error:
+        if error.status != 422:
+            raise
+        raise RejectedSpecError(_api_message(error)) from error
+    if created:
+        events.normal(task, "JobCreated", f"Created Job {naming.job_name(meta['name'])}; "
+                                          f"results will go to {location.uri}")
+    return created
+
+
 def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube) -> None:
     """Create the ConfigMap and Job of a task that is not finished yet.
 
@@ -212,24 +239,14 @@ def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube
     except (SpecError, ValueError) as error:
         fail_invalid_spec(task, str(error), kube)
         return
-    config = build_runner_config(spec, name=meta["name"], namespace=meta["namespace"],
-                                 uid=meta["uid"], location=location, settings=settings)
     try:
-        _create_owned(kube, task, build_configmap(task, config))
-        created = _create_owned(kube, task, build_job(task, spec, settings))
+        _create_children(task, spec, location, settings, kube)
     except ForeignChildError as waiting:
         _report_waiting(task, "PreviousRunCleanup", f"{waiting}.", kube)
         raise
-    except ApiException as error:
-        if error.status != 422:
-            raise
-        # The API server refused what the spec asked for (e.g. a toleration it rejects):
-        # retrying cannot help.
-        fail_invalid_spec(task, _api_message(error), kube)
+    except RejectedSpecError as error:
+        fail_invalid_spec(task, str(error), kube)
         return
-    if created:
-        events.normal(task, "JobCreated", f"Created Job {naming.job_name(meta['name'])}; "
-                                          f"results will go to {location.uri}")
     refresh_status(meta["namespace"], meta["name"], settings, kube)
 
 
@@ -293,9 +310,24 @@ def refresh_status(
         job = kube.get_job(namespace, job_name)
         if job is not None and _owner_uid(job) != task["metadata"]["uid"]:
             job = None  # a Job of an older task with the same name, on its way out
-        pods = kube.job_pods(namespace, job) if job else []
-        assessment = assess(job, pods, _task_context(task, spec, settings),
-                            now=datetime.datetime.now(datetime.UTC))
+        assessment: Assessment | None = None
+        if job is None and previous.get("startTime"):
+            assessment = job_deleted(job_name, location)
+        elif job is None:
+            # No runner ever started, so (re)creating is safe: a create that was lost, or
+            # an older task's Job that has gone now.
+            try:
+                if _create_children(task, spec, location, settings, kube):
+                    job = kube.get_job(namespace, job_name)
+            except ForeignChildError as waiting:
+                assessment = Assessment(EVALUATING, "PreviousRunCleanup", f"{waiting}.")
+            except RejectedSpecError as error:
+                fail_invalid_spec(task, str(error), kube)
+                return None
+        if assessment is None:
+            pods = kube.job_pods(namespace, job) if job else []
+            assessment = assess(job, pods, _task_context(task, spec, settings),
+                                now=datetime.datetime.now(datetime.UTC))
         scores = None
         if assessment.phase == COMPLETED:
             summary = assessment.runner_summary
@@ -323,6 +355,14 @@ def refresh_status(
         kube.patch_task_status(namespace, name, status)
         _after_transition(task, previous, status, kube)
         return status
+
+
+def job_deleted(job_name: str, location: ResultsLocation) -> Assessment:
+    return Assessment(
+        FAILED, "JobDeleted",
+        f"The Job {job_name} was deleted before the run finished; anything it wrote is under "
+        f"{location.uri}. Create a new task (or delete and re-create this one) to run again.",
+        scheduled=True)
 
 
 def refresh_status_of_owner(child: dict[str, Any], settings: OperatorSettings, kube: Kube

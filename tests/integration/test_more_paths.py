@@ -156,3 +156,39 @@ def test_recreating_a_task_under_the_same_name_starts_a_fresh_run(
     assert _keys_under(s3, first_prefix) == []
     task = get_task(cluster, namespace, "nightly")
     assert task is not None and task["status"]["phase"] == "Evaluating"
+
+
+def test_job_deleted_before_the_runner_started_is_created_again(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess
+) -> None:
+    create_task(cluster, namespace, task_manifest("waiting", resources={"gpu": 16}))
+    wait_status(cluster, namespace, "waiting", "Unschedulable",
+                lambda s: condition(s, "Scheduled").get("status") == "False")
+    old_uid = cluster.kubectl_json("get", "job", "waiting-eval", "-n", namespace)[
+        "metadata"]["uid"]
+    cluster.kubectl("delete", "job", "waiting-eval", "-n", namespace)
+
+    def recreated() -> bool:
+        result = cluster.kubectl("get", "job", "waiting-eval", "-n", namespace, "-o", "json",
+                                 check=False)
+        return result.returncode == 0 and json.loads(result.stdout)["metadata"]["uid"] != old_uid
+
+    cluster.wait_until("the Job created again", recreated, timeout=30)
+    status = get_task(cluster, namespace, "waiting")
+    assert status is not None and status["status"]["phase"] == "Evaluating"
+
+
+def test_job_deleted_mid_run_fails_the_task(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess
+) -> None:
+    create_task(cluster, namespace, task_manifest("orphaned"))
+    running_pod(cluster, namespace, "orphaned")
+    wait_status(cluster, namespace, "orphaned", "started", lambda s: s.get("startTime"))
+    cluster.kubectl("delete", "job", "orphaned-eval", "-n", namespace)
+    status = wait_status(cluster, namespace, "orphaned", "Failed",
+                         lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "JobDeleted"
+    assert "Create a new task" in status["message"]
+    # Not silently re-run: no new Job appears.
+    assert cluster.kubectl("get", "job", "orphaned-eval", "-n", namespace,
+                           check=False).returncode != 0

@@ -205,3 +205,28 @@ def test_finished_tasks_are_left_alone() -> None:
     fake = FakeKube(task({"phase": "Completed"}))
     reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
     assert fake.calls == []
+
+
+# --- status refresh -----------------------------------------------------------------------
+
+
+def test_a_lost_job_of_a_task_that_never_started_is_created_again() -> None:
+    fake = FakeKube(task({"phase": "Evaluating", "reason": "JobPending"}))
+    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
+    assert fake.calls == ["create ConfigMap", "create Job"]
+    assert status is not None and status["phase"] == "Evaluating"
+
+
+def test_a_job_deleted_mid_run_fails_the_task_instead_of_running_again() -> None:
+    fake = FakeKube(task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z"}))
+    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
+    assert fake.calls == []
+    assert status is not None and (status["phase"], status["reason"]) == ("Failed", "JobDeleted")
+    assert f"s3://eval-results/runs/team-a/t/{UID}/" in status["message"]
+
+
+def test_refresh_waits_while_an_older_tasks_job_is_in_the_way() -> None:
+    fake = FakeKube(task(), job=owned("Job", "t-eval", uid=OLD_UID),
+                    configmap=owned("ConfigMap", "t-config", uid=OLD_UID))
+    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
+    assert status is not None and status["reason"] == "PreviousRunCleanup"

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
 from tests.chart.chart import helm_path
+from tests.support.cluster import Cluster
 
 
 @pytest.fixture(autouse=True)
 def _needs_helm() -> None:
     if not helm_path().is_file():
         pytest.skip(f"helm not built at {helm_path()} (run `make tools`)")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespaces(cluster: Cluster) -> Iterator[list[str]]:
+    """Create namespaces on demand; delete them at the end."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def new_namespace(cluster: Cluster, created: list[str], prefix: str) -> str:
+    name = unique(prefix)
+    cluster.kubectl("create", "namespace", name)
+    created.append(name)
+    return name

@@ -10,6 +10,9 @@ import pytest
 import yaml
 
 from tests.chart.chart import CHART, env_of, one, render
+from tests.chart.conftest import new_namespace
+from tests.integration.conftest import task_manifest
+from tests.support.cluster import Cluster
 from tests.support.tools import REPO_ROOT
 
 GITOPS = REPO_ROOT / "gitops"
@@ -55,3 +58,41 @@ def test_evaluation_sources_never_prune_results_away(path: str) -> None:
             assert obj["spec"]["prune"] is False
             assert obj["spec"]["force"] is False
             assert obj["spec"]["wait"] is False
+
+
+# --- what a GitOps tool meets on the real API server --------------------------------------------
+
+
+@pytest.mark.cluster
+def test_git_edits_to_a_task_spec_are_rejected_and_force_recreates(
+        cluster: Cluster, namespaces: list[str]) -> None:
+    """What Argo CD / Flux do, done with kubectl: apply (server-side, as both can), replace,
+    and replace --force (Argo CD's Force=true,Replace=true; Flux's force)."""
+    namespace = new_namespace(cluster, namespaces, "gitops")
+    task = task_manifest("nightly")
+    task["metadata"]["namespace"] = namespace
+    applied = yaml.safe_dump(task)
+    cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-",
+                    input=applied)
+    first_uid = cluster.kubectl_json("get", "evt", "nightly", "-n", namespace)["metadata"]["uid"]
+
+    # Labels and annotations (tracking labels, sync options) may change.
+    task["metadata"]["labels"] = {"app.kubernetes.io/instance": "evaluations-team-a"}
+    task["metadata"]["annotations"] = {"argocd.argoproj.io/sync-options": "Force=true"}
+    cluster.kubectl("apply", "--server-side", "--field-manager=argocd-controller", "-f", "-",
+                    input=yaml.safe_dump(task))
+
+    # The spec may not, however it is sent.
+    task["spec"]["benchmarks"][0]["limit"] = 10
+    edited = yaml.safe_dump(task)
+    for verb in (["apply", "--server-side", "--field-manager=argocd-controller"],
+                 ["apply"], ["replace"]):
+        result = cluster.kubectl(*verb, "-f", "-", input=edited, check=False)
+        assert result.returncode != 0, verb
+        assert "spec is immutable once the task is created" in result.stderr, result.stderr
+
+    # Delete and create: a new task (new uid, so new results prefix); the old one is gone.
+    cluster.kubectl("replace", "--force", "-f", "-", input=edited)
+    recreated = cluster.kubectl_json("get", "evt", "nightly", "-n", namespace)
+    assert recreated["metadata"]["uid"] != first_uid
+    assert recreated["spec"]["benchmarks"][0]["limit"] == 10

@@ -124,10 +124,11 @@ task lifecycle under this identity, so a missing rule fails a test.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# The runner's configuration (it holds no secrets). Created once; 409 means it exists.
+# The runner's configuration (it holds no secrets). Created once; on 409 the operator reads
+# the existing one to check it is this task's and not a deleted namesake's.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create]
+  verbs: [create, get]
 # Events on tasks (JobCreated, Unschedulable, Succeeded, PurgeFailed...).
 - apiGroups: [""]
   resources: [events]

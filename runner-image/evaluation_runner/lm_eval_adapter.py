@@ -78,6 +78,12 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+def labels_for(benchmark: BenchmarkConfig, dataset: LoadedDataset) -> list[str]:
+    if benchmark.labels:
+        return list(benchmark.labels)
+    return sorted({s.reference for s in (*dataset.samples, *dataset.examples)})
+
+
 def task_config(benchmark: BenchmarkConfig, dataset: LoadedDataset, workdir: Path,
                 config: RunnerConfig) -> dict[str, Any]:
     """An lm-eval task definition (the dict form of its YAML) over our parsed rows."""
@@ -103,8 +109,13 @@ def task_config(benchmark: BenchmarkConfig, dataset: LoadedDataset, workdir: Pat
             "metric_list": [{"metric": "acc", "aggregation": "mean",
                              "higher_is_better": True}]})
     else:
+        text = "{{prompt}}"
+        if benchmark.task == "classification":
+            # The same instruction the builtin framework appends.
+            text += ("{% raw %}\nAnswer with one of: "
+                     + ", ".join(labels_for(benchmark, dataset)) + ".{% endraw %}")
         task.update({
-            "output_type": "generate_until", "doc_to_text": "{{prompt}}",
+            "output_type": "generate_until", "doc_to_text": text,
             "doc_to_target": "{{reference}}", "target_delimiter": "\n",
             "fewshot_delimiter": "\n\n",
             "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": config.max_tokens,
@@ -141,17 +152,33 @@ def model_spec(config: RunnerConfig, benchmark: BenchmarkConfig, index: int
     return "local-chat-completions", args
 
 
+def _prompt_text(arguments: Any) -> str:
+    """The context lm-eval sent for a sample's first request, as text: a plain prompt, or the
+    chat messages' contents when lm-eval applied a chat template (a JSON message list)."""
+    first: Any = arguments
+    for _ in range(4):  # {"gen_args_0": {"arg_0": ...}} / [(context, kwargs)] / JsonChatStr
+        if isinstance(first, dict) and first:
+            first = first.get("arg_0", next(iter(first.values())))
+        elif isinstance(getattr(first, "prompt", None), str):
+            first = first.prompt
+        elif isinstance(first, list | tuple) and first:
+            first = first[0]
+        else:
+            break
+    if not isinstance(first, str):
+        return ""
+    try:
+        messages = json.loads(first)
+    except ValueError:
+        return first
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        return "\n\n".join(str(m.get("content", "")) for m in messages)
+    return first
+
+
 def _prediction(benchmark: BenchmarkConfig, sample: Sample, record: dict[str, Any],
                 labels: list[str]) -> Prediction:
-    prompt = ""
-    arguments = record.get("arguments")
-    if isinstance(arguments, dict | list) and arguments:
-        first = next(iter(arguments.values())) if isinstance(arguments, dict) else arguments[0]
-        if isinstance(first, dict):
-            first = first.get("arg_0", "")
-        if isinstance(first, list | tuple) and first:
-            first = first[0]
-        prompt = first if isinstance(first, str) else ""
+    prompt = _prompt_text(record.get("arguments"))
     responses = record.get("filtered_resps") or record.get("resps") or []
     if benchmark.task == "multiple-choice":
         assert sample.choices is not None
@@ -249,8 +276,7 @@ def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
     if len(records) != len(dataset.samples):
         raise TransientError(f"lm-eval scored {len(records)} of {len(dataset.samples)} "
                              f"samples of {benchmark.name}", reason="RunnerError")
-    labels = list(benchmark.labels) if benchmark.labels else sorted(
-        {s.reference for s in (*dataset.samples, *dataset.examples)})
+    labels = labels_for(benchmark, dataset)
     predictions = [_prediction(benchmark, sample, record, labels)
                    for sample, record in zip(dataset.samples, records, strict=True)]
     native = {key: value for key, value in output.get("results", {}).get(name, {}).items()

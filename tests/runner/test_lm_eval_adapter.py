@@ -261,3 +261,41 @@ def test_lm_eval_against_an_unreachable_model_is_transient(
     assert result.exit_code == 75, result.stderr[-3000:]
     assert result.termination["reason"] == "ModelUnreachable"
     assert "127.0.0.1:9" in result.termination["message"]
+
+
+def test_lm_eval_classification_maps_answers_onto_labels(
+        vllm: tuple[VllmLike, str], runner_buckets: S3Endpoint, tmp_path: Path) -> None:
+    from sklearn.metrics import f1_score
+
+    model, url = vllm
+    model.answers = {"I loved it": "Positive.", "Awful {food}": "negative",
+                     "It was fine": "The review is positive"}
+    rows = [{"text": "I loved it", "label": "positive"},
+            {"text": "Awful {food}", "label": "negative"},
+            {"text": "It was fine", "label": "neutral"}]
+    data = tmp_path / "cls.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prefix = "runs/lm-eval/cls/"
+    config = base_config(url, runner_buckets, prefix, [
+        {"name": "sentiment", "task": "classification", "metrics": ["accuracy", "f1"],
+         "dataset": {"uri": str(data), "format": None,
+                     "fields": {"prompt": "text", "reference": "label"}},
+         "limit": None, "weight": 1.0, "fewShot": 0,
+         "labels": ["positive", "negative", "neutral"]}],
+        framework={"name": "lm-eval"})
+
+    result = run_runner(tmp_path, config, runner_buckets,
+                        env={"HF_HOME": str(tmp_path / "hf")})
+
+    assert result.exit_code == 0, result.stderr[-3000:]
+    metrics = result.termination["benchmarks"][0]["metrics"]
+    predictions, references = ["positive", "negative", "positive"], [r["label"] for r in rows]
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(f1_score(
+        references, predictions, labels=["positive", "negative", "neutral"], average="macro",
+        zero_division=0))
+    samples = runner_buckets.client().get_object(
+        Bucket=RESULTS_BUCKET, Key=f"{prefix}benchmarks/sentiment/samples.jsonl")["Body"].read()
+    first = json.loads(samples.decode().splitlines()[1])
+    assert first["prompt"].endswith("Answer with one of: positive, negative, neutral.")
+    assert "Awful {food}" in first["prompt"]

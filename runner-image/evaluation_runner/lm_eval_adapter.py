@@ -42,9 +42,13 @@ def lm_eval_version() -> str | None:
         return None
 
 
-def require_lm_eval() -> None:
-    """Fail fast, before any dataset is fetched, when the image lacks the extra."""
+def require_lm_eval(config: RunnerConfig | None = None) -> None:
+    """Fail fast, before any dataset is fetched or any benchmark runs, when the image lacks
+    the extra or a benchmark cannot run under lm-eval with this endpoint."""
     _import_lm_eval()
+    if config is not None:
+        for index, benchmark in enumerate(config.benchmarks):
+            model_spec(config, benchmark, index)
 
 
 def _import_lm_eval() -> Any:

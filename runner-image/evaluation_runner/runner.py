@@ -78,7 +78,7 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     started, clock = _now(), time.monotonic()
     api_key: str | None = None
     if config.framework == "lm-eval":
-        lm_eval_adapter.require_lm_eval()
+        lm_eval_adapter.require_lm_eval(config)
     if config.endpoint is None:
         from evaluation_runner.local_model import local_client
 

@@ -38,6 +38,7 @@ class VllmLike:
         self.answers: dict[str, str] = {}
         self.lock = threading.Lock()
         self.completions = 0
+        self.chats = 0
 
     def encode(self, text: str) -> list[int]:
         with self.lock:
@@ -90,6 +91,7 @@ def _server(model: VllmLike) -> ThreadingHTTPServer:
             elif self.path == "/detokenize":
                 self._send({"prompt": model.decode(body["tokens"])})
             elif self.path.endswith("/chat/completions"):
+                model.chats += 1
                 text = model.answer(body["messages"][-1]["content"])
                 self._send({"choices": [{"index": 0, "message": {"role": "assistant",
                                                                   "content": text}}]})
@@ -178,12 +180,16 @@ def test_lm_eval_generation_on_chat(
     assert metrics["f1"] == pytest.approx((1.0 + 0.8) / 2)  # "good morning you" vs ref
 
 
-def test_lm_eval_multiple_choice_on_chat_is_a_configuration_error(
+def test_lm_eval_multiple_choice_on_chat_is_a_configuration_error_before_any_work(
         vllm: tuple[VllmLike, str], runner_buckets: S3Endpoint, tmp_path: Path) -> None:
-    _, url = vllm
+    model, url = vllm
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in MC_ROWS))
     config = base_config(url, runner_buckets, "runs/lm-eval/bad/", [
+        {"name": "first", "task": "generation", "metrics": ["exact-match"],
+         "dataset": {"uri": str(data), "format": None,
+                     "fields": {"prompt": "question", "reference": "answer"}},
+         "limit": None, "weight": 1.0, "fewShot": 0, "labels": None},
         {"name": "arc-mini", "task": "multiple-choice", "metrics": ["accuracy"],
          "dataset": {"uri": str(data), "format": None,
                      "fields": {"prompt": "question", "reference": "answer"}},
@@ -194,8 +200,9 @@ def test_lm_eval_multiple_choice_on_chat_is_a_configuration_error(
 
     assert result.exit_code == 78
     assert result.termination["reason"] == "ConfigurationError"
-    assert "benchmarks[0].task" in result.termination["message"]
+    assert "benchmarks[1].task" in result.termination["message"]
     assert "completions" in result.termination["message"]
+    assert model.completions == model.chats == 0, "a benchmark ran before the error"
 
 
 def test_the_image_has_an_lm_eval_variant_pinned_like_the_tests() -> None:

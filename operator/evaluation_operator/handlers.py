@@ -19,7 +19,7 @@ _kube: reconcile.Kube | None = None
 def kube() -> reconcile.Kube:
     global _kube
     if _kube is None:
-        _kube = reconcile.Kube()
+        _kube = reconcile.Kube(reconcile.api_client_from_environment())
     return _kube
 
 

@@ -8,13 +8,14 @@ recomputed from the Job and its pods, and terminal phases are final.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from evaluation_operator import events, metrics, naming
@@ -70,6 +71,16 @@ def _owner_uid(obj: dict[str, Any]) -> str | None:
         if owner.get("kind") == naming.KIND:
             return str(owner.get("uid"))
     return None
+
+
+def api_client_from_environment() -> client.ApiClient:
+    """In-cluster credentials (the operator's ServiceAccount), else the kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
 
 
 class Kube:
@@ -264,8 +275,6 @@ def _report_waiting(task: dict[str, Any], reason: str, message: str, kube: Kube)
 
 
 def _api_message(error: ApiException) -> str:
-    import json
-
     try:
         return str(json.loads(error.body or "{}").get("message") or error.reason)
     except ValueError:

@@ -56,7 +56,8 @@ def test_every_example_applies_and_gets_a_status(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess, example: Path
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(example))
-    manifest = yaml.safe_load(example.read_text())
+    manifest = next(doc for doc in yaml.safe_load_all(example.read_text())
+                    if doc["kind"] == "EvaluationTask")
     name = manifest["metadata"]["name"]
     status = wait_status(cluster, namespace, name, "a phase", lambda s: s.get("phase"))
     assert status["phase"] == "Evaluating"
@@ -65,6 +66,11 @@ def test_every_example_applies_and_gets_a_status(
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     gpus = (manifest["spec"].get("resources") or {}).get("gpu", 1)
     assert limits.get("nvidia.com/gpu", "0") == str(gpus)
+    mounted = {v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"]
+               if "configMap" in v}
+    for benchmark in manifest["spec"]["benchmarks"]:
+        if "configMap" in benchmark["dataset"]:
+            assert benchmark["dataset"]["configMap"]["name"] in mounted
 
 
 def test_task_runs_on_a_gpu_node_and_completes_with_scores(

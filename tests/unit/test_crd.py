@@ -107,7 +107,8 @@ def test_everything_the_operator_writes_to_status_is_declared() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_examples_parse(example: Path) -> None:
-    manifest = yaml.safe_load(example.read_text())
+    manifest = next(doc for doc in yaml.safe_load_all(example.read_text())
+                    if doc["kind"] == naming.KIND)
     assert manifest["apiVersion"] == f"{naming.GROUP}/{naming.VERSION}"
     assert "namespace" not in manifest["metadata"], "examples apply to any namespace"
     parse_task_spec(manifest["spec"], OperatorSettings(s3_bucket="eval-results"))

@@ -457,10 +457,30 @@ def runner_never_started(status: dict[str, Any], job: dict[str, Any] | None,
     return not any((p.get("spec") or {}).get("nodeName") for p in pods)
 
 
-def pods_still_running(pods: list[dict[str, Any]]) -> list[str]:
-    """Pods whose runner may still write to S3."""
-    return [p["metadata"]["name"] for p in pods
-            if (p.get("status") or {}).get("phase") not in FINISHED_POD_PHASES]
+# A pod on a node that died never confirms its deletion; waiting for it would keep the task
+# (and its results) forever. Past its grace period and this much more, it counts as stopped.
+UNCONFIRMED_STOP_SECONDS = 300
+
+
+def _deletion_overdue(pod: dict[str, Any], now: datetime.datetime) -> bool:
+    meta = pod.get("metadata") or {}
+    deleted = meta.get("deletionTimestamp")
+    if not deleted:
+        return False
+    since = datetime.datetime.fromisoformat(str(deleted).replace("Z", "+00:00"))
+    grace = int(meta.get("deletionGracePeriodSeconds") or 30)
+    return (now - since).total_seconds() > grace + UNCONFIRMED_STOP_SECONDS
+
+
+def pods_still_running(pods: list[dict[str, Any]], now: datetime.datetime
+                       ) -> tuple[list[str], list[str]]:
+    """(pods whose runner may still write to S3, pods past their deletion deadline that
+    never confirmed they stopped)."""
+    active = [p for p in pods
+              if (p.get("status") or {}).get("phase") not in FINISHED_POD_PHASES]
+    overdue = [p["metadata"]["name"] for p in active if _deletion_overdue(p, now)]
+    running = [p["metadata"]["name"] for p in active if p["metadata"]["name"] not in overdue]
+    return running, overdue
 
 
 def purge_retry_delay(retry: int, maximum: float) -> float:
@@ -488,10 +508,15 @@ def delete_task(task: dict[str, Any], retry: int, settings: OperatorSettings, ku
         return
     if job is not None:
         kube.delete_job(namespace, job["metadata"]["name"])
-    running = pods_still_running(pods)
+    running, overdue = pods_still_running(pods, datetime.datetime.now(datetime.UTC))
     if running:
         raise RetryLater(f"waiting for runner pod(s) {', '.join(running)} to stop before "
                          "deleting the results", delay=2)
+    if overdue:
+        events.warning(task, "RunnerStopUnconfirmed", (
+            f"Pod(s) {', '.join(overdue)} never confirmed they stopped (is the node down?); "
+            f"deleting the results anyway. Check {purge_location_uri(task, settings)} later: a "
+            "runner still alive on that node could write there again."))
     started = time.monotonic()
     try:
         deleted = purge_task_results(task, settings, s3)
@@ -507,16 +532,21 @@ def delete_task(task: dict[str, Any], retry: int, settings: OperatorSettings, ku
     events.normal(task, "ResultsPurged", f"Deleted {deleted} object versions")
 
 
+def _purge_location(task: dict[str, Any], settings: OperatorSettings) -> ResultsLocation:
+    uri = ((task.get("status") or {}).get("results") or {}).get("uri")
+    if uri:
+        return ResultsLocation.from_uri(uri)
+    return task_location(task, parse_task_spec(task.get("spec") or {}, settings))
+
+
+def purge_location_uri(task: dict[str, Any], settings: OperatorSettings) -> str:
+    return _purge_location(task, settings).uri
+
+
 def purge_task_results(task: dict[str, Any], settings: OperatorSettings, s3: Any | None = None
                        ) -> int:
     """Delete every object and version under the task's prefix. Raises when S3 fails."""
-    status = task.get("status") or {}
-    uri = (status.get("results") or {}).get("uri")
-    if uri:
-        location = ResultsLocation.from_uri(uri)
-    else:
-        location = task_location(task, parse_task_spec(task.get("spec") or {}, settings))
-    return purge(s3 or s3_client(settings), location)
+    return purge(s3 or s3_client(settings), _purge_location(task, settings))
 
 
 def purge_failed_status(task: dict[str, Any], error: Exception, retry_in: float

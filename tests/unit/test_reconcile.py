@@ -3,6 +3,7 @@ makes: deleting in the right order, children of an older task, API refusals."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, cast
 
 import pytest
@@ -230,3 +231,16 @@ def test_refresh_waits_while_an_older_tasks_job_is_in_the_way() -> None:
                     configmap=owned("ConfigMap", "t-config", uid=OLD_UID))
     status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
     assert status is not None and status["reason"] == "PreviousRunCleanup"
+
+
+def test_a_pod_that_never_confirms_its_deletion_stops_blocking_after_a_deadline() -> None:
+    now = datetime.datetime(2026, 1, 1, 1, 0, tzinfo=datetime.UTC)
+    stuck = {**pod("Running"), "metadata": {
+        "name": "t-eval-stuck", "deletionTimestamp": "2026-01-01T00:50:00Z",
+        "deletionGracePeriodSeconds": 30}}
+    stopping = {**pod("Running"), "metadata": {
+        "name": "t-eval-stopping", "deletionTimestamp": "2026-01-01T00:59:00Z",
+        "deletionGracePeriodSeconds": 30}}
+    done = pod("Succeeded")
+    assert reconcile.pods_still_running([stuck, stopping, done], now) == (
+        ["t-eval-stopping"], ["t-eval-stuck"])

@@ -41,7 +41,7 @@ from evaluation_operator.status import (
 
 log = logging.getLogger(__name__)
 # Job events, pod events and the timer may refresh one task at once, from different threads.
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
 FINISHED_POD_PHASES = ("Succeeded", "Failed")
 
 
@@ -429,11 +429,13 @@ def refresh_progress(task: dict[str, Any], settings: OperatorSettings, kube: Kub
 
 def resync(namespace: str, name: str, settings: OperatorSettings, kube: Kube) -> None:
     """Periodic: catches anything the watches missed, and mirrors progress.json."""
-    status = refresh_status(namespace, name, settings, kube)
-    if status is not None:
-        task = kube.get_task(namespace, name)
-        if task is not None:
-            refresh_progress(task, settings, kube)
+    # Held across both writes, so a status refresh never puts back an older progress.
+    with _locks[f"{namespace}/{name}"]:
+        status = refresh_status(namespace, name, settings, kube)
+        if status is not None:
+            task = kube.get_task(namespace, name)
+            if task is not None:
+                refresh_progress(task, settings, kube)
 
 
 # --- deletion -----------------------------------------------------------------------------
@@ -529,6 +531,7 @@ def delete_task(task: dict[str, Any], retry: int, settings: OperatorSettings, ku
         raise RetryLater(f"purge failed: {error}", delay=delay) from error
     metrics.record_purge("succeeded", time.monotonic() - started, deleted)
     metrics.forget_task(namespace, name)
+    _locks.pop(f"{namespace}/{name}", None)
     events.normal(task, "ResultsPurged", f"Deleted {deleted} object versions")
 
 

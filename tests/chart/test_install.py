@@ -364,14 +364,14 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
 
     cluster.wait_until("the liveness endpoint from the chart's --liveness flag",
                        lambda: _get(f"http://127.0.0.1:{health_port}/healthz")[0] == 200,
-                       timeout=60)
+                       timeout=120)
     core = client.CoreV1Api(cluster.api_client())
 
     # 1. A task runs and completes with scores.
     create_task(cluster, team, task_manifest("rbac-ok"))
-    pod = running_pod(cluster, team, "rbac-ok", timeout=60)
+    pod = running_pod(cluster, team, "rbac-ok", timeout=120)
     status = wait_status(cluster, team, "rbac-ok", "Running",
-                         lambda s: condition(s, "Running").get("status") == "True")
+                         lambda s: condition(s, "Running").get("status") == "True", timeout=120)
     prefix = status["results"]["uri"].removeprefix(f"s3://{BUCKET}/")
     s3 = s3_server.client()
     for key in ("summary.json", "results.zip", "progress.json"):
@@ -379,7 +379,7 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
     s3.put_object(Bucket=BUCKET, Key=prefix + "progress.json",
                   Body=json.dumps({"samplesDone": 2, "samplesTotal": 4}).encode())
     wait_status(cluster, team, "rbac-ok", "progress read from S3",
-                lambda s: (s.get("progress") or {}).get("samplesDone") == 2)
+                lambda s: (s.get("progress") or {}).get("samplesDone") == 2, timeout=120)
     benchmarks = [{"name": "arc-easy", "score": 0.5, "primaryMetric": "accuracy",
                    "metrics": {"accuracy": 0.5}, "samples": 4},
                   {"name": "wmt-de-en", "score": 0.25, "primaryMetric": "bleu",
@@ -387,7 +387,7 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
     finish_pod(core, team, pod["metadata"]["name"], 0,
                message=success_message(0.3333, benchmarks, status["results"]["uri"]))
     status = wait_status(cluster, team, "rbac-ok", "Completed",
-                         lambda s: s.get("phase") == "Completed")
+                         lambda s: s.get("phase") == "Completed", timeout=120)
     assert status["overallScore"] == pytest.approx(0.3333), log()
     assert condition(status, "Ready")["status"] == "True"
     events = cluster.kubectl("get", "events", "-n", team, "--field-selector",
@@ -404,17 +404,17 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
     create_task(cluster, team, task_manifest(
         "rbac-bad-image", framework={"name": "builtin", "image": unpullable_image()}))
     status = wait_status(cluster, team, "rbac-bad-image", "Failed",
-                         lambda s: s.get("phase") == "Failed", timeout=90)
+                         lambda s: s.get("phase") == "Failed", timeout=120)
     assert status["reason"] == "ImagePullError", log()
     cluster.wait_until("the failed task's Job deleted", lambda: cluster.kubectl(
         "get", "job", "rbac-bad-image-eval", "-n", team, check=False).returncode != 0,
-        timeout=60)
+        timeout=120)
 
     # 3. Deleting the completed task purges its results and lets the task go.
-    cluster.kubectl("delete", "evaluationtask", "rbac-ok", "-n", team, "--timeout=60s")
+    cluster.kubectl("delete", "evaluationtask", "rbac-ok", "-n", team, "--timeout=120s")
     assert get_task(cluster, team, "rbac-ok") is None
     left = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
     assert not left.get("Versions") and not left.get("DeleteMarkers"), log()
     code, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
     assert 'task="rbac-ok"' not in text
-    cluster.kubectl("delete", "evaluationtask", "rbac-bad-image", "-n", team, "--timeout=60s")
+    cluster.kubectl("delete", "evaluationtask", "rbac-bad-image", "-n", team, "--timeout=120s")

@@ -97,9 +97,10 @@ chart-crds: venv  ## regenerate the chart's copy of the CRDs from crds/
 	$(PY) hack/sync-chart-crds.py
 
 .PHONY: lint
-lint: venv  ## ruff and mypy --strict
+lint: venv  ## ruff, mypy --strict, and the chart's CRDs in step with crds/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(PY) hack/sync-chart-crds.py --check
 
 .PHONY: test
 test: venv tools  ## everything: lint, unit, runner, integration (real control plane), chart

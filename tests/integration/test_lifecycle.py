@@ -305,6 +305,9 @@ def test_delete_purges_every_version_and_leaves_the_neighbour_alone(
     cluster.wait_until("Job and ConfigMap garbage-collected", lambda: cluster.kubectl(
         "get", "job/doomed-eval", "configmap/doomed-config", "-n", namespace,
         check=False).returncode != 0, timeout=60)
+    cluster.wait_until("a ResultsPurged event", lambda: "Deleted 9 object versions" in
+                       cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                       "involvedObject.name=doomed").stdout, timeout=20)
 
 
 def test_delete_waits_for_s3_and_purges_when_it_is_back(

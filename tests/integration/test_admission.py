@@ -149,3 +149,16 @@ def test_spec_cannot_be_edited_once_created(cluster: Cluster) -> None:
     finally:
         cluster.kubectl("delete", "evaluationtask", name, "-n", "default", "--wait=false",
                         check=False)
+
+
+@pytest.mark.parametrize(("field", "text"), [
+    ("evaluationtask.spec.model.endpoint.apiKeySecretRef", "Never put a key in the spec"),
+    ("evt.spec.benchmarks.dataset.pvc.path", "Path of the file inside the volume"),
+    ("evaluationtask.spec.timeout", "1h30m"),
+    ("evaluationtask.status.conditions", "Ready, Reconciling, Stalled"),
+])
+def test_kubectl_explain_describes_fields(cluster: Cluster, field: str, text: str) -> None:
+    # The CRD's OpenAPI reaches the published document a few seconds after installation.
+    result = cluster.wait_until(f"kubectl explain {field}", lambda: (
+        r := cluster.kubectl("explain", field, check=False)).returncode == 0 and r, timeout=30)
+    assert text in " ".join(result.stdout.split()), result.stdout

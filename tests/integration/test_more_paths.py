@@ -192,3 +192,35 @@ def test_job_deleted_mid_run_fails_the_task(
     # Not silently re-run: no new Job appears.
     assert cluster.kubectl("get", "job", "orphaned-eval", "-n", namespace,
                            check=False).returncode != 0
+
+
+def test_operator_killed_during_a_stuck_purge_finishes_it_after_restart(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any,
+    s3_server: S3Endpoint,
+) -> None:
+    s3 = s3_server.client()
+    create_task(cluster, namespace, task_manifest("interrupted"))
+    pod = running_pod(cluster, namespace, "interrupted")
+    status = wait_status(cluster, namespace, "interrupted", "started",
+                         lambda s: s.get("startTime") and s.get("results"))
+    prefix = _prefix(status)
+    s3.put_object(Bucket=BUCKET, Key=prefix + "summary.json", Body=b"{}")
+    finish_pod(core, namespace, pod["metadata"]["name"], 0,
+               message=success_message(0.2, SCORES, status["results"]["uri"]))
+    wait_status(cluster, namespace, "interrupted", "Completed",
+                lambda s: s.get("phase") == "Completed")
+    s3_server.stop()
+    try:
+        cluster.kubectl("delete", "evaluationtask", "interrupted", "-n", namespace,
+                        "--wait=false")
+        wait_status(cluster, namespace, "interrupted", "purge failure reported",
+                    lambda s: condition(s, "ResultsPurged").get("status") == "False")
+        running_operator.kill()
+    finally:
+        s3_server.restart()
+    assert get_task(cluster, namespace, "interrupted") is not None, \
+        "without an operator the finalizer keeps the task"
+    running_operator.start()
+    cluster.wait_until("the task gone", lambda: get_task(cluster, namespace,
+                                                         "interrupted") is None, timeout=60)
+    assert _keys_under(s3, prefix) == []

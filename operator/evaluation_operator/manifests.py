@@ -11,6 +11,7 @@ from evaluation_operator.runner_config import (
     CONFIG_DIR,
     CONFIG_KEY,
     MODEL_API_KEY_ENV,
+    MODELS_DIR,
     dataset_mount_dir,
 )
 from evaluation_operator.spec import TaskSpec
@@ -74,9 +75,14 @@ def _env(spec: TaskSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _dataset_volumes(spec: TaskSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _data_volumes(spec: TaskSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only volumes for ConfigMap and PVC datasets and a PVC model: (volumes, mounts)."""
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
+    if spec.model.source_pvc_claim:
+        volumes.append({"name": "model", "persistentVolumeClaim": {
+            "claimName": spec.model.source_pvc_claim, "readOnly": True}})
+        mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
     for index, benchmark in enumerate(spec.benchmarks):
         dataset = benchmark.dataset
         volume_name = f"dataset-{index}"
@@ -106,7 +112,7 @@ def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) 
     if spec.resources.gpu > 0:
         resources["limits"][spec.resources.gpu_resource] = str(spec.resources.gpu)
         resources["requests"][spec.resources.gpu_resource] = str(spec.resources.gpu)
-    dataset_volumes, dataset_mounts = _dataset_volumes(spec)
+    data_volumes, data_mounts = _data_volumes(spec)
     container = {
         "name": RUNNER_CONTAINER,
         "image": spec.image or settings.runner_image,
@@ -126,7 +132,7 @@ def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) 
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": "/tmp"},
-            *dataset_mounts,
+            *data_mounts,
         ],
     }
     pod_spec: dict[str, Any] = {
@@ -144,7 +150,7 @@ def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) 
         "volumes": [
             {"name": "config", "configMap": {"name": naming.configmap_name(task_name)}},
             {"name": "scratch", "emptyDir": {}},
-            *dataset_volumes,
+            *data_volumes,
         ],
     }
     if spec.scheduling.node_selector:

@@ -12,6 +12,7 @@ CONFIG_VERSION = 1
 CONFIG_DIR = "/etc/evaluation"
 CONFIG_KEY = "config.json"
 DATASETS_DIR = "/datasets"
+MODELS_DIR = "/models"
 MODEL_API_KEY_ENV = "EVAL_MODEL_API_KEY"
 
 
@@ -26,6 +27,15 @@ def dataset_uri_for_runner(benchmark: Benchmark) -> str:
     if dataset.configmap:
         return f"{dataset_mount_dir(benchmark)}/{dataset.configmap.key}"
     return f"{dataset_mount_dir(benchmark)}/{dataset.pvc_path}"
+
+
+def model_source_for_runner(spec: TaskSpec) -> dict[str, str] | None:
+    if spec.model.source_uri:
+        return {"uri": spec.model.source_uri}
+    if spec.model.source_pvc_claim:
+        path = spec.model.source_pvc_path
+        return {"uri": f"{MODELS_DIR}/{path}" if path else MODELS_DIR}
+    return None
 
 
 def build_runner_config(
@@ -47,7 +57,7 @@ def build_runner_config(
         "model": {
             "name": spec.model.name,
             "endpoint": endpoint,
-            "source": {"uri": spec.model.source_uri} if spec.model.source_uri else None,
+            "source": model_source_for_runner(spec),
         },
         "framework": {"name": spec.framework},
         "benchmarks": [

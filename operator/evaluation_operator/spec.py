@@ -47,6 +47,8 @@ class Model:
     name: str
     endpoint: Endpoint | None = None
     source_uri: str | None = None
+    source_pvc_claim: str | None = None
+    source_pvc_path: str = ""  # relative to the volume's root
 
 
 @dataclass(frozen=True)
@@ -155,8 +157,22 @@ def _parse_model(raw: Any) -> Model:
                                 "spec.model.endpoint.apiKeySecretRef"),
             timeout_seconds=int(endpoint_raw.get("timeoutSeconds", 120)),
         )
-    source_uri = str(source_raw["uri"]) if source_raw else None
-    return Model(name=str(raw["name"]), endpoint=endpoint, source_uri=source_uri)
+    if not source_raw:
+        return Model(name=str(raw["name"]), endpoint=endpoint)
+    if bool(source_raw.get("uri")) == bool(source_raw.get("pvc")):
+        raise SpecError("spec.model.source", "set exactly one of source.uri and source.pvc")
+    if source_raw.get("uri"):
+        uri = str(source_raw["uri"])
+        if not (uri.startswith("/") or re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", uri)):
+            raise SpecError("spec.model.source.uri", f"{uri!r} is not s3://bucket/path or an "
+                                                     "absolute path")
+        return Model(name=str(raw["name"]), source_uri=uri)
+    pvc = source_raw["pvc"]
+    path = str(pvc.get("path") or "").strip("/")
+    if not pvc.get("claimName") or ".." in path.split("/"):
+        raise SpecError("spec.model.source.pvc", "needs claimName and a path without '..'")
+    return Model(name=str(raw["name"]), source_pvc_claim=str(pvc["claimName"]),
+                 source_pvc_path=path)
 
 
 def _parse_dataset(raw: Any, field_path: str) -> Dataset:

@@ -88,6 +88,12 @@ REJECTIONS: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("credentials-in-dataset-url", _set("benchmarks.0.dataset",
                                         {"uri": "https://u:p@example.org/d.jsonl"}),
      "spec.benchmarks[0].dataset.uri", "must not hold credentials"),
+    ("source-uri-and-pvc", lambda s: (_delete("model.endpoint")(s), _set("model.source", {
+        "uri": "s3://models/x/", "pvc": {"claimName": "weights"}})(s)), "spec.model.source",
+     "set exactly one of model.source.uri and model.source.pvc"),
+    ("source-pvc-traversal", lambda s: (_delete("model.endpoint")(s), _set("model.source", {
+        "pvc": {"claimName": "weights", "path": "../other"}})(s)),
+     "spec.model.source.pvc.path", "must not contain '..'"),
     ("all-weights-zero", lambda s: [b.update(weight=0) for b in s["benchmarks"]],
      "spec.benchmarks", "at least one benchmark needs a weight above 0"),
     ("toleration-exists-with-value", _set("scheduling", {"tolerations": [

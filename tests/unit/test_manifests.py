@@ -162,3 +162,27 @@ def test_spec_errors_name_the_field(spec: dict[str, Any], field: str) -> None:
 def test_no_bucket_anywhere_is_an_error() -> None:
     with pytest.raises(SpecError, match="EVAL_S3_BUCKET"):
         parse_task_spec(task()["spec"], OperatorSettings())
+
+
+def test_model_weights_on_a_pvc_are_mounted_read_only_and_named_in_the_config() -> None:
+    t = task(model={"name": "m", "source": {"pvc": {"claimName": "weights",
+                                                    "path": "llama3-8b/"}}})
+    spec = parse_task_spec(t["spec"], SETTINGS)
+    job = build_job(t, spec, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "weights",
+                                                         "readOnly": True}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["model"] == {"name": "model", "mountPath": "/models", "readOnly": True}
+    location = results_location("eval-results", "runs", "team-a", "t", UID)
+    config = build_runner_config(spec, name="t", namespace="team-a", uid=UID,
+                                 location=location, settings=SETTINGS)
+    assert config["model"] == {"name": "m", "endpoint": None,
+                               "source": {"uri": "/models/llama3-8b"}}
+
+
+def test_model_from_s3_needs_no_volume() -> None:
+    pod = job_for(model={"name": "m", "source": {"uri": "s3://models/m/"}})[
+        "spec"]["template"]["spec"]
+    assert "model" not in {v["name"] for v in pod["volumes"]}

@@ -350,7 +350,9 @@ def refresh_status(
                     assessment = Assessment(
                         EVALUATING, "CollectingResults",
                         f"The runner finished, but its scores could not be read yet (neither "
-                        f"the termination message nor {location.uri}summary.json); retrying.",
+                        f"the termination message nor {location.uri}summary.json); retrying. "
+                        "If this lasts, check that summary.json exists and that the "
+                        "operator's S3 endpoint and credentials can read it.",
                         scheduled=True, start_time=assessment.start_time)
             if summary_is_complete(summary):
                 scores = scores_from_summary(summary or {})

@@ -250,3 +250,17 @@ def test_status_keeps_start_time_and_progress_across_updates() -> None:
     status = render_status(previous, assess(job(), [pod("Running")], CTX), generation=1,
                            now="T9", job_name="t-eval", configmap_name="t-config", results={})
     assert status["startTime"] == "T0" and status["progress"]["text"] == "1/2"
+
+
+def test_every_reason_in_the_operator_docs_exists_in_the_code() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "operator.md").read_text()
+    table = doc.split("## Status", 1)[1].split("## Deletion", 1)[0]
+    documented = set(re.findall(r"`([A-Z][A-Za-z]+)`", table))
+    code = "".join((root / "operator" / "evaluation_operator" / name).read_text()
+                   for name in ("status.py", "reconcile.py"))
+    assert documented, "the reasons table is gone"
+    assert {r for r in documented if f'"{r}"' not in code} == set()

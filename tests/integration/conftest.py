@@ -25,10 +25,12 @@ START_FAILURE_GRACE_SECONDS = 4
 
 
 class OperatorProcess:
-    def __init__(self, cluster: Cluster, s3: S3Endpoint, log_dir: Path) -> None:
+    def __init__(self, cluster: Cluster, s3: S3Endpoint, log_dir: Path,
+                 flags: tuple[str, ...] = ()) -> None:
         self.cluster = cluster
         self.s3 = s3
         self.log_dir = log_dir
+        self.flags = flags
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -51,7 +53,7 @@ class OperatorProcess:
         self.starts += 1
         log = open(self.log_dir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "evaluation_operator", "--verbose"],
+            [sys.executable, "-m", "evaluation_operator", *self.flags, "--verbose"],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT,
         )
         time.sleep(1.5)

@@ -4,6 +4,8 @@ queue, long names, deleting a running task, re-creating a task under the same na
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +226,28 @@ def test_operator_killed_during_a_stuck_purge_finishes_it_after_restart(
     cluster.wait_until("the task gone", lambda: get_task(cluster, namespace,
                                                          "interrupted") is None, timeout=60)
     assert _keys_under(s3, prefix) == []
+
+
+def test_operator_watching_one_namespace_leaves_the_others_alone(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess, s3_server: S3Endpoint,
+    tmp_path: Path,
+) -> None:
+    other = f"{namespace}-other"
+    cluster.kubectl("create", "namespace", other)
+    running_operator.kill()  # the cluster-wide one; the next test gets it back
+    scoped = OperatorProcess(cluster, s3_server, tmp_path, flags=("--namespace", namespace))
+    scoped.start()
+    try:
+        create_task(cluster, namespace, task_manifest("watched"))
+        create_task(cluster, other, task_manifest("unwatched"))
+        wait_status(cluster, namespace, "watched", "Evaluating",
+                    lambda s: s.get("phase") == "Evaluating")
+        time.sleep(3)
+        unwatched = get_task(cluster, other, "unwatched")
+        assert unwatched is not None and not unwatched.get("status")
+        assert not unwatched["metadata"].get("finalizers")
+        assert cluster.kubectl("get", "job", "unwatched-eval", "-n", other,
+                               check=False).returncode != 0
+    finally:
+        scoped.stop()
+        cluster.kubectl("delete", "namespace", other, "--wait=false", check=False)

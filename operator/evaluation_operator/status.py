@@ -48,7 +48,6 @@ class Assessment:
     start_time: str | None = None
     completion_time: str | None = None
     runner_summary: dict[str, Any] | None = None
-    failed_attempts: int = 0
 
 
 def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -177,7 +176,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             COMPLETED, "Succeeded", "Evaluation finished; scores are in status.",
             scheduled=True, start_time=first_run or _timestamp(start_time),
             completion_time=_timestamp(completion),
-            runner_summary=summary, failed_attempts=len(failed_pods),
+            runner_summary=summary,
         )
 
     failure = conditions.get("Failed") or conditions.get("FailureTarget")
@@ -187,8 +186,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
         completion = _timestamp(failure.get("lastTransitionTime")) if "Failed" in conditions \
             else None
         base = Assessment(FAILED, "", "", scheduled=bool(ran), start_time=first_run,
-                          completion_time=completion, runner_summary=summary,
-                          failed_attempts=len(failed_pods))
+                          completion_time=completion, runner_summary=summary)
         job_reason = failure.get("reason", "")
         if job_reason == "DeadlineExceeded":
             base.reason = "DeadlineExceeded"
@@ -246,7 +244,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
     if current is None or (current.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
         return Assessment(EVALUATING, "PodPending",
                           "Waiting for the Job controller to create the runner pod." + retry_note,
-                          failed_attempts=len(failed_pods), start_time=first_run)
+                          start_time=first_run)
     pod_status = current.get("status") or {}
     for condition in pod_status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
@@ -258,7 +256,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
                 f"The run starts when capacity frees up and fails if it has not finished "
                 f"within spec.timeout ({ctx.timeout})." + retry_note,
                 scheduled=False, scheduled_reason=str(condition.get("reason") or "Unschedulable"),
-                failed_attempts=len(failed_pods), start_time=first_run,
+                start_time=first_run,
             )
     waiting = (_runner_status(current).get("state") or {}).get("waiting") or {}
     waiting_reason = str(waiting.get("reason") or "")
@@ -271,7 +269,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             f"The runner image {image} cannot be pulled yet ({waiting_reason}: "
             f"{waiting.get('message', '')}). The task fails if this lasts {grace_left}s more: "
             "check spec.framework.image, the operator's runner image and its pull secret.",
-            scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
+            scheduled=True, start_time=first_run,
         )
     if waiting_reason in CONFIG_REASONS and grace_left:
         return Assessment(
@@ -280,7 +278,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             f"fails if this lasts {grace_left}s more: create the Secrets named in "
             "spec.output.s3.credentialsSecretRef and spec.model.endpoint.apiKeySecretRef in "
             "this namespace, with the expected keys.",
-            scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
+            scheduled=True, start_time=first_run,
         )
     if waiting_reason in IMAGE_PULL_REASONS:
         image = _runner_status(current).get("image") or "the runner image"
@@ -289,7 +287,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             f"The runner image {image} cannot be pulled ({waiting_reason}: "
             f"{waiting.get('message', '')}). Fix spec.framework.image or the operator's runner "
             "image and its pull secret, then create a new task.",
-            scheduled=True, completion_time=None, failed_attempts=len(failed_pods),
+            scheduled=True, completion_time=None,
         )
     if waiting_reason in CONFIG_REASONS:
         return Assessment(
@@ -298,7 +296,7 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             "Secrets named in spec.output.s3.credentialsSecretRef and "
             "spec.model.endpoint.apiKeySecretRef exist in this namespace with the expected "
             "keys, then create a new task.",
-            scheduled=True, failed_attempts=len(failed_pods),
+            scheduled=True,
         )
     node = current.get("spec", {}).get("nodeName")
     if pod_status.get("phase") == "Running":
@@ -306,14 +304,13 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             EVALUATING, "Running", f"Evaluating on node {node}." + retry_note,
             scheduled=True, running=True,
             start_time=first_run or _timestamp(pod_status.get("startTime")),
-            failed_attempts=len(failed_pods),
         )
     if not node:
         return Assessment(EVALUATING, "Scheduling", "Waiting for the scheduler." + retry_note,
-                          failed_attempts=len(failed_pods), start_time=first_run)
+                          start_time=first_run)
     return Assessment(
         EVALUATING, "Starting", f"Scheduled on node {node}; starting the runner." + retry_note,
-        scheduled=True, failed_attempts=len(failed_pods), start_time=first_run,
+        scheduled=True, start_time=first_run,
     )
 
 

@@ -127,6 +127,17 @@ def purge(client: Any, location: ResultsLocation) -> int:
         deleted += len(batch)
 
 
+def is_task_key(relative: str) -> bool:
+    """Whether a key below a task's prefix can be the task's own.
+
+    A runner writes at most `benchmarks/<name>/<file>` below its prefix. Deeper keys belong
+    to another task whose prefix nests inside this one (a custom spec.output.s3.prefix such
+    as `runs/team-a/<task>/<uid>` can arrange that), so a purge must leave them alone.
+    """
+    parts = relative.split("/")
+    return len(parts) <= 2 or (len(parts) == 3 and parts[0] == "benchmarks")
+
+
 def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:
     count = 0
     paginator = client.get_paginator("list_object_versions")
@@ -135,6 +146,8 @@ def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:
             key = item["Key"]
             if not key.startswith(location.prefix):
                 raise UnsafePrefixError(f"S3 listed {key!r} outside {location.prefix!r}")
+            if not is_task_key(key[len(location.prefix):]):
+                continue
             entry = {"Key": key}
             if item.get("VersionId"):
                 # Unversioned buckets list VersionId "null", which S3 accepts back.

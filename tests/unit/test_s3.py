@@ -96,3 +96,18 @@ def test_per_key_errors_are_raised_not_ignored(bucket: Any) -> None:
     with pytest.raises(PurgeIncompleteError, match="legal hold"):
         purge(RefusingS3(bucket), location)
     assert count(bucket, location.prefix) == 1
+
+
+def test_purge_never_touches_a_task_nested_below_this_prefix(bucket: Any) -> None:
+    """Team B picks spec.output.s3.prefix so that its results land below team A's prefix;
+    deleting team A's task must still leave team B's results alone."""
+    team_a = results_location("purge-unit", "runs", "team-a", "eval", UID)
+    team_b = results_location("purge-unit", team_a.prefix.rstrip("/"), "team-b", "eval",
+                              "11111111-2222-3333-4444-555555555555")
+    assert team_b.prefix.startswith(team_a.prefix)
+    for location in (team_a, team_b):
+        for key in ("summary.json", "results.zip", "benchmarks/arc/samples.jsonl"):
+            bucket.put_object(Bucket="purge-unit", Key=location.prefix + key, Body=b"x")
+    assert purge(bucket, team_a) == 3
+    assert count(bucket, team_b.prefix) == 3
+    assert count(bucket, team_a.prefix) == 3  # exactly team B's objects remain

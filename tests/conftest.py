@@ -29,6 +29,17 @@ def cluster() -> Iterator[Cluster]:
             owner.stop()
 
 
+@pytest.fixture(autouse=True)
+def _kwok_marker_needs_scripted_pods(request: pytest.FixtureRequest) -> None:
+    """Tests marked `kwok` play the kubelet through KWOK stages; on kind or an existing
+    cluster (real kubelets) they are skipped, everywhere else they run."""
+    if request.node.get_closest_marker("kwok") is None:
+        return
+    handle: Cluster = request.getfixturevalue("cluster")
+    if not handle.scripted_pods:
+        pytest.skip("plays the runner through KWOK-scripted pods (not on kind/existing clusters)")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Endpoint]:
     endpoint = start_s3()

@@ -9,12 +9,12 @@ import pytest
 
 from tests.chart.chart import helm_path
 from tests.support.cluster import Cluster
+from tests.support.requirements import require
 
 
 @pytest.fixture(autouse=True)
 def _needs_helm() -> None:
-    if not helm_path().is_file():
-        pytest.skip(f"helm not built at {helm_path()} (run `make tools`)")
+    require(helm_path().is_file(), f"helm not built at {helm_path()} (run `make tools`)")
 
 
 def unique(prefix: str) -> str:

@@ -292,8 +292,6 @@ def only_this_operator() -> Iterator[None]:
 def test_operator_runs_a_whole_task_lifecycle_as_the_charts_serviceaccount(
         cluster: Cluster, namespaces: list[str], s3_server: S3Endpoint, tmp_path: Path,
         mode: str) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("plays the runner through KWOK-scripted pods")
     s3 = s3_server.client()
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=BUCKET)

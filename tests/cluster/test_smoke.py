@@ -123,8 +123,6 @@ def test_structural_schema_rejects_invalid_object_naming_the_field(
 def test_gpu_job_is_scheduled_on_a_gpu_node_and_completes(
     cluster: Cluster, namespace: str
 ) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("needs KWOK-scripted pods")
     cluster.kubectl("apply", "-n", namespace, "-f", "-",
                     input=json.dumps(job("gpu", gpus=2, annotations={COMPLETE_DELAY: "1s"})))
     cluster.wait_until("Job gpu Complete",
@@ -173,8 +171,6 @@ def test_deleting_the_owner_garbage_collects_the_job(cluster: Cluster, namespace
 
 @pytest.mark.kwok
 def test_pod_failed_on_demand_fails_its_job(cluster: Cluster, namespace: str, core: Any) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("needs KWOK-scripted pods")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job("doomed", gpus=1)))
     pod = cluster.wait_until(
         "pod Running",
@@ -194,8 +190,6 @@ def test_pod_failed_on_demand_fails_its_job(cluster: Cluster, namespace: str, co
 
 @pytest.mark.kwok
 def test_unpullable_image_waits_with_err_image_pull(cluster: Cluster, namespace: str) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("needs KWOK-scripted pods")
     cluster.kubectl("apply", "-n", namespace, "-f", "-",
                     input=json.dumps(job("pull", image=unpullable_image())))
 

@@ -187,6 +187,19 @@ def running_pod(cluster: Cluster, namespace: str, task: str, timeout: float = 60
     return result
 
 
+def prefix_of(status: dict[str, Any]) -> str:
+    """The S3 key prefix of a task's results, from its status."""
+    uri: str = status["results"]["uri"]
+    assert uri.startswith(f"s3://{BUCKET}/")
+    return uri[len(f"s3://{BUCKET}/"):]
+
+
+def versions_under(s3: Any, prefix: str) -> list[str]:
+    """Every object version and delete marker below the prefix."""
+    listing = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
+    return [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+
+
 def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
                     truncated: bool = False) -> str:
     message: dict[str, Any] = {"v": 1, "status": "Succeeded", "overallScore": overall,

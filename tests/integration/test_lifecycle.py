@@ -19,9 +19,11 @@ from tests.integration.conftest import (
     condition,
     create_task,
     get_task,
+    prefix_of,
     running_pod,
     success_message,
     task_manifest,
+    versions_under,
     wait_status,
 )
 from tests.support.cluster import GPU_NODES, Cluster
@@ -37,18 +39,6 @@ BENCHMARK_SCORES = [
     {"name": "wmt-de-en", "score": 0.3012, "primaryMetric": "bleu",
      "metrics": {"bleu": 30.12, "exact-match": 0.25}, "samples": 4},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _skip_without_kwok(cluster: Cluster) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("plays the runner through KWOK-scripted pods")
-
-
-def prefix_of(status: dict[str, Any]) -> str:
-    uri: str = status["results"]["uri"]
-    assert uri.startswith(f"s3://{BUCKET}/")
-    return uri[len(f"s3://{BUCKET}/"):]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -277,11 +267,6 @@ def _write_versioned_results(s3: Any, prefix: str) -> None:
     s3.delete_object(Bucket=BUCKET, Key=prefix + "summary.csv")  # leaves a delete marker
 
 
-def _versions_under(s3: Any, prefix: str) -> list[str]:
-    listing = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
-    return [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
-
-
 def test_delete_purges_every_version_and_leaves_the_neighbour_alone(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess, core: Any,
     s3_server: S3Endpoint,
@@ -297,11 +282,11 @@ def test_delete_purges_every_version_and_leaves_the_neighbour_alone(
         _write_versioned_results(s3, prefixes[name])
         finish_pod(core, namespace, pod["metadata"]["name"], 0, message=success_message(
             0.5, BENCHMARK_SCORES, status["results"]["uri"]))
-    assert len(_versions_under(s3, prefixes["doomed"])) == 9
+    assert len(versions_under(s3, prefixes["doomed"])) == 9
 
     cluster.kubectl("delete", "evaluationtask", "doomed", "-n", namespace, "--timeout=60s")
-    assert _versions_under(s3, prefixes["doomed"]) == []
-    assert len(_versions_under(s3, prefixes["doomed-2"])) == 9
+    assert versions_under(s3, prefixes["doomed"]) == []
+    assert len(versions_under(s3, prefixes["doomed-2"])) == 9
     cluster.wait_until("Job and ConfigMap garbage-collected", lambda: cluster.kubectl(
         "get", "job/doomed-eval", "configmap/doomed-config", "-n", namespace,
         check=False).returncode != 0, timeout=60)
@@ -341,7 +326,7 @@ def test_delete_waits_for_s3_and_purges_when_it_is_back(
         s3_server.restart()
     cluster.wait_until("the task gone", lambda: get_task(cluster, namespace, "outage") is None,
                        timeout=60)
-    assert _versions_under(s3, prefix) == []
+    assert versions_under(s3, prefix) == []
 
 
 def test_task_that_never_ran_deletes_at_once_even_without_s3(

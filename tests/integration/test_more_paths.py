@@ -16,9 +16,11 @@ from tests.integration.conftest import (
     condition,
     create_task,
     get_task,
+    prefix_of,
     running_pod,
     success_message,
     task_manifest,
+    versions_under,
     wait_status,
 )
 from tests.support.cluster import GPU_NODES, Cluster
@@ -31,21 +33,6 @@ SCORES = [{"name": "arc-easy", "score": 0.5, "primaryMetric": "accuracy",
            "metrics": {"accuracy": 0.5}, "samples": 2},
           {"name": "wmt-de-en", "score": 0.2, "primaryMetric": "bleu",
            "metrics": {"bleu": 20.0}, "samples": 2}]
-
-
-@pytest.fixture(autouse=True)
-def _skip_without_kwok(cluster: Cluster) -> None:
-    if not cluster.scripted_pods:
-        pytest.skip("plays the runner through KWOK-scripted pods")
-
-
-def _prefix(status: dict[str, Any]) -> str:
-    return str(status["results"]["uri"])[len(f"s3://{BUCKET}/"):]
-
-
-def _keys_under(s3: Any, prefix: str) -> list[str]:
-    listing = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)
-    return [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
 
 
 def test_runner_failure_without_retries_says_what_to_check(
@@ -119,11 +106,11 @@ def test_deleting_a_running_task_stops_the_runner_and_purges(
     pod = running_pod(cluster, namespace, "cancelled")
     status = wait_status(cluster, namespace, "cancelled", "started",
                          lambda s: s.get("startTime") and s.get("results"))
-    prefix = _prefix(status)
+    prefix = prefix_of(status)
     for key in ("progress.json", "benchmarks/arc-easy/samples.jsonl"):
         s3.put_object(Bucket=BUCKET, Key=prefix + key, Body=b"partial")
     cluster.kubectl("delete", "evaluationtask", "cancelled", "-n", namespace, "--timeout=60s")
-    assert _keys_under(s3, prefix) == []
+    assert versions_under(s3, prefix) == []
     assert cluster.kubectl("get", "pod", pod["metadata"]["name"], "-n", namespace,
                            check=False).returncode != 0, "the runner pod was stopped"
 
@@ -137,7 +124,7 @@ def test_recreating_a_task_under_the_same_name_starts_a_fresh_run(
     pod = running_pod(cluster, namespace, "nightly")
     status = wait_status(cluster, namespace, "nightly", "started",
                          lambda s: s.get("startTime") and s.get("results"))
-    first_prefix = _prefix(status)
+    first_prefix = prefix_of(status)
     s3.put_object(Bucket=BUCKET, Key=first_prefix + "summary.json", Body=b"{}")
     finish_pod(core, namespace, pod["metadata"]["name"], 0,
                message=success_message(0.1, SCORES, status["results"]["uri"]))
@@ -155,7 +142,7 @@ def test_recreating_a_task_under_the_same_name_starts_a_fresh_run(
     status = wait_status(cluster, namespace, "nightly", "Running",
                          lambda s: condition(s, "Running").get("status") == "True")
     assert new_uid in status["results"]["uri"]
-    assert _keys_under(s3, first_prefix) == []
+    assert versions_under(s3, first_prefix) == []
     task = get_task(cluster, namespace, "nightly")
     assert task is not None and task["status"]["phase"] == "Evaluating"
 
@@ -205,7 +192,7 @@ def test_operator_killed_during_a_stuck_purge_finishes_it_after_restart(
     pod = running_pod(cluster, namespace, "interrupted")
     status = wait_status(cluster, namespace, "interrupted", "started",
                          lambda s: s.get("startTime") and s.get("results"))
-    prefix = _prefix(status)
+    prefix = prefix_of(status)
     s3.put_object(Bucket=BUCKET, Key=prefix + "summary.json", Body=b"{}")
     finish_pod(core, namespace, pod["metadata"]["name"], 0,
                message=success_message(0.2, SCORES, status["results"]["uri"]))
@@ -225,7 +212,7 @@ def test_operator_killed_during_a_stuck_purge_finishes_it_after_restart(
     running_operator.start()
     cluster.wait_until("the task gone", lambda: get_task(cluster, namespace,
                                                          "interrupted") is None, timeout=60)
-    assert _keys_under(s3, prefix) == []
+    assert versions_under(s3, prefix) == []
 
 
 def test_operator_watching_one_namespace_leaves_the_others_alone(

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tests.runner.conftest import RESULTS_BUCKET, base_config, run_runner
+from tests.support.requirements import require_module
 from tests.support.s3 import S3Endpoint
 
-pytest.importorskip("lm_eval")
+require_module("lm_eval")
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 CORRECT = {"Paris", "4", "Pacific", "Blue"}

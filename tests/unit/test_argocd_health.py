@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from tests.chart.task_statuses import statuses
+from tests.support.requirements import require_module
 
-lua51 = pytest.importorskip("lupa.lua51")
+lua51 = require_module("lupa.lua51")
 
 ARGOCD_DIR = Path(__file__).resolve().parents[2] / "gitops" / "argocd"
 HEALTH_LUA = (ARGOCD_DIR / "health.lua").read_text()

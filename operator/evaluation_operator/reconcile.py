@@ -361,7 +361,7 @@ def refresh_status(
             now=now_iso(), job_name=job_name, configmap_name=naming.configmap_name(name),
             results=_results_field(location), scores=scores,
         )
-        if _same(previous, status):
+        if previous == status:
             return previous
         kube.patch_task_status(namespace, name, status)
         _after_transition(task, previous, status, kube)
@@ -384,11 +384,6 @@ def refresh_status_of_owner(child: dict[str, Any], settings: OperatorSettings, k
         meta.get("labels") or {}).get(naming.LABEL_TASK)
     if task_name:
         refresh_status(str(meta["namespace"]), str(task_name), settings, kube)
-
-
-def _same(previous: dict[str, Any], status: dict[str, Any]) -> bool:
-    keys = set(previous) | set(status)
-    return all(previous.get(k) == status.get(k) for k in keys)
 
 
 def _after_transition(task: dict[str, Any], previous: dict[str, Any], status: dict[str, Any],

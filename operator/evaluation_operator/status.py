@@ -262,42 +262,9 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
     waiting_reason = str(waiting.get("reason") or "")
     grace_left = _grace_left(current, ctx, now) if waiting_reason in (
         *IMAGE_PULL_REASONS, *CONFIG_REASONS) else 0
-    if waiting_reason in IMAGE_PULL_REASONS and grace_left:
-        image = _runner_status(current).get("image") or "the runner image"
-        return Assessment(
-            EVALUATING, "ImagePullBackOff",
-            f"The runner image {image} cannot be pulled yet ({waiting_reason}: "
-            f"{waiting.get('message', '')}). The task fails if this lasts {grace_left}s more: "
-            "check spec.framework.image, the operator's runner image and its pull secret.",
-            scheduled=True, start_time=first_run,
-        )
-    if waiting_reason in CONFIG_REASONS and grace_left:
-        return Assessment(
-            EVALUATING, "ContainerConfigPending",
-            f"The runner cannot start yet: {waiting.get('message', waiting_reason)}. The task "
-            f"fails if this lasts {grace_left}s more: create the Secrets named in "
-            "spec.output.s3.credentialsSecretRef and spec.model.endpoint.apiKeySecretRef in "
-            "this namespace, with the expected keys.",
-            scheduled=True, start_time=first_run,
-        )
-    if waiting_reason in IMAGE_PULL_REASONS:
-        image = _runner_status(current).get("image") or "the runner image"
-        return Assessment(
-            FAILED, "ImagePullError",
-            f"The runner image {image} cannot be pulled ({waiting_reason}: "
-            f"{waiting.get('message', '')}). Fix spec.framework.image or the operator's runner "
-            "image and its pull secret, then create a new task.",
-            scheduled=True, completion_time=None,
-        )
-    if waiting_reason in CONFIG_REASONS:
-        return Assessment(
-            FAILED, "ContainerConfigError",
-            f"The runner cannot start: {waiting.get('message', waiting_reason)}. Check that the "
-            "Secrets named in spec.output.s3.credentialsSecretRef and "
-            "spec.model.endpoint.apiKeySecretRef exist in this namespace with the expected "
-            "keys, then create a new task.",
-            scheduled=True,
-        )
+    if waiting_reason in (*IMAGE_PULL_REASONS, *CONFIG_REASONS):
+        return _start_failure(waiting, _runner_status(current).get("image"), grace_left,
+                              first_run)
     node = current.get("spec", {}).get("nodeName")
     if pod_status.get("phase") == "Running":
         return Assessment(
@@ -312,6 +279,33 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
         EVALUATING, "Starting", f"Scheduled on node {node}; starting the runner." + retry_note,
         scheduled=True, start_time=first_run,
     )
+
+
+
+def _start_failure(waiting: dict[str, Any], image: str | None, grace_left: int,
+                   first_run: str | None) -> Assessment:
+    """The runner container cannot start: still Evaluating while the grace period lasts
+    (registries and Secrets can recover), then Failed so the Job stops holding a GPU."""
+    reason = str(waiting.get("reason") or "")
+    yet = " yet" if grace_left else ""
+    if reason in IMAGE_PULL_REASONS:
+        what = (f"The runner image {image or 'the runner image'} cannot be pulled{yet} "
+                f"({reason}: {waiting.get('message', '')}).")
+        fix = "spec.framework.image, the operator's runner image and its pull secret"
+        pending, failed = "ImagePullBackOff", "ImagePullError"
+    else:
+        what = f"The runner cannot start{yet}: {waiting.get('message', reason)}."
+        fix = ("the Secrets named in spec.output.s3.credentialsSecretRef and "
+               "spec.model.endpoint.apiKeySecretRef: they must exist in this namespace with "
+               "the expected keys")
+        pending, failed = "ContainerConfigPending", "ContainerConfigError"
+    if grace_left:
+        return Assessment(
+            EVALUATING, pending,
+            f"{what} The task fails if this lasts {grace_left}s more: check {fix}.",
+            scheduled=True, start_time=first_run)
+    return Assessment(FAILED, failed, f"{what} Check {fix}, then create a new task.",
+                      scheduled=True)
 
 
 def _condition_states(a: Assessment) -> dict[str, tuple[str, str, str]]:

@@ -32,12 +32,23 @@ def main() -> int:
 
         client = boto3.client("s3", endpoint_url=S3_URL, region_name="us-east-1",
                               aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+        ready = False
         for _ in range(50):
             try:
                 client.create_bucket(Bucket=BUCKET)
+                ready = True
+                break
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                ready = True  # a local S3 from an earlier `make run` is still serving
                 break
             except Exception:
+                if s3.poll() is not None:
+                    break
                 time.sleep(0.2)
+        if not ready:
+            sys.exit(f"the local S3 (moto) did not start on {S3_URL}: is port 9000 in use? "
+                     "Free it (`ss -ltnp 'sport = :9000'` shows who holds it) and run "
+                     "`make run` again")
         client.put_bucket_versioning(Bucket=BUCKET,
                                      VersioningConfiguration={"Status": "Enabled"})
         kubectl = [str(bin_dir / "kubectl"), "--kubeconfig", str(KUBECONFIG)]

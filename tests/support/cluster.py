@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ CRDS_DIR = REPO_ROOT / "crds"
 GPU_NODES = ("gpu-node-0", "gpu-node-1")
 CPU_NODES = ("cpu-node-0",)
 GPUS_PER_NODE = 8
+CREATE_LOCK = Path("/tmp/evaluation-operator-kwokctl-create.lock")
 
 
 class ClusterError(RuntimeError):
@@ -190,11 +192,16 @@ class KwokCluster:
         config_path.write_text(_kwokctl_config(tools))
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
-        result = subprocess.run(
-            [str(tools.kwokctl), "create", "cluster", "--name", self.name,
-             "--config", str(config_path), "--kubeconfig", str(self.kubeconfig), "--wait", "3m"],
-            env=self._env(), capture_output=True, text=True, timeout=300, check=False,
-        )
+        # kwokctl picks free ports without reserving them: two clusters created at the same
+        # moment get the same ports. One create at a time on this machine avoids that.
+        with open(CREATE_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            result = subprocess.run(
+                [str(tools.kwokctl), "create", "cluster", "--name", self.name,
+                 "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
+                 "--wait", "3m"],
+                env=self._env(), capture_output=True, text=True, timeout=300, check=False,
+            )
         if result.returncode != 0:
             self.stop()
             raise ClusterError(f"kwokctl create cluster failed:\n{result.stdout}\n{result.stderr}")

@@ -39,7 +39,7 @@ help:  ## list targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[runner,lm-eval,test,dev]"
+	$(PY) -m pip install --quiet -e ".[runner,lm-eval,console,test,dev]"
 	touch $@
 
 .PHONY: venv
@@ -102,8 +102,27 @@ lint: venv  ## ruff, mypy --strict, and the chart's CRDs in step with crds/
 	$(VENV)/bin/mypy
 	$(PY) hack/sync-chart-crds.py --check
 
+# --- Console (kubectl evaluation) ----------------------------------------------------------
+# Debian's chromium drives the console's browser tests (Playwright with executable_path;
+# `playwright install` is never used). apt-get only when it is missing.
+.PHONY: browser
+browser:  ## Debian's chromium and chromium-driver for the console's browser tests
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) \
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver; fi
+	@/usr/bin/chromium --version
+
+.PHONY: console-demo
+console-demo: venv  ## two completed tasks with real bundles in the `make run` cluster (run beside it)
+	$(PY) hack/console_demo.py
+
+.PHONY: console-screenshots
+console-screenshots: venv tools browser  ## regenerate docs/console/*.png (the pages in docs/console.md)
+	EVAL_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console $(PY) -m pytest tests/console/test_browser.py -q
+
 .PHONY: test
-test: venv tools  ## everything: lint, unit, runner, integration (real control plane), chart
+test: venv tools browser  ## everything: lint, unit, runner, integration (real control plane), chart
 	$(MAKE) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation_runner import layout
 from evaluation_runner.metrics import MetricValue
 
 
@@ -63,13 +64,13 @@ def summary_csv(results: list[BenchmarkResult]) -> str:
 
 def bundle_files(results: list[BenchmarkResult], summary: dict[str, Any]) -> dict[str, bytes]:
     files = {
-        "summary.json": json.dumps(summary, indent=2, ensure_ascii=False).encode(),
-        "summary.csv": summary_csv(results).encode(),
+        layout.SUMMARY_JSON: json.dumps(summary, indent=2, ensure_ascii=False).encode(),
+        layout.SUMMARY_CSV: summary_csv(results).encode(),
     }
     for r in results:
-        files[f"benchmarks/{r.name}/metrics.json"] = json.dumps(
+        files[layout.metrics_key(r.name)] = json.dumps(
             r.metrics_json(), indent=2, ensure_ascii=False).encode()
-        files[f"benchmarks/{r.name}/samples.jsonl"] = "".join(
+        files[layout.samples_key(r.name)] = "".join(
             json.dumps(s, ensure_ascii=False) + "\n" for s in r.samples).encode()
     return files
 

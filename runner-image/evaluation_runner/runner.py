@@ -8,7 +8,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from evaluation_runner import lm_eval_adapter, termination
+from evaluation_runner import layout, lm_eval_adapter, termination
 from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
 from evaluation_runner.config import BenchmarkConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, load_dataset
@@ -139,13 +139,13 @@ def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: floa
         kind = "application/json" if name.endswith(".json") else (
             "text/csv" if name.endswith(".csv") else "application/x-ndjson")
         writer.put(name, body, kind)
-    writer.put("results.zip", zip_bundle(files), "application/zip")
+    writer.put(layout.RESULTS_ZIP, zip_bundle(files), "application/zip")
     writer.put("progress.json", progress, "application/json")
     compact = [{"name": r.name, "score": r.score, "primaryMetric": r.primary_metric,
                 "metrics": {k: v.value for k, v in r.metrics.items()},
                 "samples": len(r.samples)} for r in results]
     return termination.success_message(overall, compact, writer.uri(),
-                                       writer.uri("results.zip"))
+                                       writer.uri(layout.RESULTS_ZIP))
 
 
 def require_endpoint(config: RunnerConfig) -> None:

@@ -1,0 +1,1 @@
+"""The kubectl plugin (`kubectl evaluation`) and the local web console for EvaluationTasks."""

@@ -73,10 +73,10 @@ def page(browser: Any, console_url: str, tmp_path: Path) -> Iterator[Any]:
     context.close()
 
 
-def shoot(page: Any, name: str, tmp_path: Path) -> None:
+def shoot(page: Any, name: str, tmp_path: Path, full_page: bool = True) -> None:
     target = Path(os.environ.get("EVAL_CONSOLE_SCREENSHOTS") or tmp_path)
     target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(target / f"{name}.png"), full_page=full_page)
 
 
 def s3_object(s3: S3Endpoint, status: dict[str, Any], name: str) -> bytes:
@@ -143,7 +143,7 @@ def test_sample_browser_filters_and_searches(page: Any, completed: Completed,
     assert page.locator("li.sample").count() == 1
     assert "Good night" in page.locator("li.sample").inner_text()
     page.goto(page.url.split("?")[0] + "?benchmark=arc-mini")
-    shoot(page, "samples", tmp_path)
+    shoot(page, "samples", tmp_path, full_page=False)
 
 
 def test_compare_shows_the_deltas(page: Any, completed: Completed, tmp_path: Path) -> None:

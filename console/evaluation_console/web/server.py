@@ -217,10 +217,9 @@ class Console:
                     context["diff_problem"] = str(error)
         except ConsoleError as error:
             return self.error(request, error)
-        top = max([c.score or 0.0 for r in comparison.rows for c in r.cells] + [1e-9])
-        return self.page(request, "compare.html", **context, details=details,
-                         comparison=comparison, benchmark=benchmark, diffs=diffs,
-                         diff_count=count, top=top)
+        context.update(details=details, comparison=comparison, benchmark=benchmark,
+                       diffs=diffs, diff_count=count)
+        return self.page(request, "compare.html", **context)
 
     def download(self, request: Request) -> Response:
         ns, name = request.path_params["namespace"], request.path_params["name"]

@@ -100,6 +100,7 @@ def list_tasks(state: State, all_namespaces: bool, watch: bool, watch_seconds: i
         err.print(f"No evaluation tasks in {where}.")
     else:
         emit(rows, output, lambda: render.tasks_table(rows, all_namespaces))
+    sys.stdout.flush()
     if not watch:
         return
     seen = {r.key: r for r in rows}
@@ -114,6 +115,7 @@ def list_tasks(state: State, all_namespaces: bool, watch: bool, watch_seconds: i
             out.print(table if kind != "DELETED" else f"{row.key} deleted")
         else:
             click.echo(render.dump({"type": kind, "task": row}, output))
+        sys.stdout.flush()
 
 
 @cli.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -192,10 +193,18 @@ def test_delete_warns_asks_and_purges(plugin: Plugin, completed: Completed, clus
     assert f"{versions()} object versions under {status['results']['uri']}" in warning
     assert "Aborted; nothing was deleted" in warning
     assert versions() > 0 and cluster.kubectl("get", "evaluationtask", "doomed", "-n", ns)
-    # Accepting the offered download, then confirming.
+    # Accepting the offered download, then confirming, while `list --watch` looks on.
+    watcher = subprocess.Popen(
+        [str(cluster.kubectl_path), "evaluation", "list", "-n", ns, "--watch"],
+        env=plugin.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = plugin.run("delete", "doomed", "-n", ns, input="y\ny\n")
     assert (plugin.home / "doomed-results.zip").is_file()
     assert f"{ns}/doomed deleted; its results are purged." in done.stdout
     assert versions() == 0
     gone = cluster.kubectl("get", "evaluationtask", "doomed", "-n", ns, check=False)
     assert gone.returncode != 0
+    watcher.terminate()
+    watched, _ = watcher.communicate(timeout=15)
+    rows = [line for line in watched.splitlines() if line.startswith("doomed ")]
+    assert "Completed" in rows[0] and any("Deleting" in row for row in rows[1:]), watched
+    assert f"{ns}/doomed deleted" in watched

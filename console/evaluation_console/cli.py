@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -65,7 +64,8 @@ def emit(value: Any, output: str, table: Callable[[], Any]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--kubeconfig", envvar="KUBECONFIG", help="Path to the kubeconfig file.")
+@click.option("--kubeconfig", help="Path to the kubeconfig file (default: $KUBECONFIG, "
+              "~/.kube/config).")
 @click.option("--context", help="The kubeconfig context to use.")
 @click.option("-n", "--namespace", help="Namespace (default: the context's).")
 @click.option("--as", "as_user", help="Act as this user (Kubernetes impersonation).")
@@ -78,8 +78,6 @@ def cli(ctx: click.Context, kubeconfig: str | None, context: str | None,
     Acts with your kubeconfig and RBAC, and with your own S3 credentials (or the task
     namespace's credentials Secret when you may read it).
     """
-    if kubeconfig and os.pathsep in kubeconfig:
-        kubeconfig = kubeconfig.split(os.pathsep)[0]
     ctx.obj = State(KubeOptions(kubeconfig=kubeconfig, context=context, namespace=namespace,
                                 impersonate_user=as_user, impersonate_group=as_group))
 

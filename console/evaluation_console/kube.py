@@ -38,7 +38,8 @@ class Kube:
                 config_file=options.kubeconfig, context=options.context)
             _, active = config.list_kube_config_contexts(config_file=options.kubeconfig)
         except config.ConfigException as error:
-            raise ConsoleError(f"cannot load your kubeconfig: {error}. Set KUBECONFIG or "
+            problem = str(error).rstrip(".")
+            raise ConsoleError(f"cannot load your kubeconfig: {problem}. Set KUBECONFIG or "
                                "--kubeconfig.") from error
         if options.context:
             contexts, _ = config.list_kube_config_contexts(config_file=options.kubeconfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 import time
@@ -29,7 +30,7 @@ from evaluation_console.samples import Verdict
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUTS = click.Choice(["table", "json", "yaml"])
 out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class State:
@@ -47,8 +48,24 @@ class State:
     def namespace(self) -> str:
         return self.reader.kube.default_namespace
 
+    def set_namespace(self, namespace: str) -> None:
+        """`-n` given after the subcommand, as kubectl users type it."""
+        self.options = dataclasses.replace(self.options, namespace=namespace)
+        self._reader = None
+
     def ref(self, text: str) -> tuple[str, str]:
         return split_ref(text, self.namespace)
+
+
+def _namespace_callback(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.ensure_object(State).set_namespace(value)
+
+
+def namespace_option(func: F) -> F:
+    return click.option("-n", "--namespace", expose_value=False, is_eager=True,
+                        callback=_namespace_callback,
+                        help="Namespace (default: the context's).")(func)
 
 
 def output_option(func: F) -> F:
@@ -83,6 +100,7 @@ def cli(ctx: click.Context, kubeconfig: str | None, context: str | None,
 
 
 @cli.command("list")
+@namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="Tasks of every namespace.")
 @click.option("-w", "--watch", is_flag=True, help="Keep printing changes.")
 @click.option("--watch-seconds", type=int, default=3600, hidden=True)
@@ -117,6 +135,7 @@ def list_tasks(state: State, all_namespaces: bool, watch: bool, watch_seconds: i
 
 
 @cli.command()
+@namespace_option
 @click.argument("task")
 @output_option
 @click.pass_obj
@@ -127,6 +146,7 @@ def show(state: State, task: str, output: str) -> None:
 
 
 @cli.command()
+@namespace_option
 @click.argument("task")
 @click.option("-o", "--output", "path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to save (default: ./<task>-results.zip).")
@@ -161,6 +181,7 @@ def save_bundle(reader: Reader, namespace: str, name: str, target: Path) -> str:
 
 
 @cli.command()
+@namespace_option
 @click.argument("task")
 @click.option("-b", "--benchmark", help="Benchmark (default: the first).")
 @click.option("--wrong", "verdict", flag_value=Verdict.WRONG.value, help="Wrong answers only.")
@@ -182,6 +203,7 @@ def samples(state: State, task: str, benchmark: str | None, verdict: str | None,
 
 
 @cli.command()
+@namespace_option
 @click.argument("tasks", nargs=-1, required=True)
 @click.option("--samples", "benchmark", help="Also list the samples of this benchmark that "
               "the first two tasks answered differently.")
@@ -211,6 +233,7 @@ def compare(state: State, tasks: tuple[str, ...], benchmark: str | None, limit: 
 
 
 @cli.command()
+@namespace_option
 @click.argument("task")
 @click.pass_obj
 def logs(state: State, task: str) -> None:
@@ -221,6 +244,7 @@ def logs(state: State, task: str) -> None:
 
 
 @cli.command()
+@namespace_option
 @click.argument("task")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask; do not offer the download.")
 @click.option("--download-first", type=click.Path(dir_okay=False, path_type=Path),
@@ -264,6 +288,7 @@ def delete(state: State, task: str, yes: bool, download_first: Path | None, wait
 
 
 @cli.command("console")
+@namespace_option
 @click.option("--port", type=int, default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--open/--no-open", "open_browser", default=True, show_default=True,
               help="Open the console in your browser.")

@@ -93,11 +93,10 @@ def test_list_shows_the_tasks(page: Any, completed: Completed, tmp_path: Path) -
     assert baseline.locator('[data-field="phase"]').inner_text() == "Completed"
     assert baseline.locator('[data-field="overall"]').inner_text() == (
         f"{completed.statuses['baseline']['overallScore']:.4f}")
+    shoot(page, "list", tmp_path)
     page.select_option('select[name="status"]', "Failed")
     page.click("text=Filter")
     assert "No evaluation tasks here" in page.locator("table#tasks").inner_text()
-    page.go_back()
-    shoot(page, "list", tmp_path)
 
 
 def test_details_show_the_scores_from_the_bundle(page: Any, completed: Completed,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluation_runner.metrics import SCALE_100
+from evaluation_runner.metrics import as_score
 
 
 class Phase(enum.StrEnum):
@@ -65,6 +65,14 @@ class TaskRow:
         return f"{self.namespace}/{self.name}"
 
 
+def metric_scale(name: str) -> float:
+    """From the runner's own score conversion, so the two never disagree."""
+    try:
+        return 1.0 / as_score(name, 1.0)
+    except (KeyError, ZeroDivisionError):
+        return 1.0  # a metric this runner version does not know: taken as 0-1
+
+
 @dataclass(frozen=True)
 class MetricRow:
     name: str
@@ -74,7 +82,8 @@ class MetricRow:
 
     @property
     def scale(self) -> float:
-        return 100.0 if self.name in SCALE_100 else 1.0
+        """The metric's full scale (100 for BLEU and chrF), as the runner reports it."""
+        return metric_scale(self.name)
 
 
 @dataclass(frozen=True)

@@ -177,3 +177,11 @@ def test_bundle_names_come_from_one_list() -> None:
                           layout.samples_key("arc")}
     names = zipfile.ZipFile(io.BytesIO(zip_bundle(files))).namelist()
     assert sorted(names) == sorted(files)
+
+
+def test_metric_scales_come_from_the_runner() -> None:
+    from evaluation_console.model import metric_scale
+
+    assert metric_scale("bleu") == metric_scale("chrf") == 100.0
+    assert metric_scale("accuracy") == metric_scale("rouge-l") == 1.0
+    assert metric_scale("not-a-metric") == 1.0

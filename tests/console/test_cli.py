@@ -35,8 +35,8 @@ def test_list_shows_tasks_in_every_format(plugin: Plugin, completed: Completed) 
     overall = completed.statuses["baseline"]["overallScore"]
     assert baseline.split()[1:4] == ["Completed", f"{overall:.4f}", "tiny-llm"]
     rows = json.loads(plugin.run("list", "-n", completed.namespace, "-o", "json").stdout)
-    assert {r["name"]: r["phase"] for r in rows} == {"baseline": "Completed",
-                                                     "better": "Completed"}
+    phases = {r["name"]: r["phase"] for r in rows}
+    assert (phases["baseline"], phases["better"]) == ("Completed", "Completed")
     assert yaml.safe_load(plugin.run("list", "-n", completed.namespace, "-o", "yaml").stdout
                           ) == rows
     everywhere = plugin.run("list", "-A").stdout
@@ -208,3 +208,31 @@ def test_delete_warns_asks_and_purges(plugin: Plugin, completed: Completed, clus
     rows = [line for line in watched.splitlines() if line.startswith("doomed ")]
     assert "Completed" in rows[0] and any("Deleting" in row for row in rows[1:]), watched
     assert f"{ns}/doomed deleted" in watched
+
+
+def test_show_of_a_failed_task_says_why(plugin: Plugin, completed: Completed,
+                                        cluster: Cluster, llm: FakeLLM) -> None:
+    from kubernetes import client
+
+    from tests.support import play_runner
+    from tests.support.kwok import finish_pod
+
+    ns = completed.namespace
+    task = play_runner.manifest("broken", llm.url, "console-datasets")
+    cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(task))
+    pod = play_runner.wait_running_pod(cluster, ns, "broken")
+    message = ("benchmarks[0].dataset.uri: s3://console-datasets/missing.jsonl does not "
+               "exist")
+    finish_pod(client.CoreV1Api(cluster.api_client()), ns, pod["metadata"]["name"], 78,
+               message=json.dumps({"v": 1, "status": "Failed", "reason": "ConfigurationError",
+                                   "message": message}))
+    cluster.wait_until("broken to fail", lambda: "Failed" in plugin.run(
+        "list", "-n", ns).stdout.split("broken", 1)[1].splitlines()[0], timeout=60)
+    shown = plugin.run("show", "broken", "-n", ns).stdout
+    assert "Failed" in shown and "ConfigurationError" in shown
+    assert "missing.jsonl does not exist" in " ".join(shown.split())
+    details = json.loads(plugin.run("show", "broken", "-n", ns, "-o", "json").stdout)
+    assert details["row"]["reason"] == "ConfigurationError"
+    assert details["summarySource"] == "status"
+    download = plugin.run("download", "broken", "-n", ns, check=False)
+    assert download.returncode == 1 and "is Failed" in download.stderr

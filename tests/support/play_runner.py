@@ -87,7 +87,7 @@ def manifest(name: str, llm_url: str, data_bucket: str, model: str = "tiny-llm"
             }}
 
 
-def _wait_running_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+def wait_running_pod(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     def find() -> dict[str, Any] | None:
         pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
                                     f"evaluation.dev/task={name}")["items"]
@@ -106,7 +106,7 @@ def run_task(cluster: Cluster, namespace: str, task: dict[str, Any], s3_keys: di
     """Create the task, run the runner as its pod would, finish the pod; the final status."""
     name = task["metadata"]["name"]
     cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(task))
-    pod = _wait_running_pod(cluster, namespace, name)
+    pod = wait_running_pod(cluster, namespace, name)
     config = cluster.kubectl_json("get", "configmap", f"{name}-config", "-n", namespace)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"

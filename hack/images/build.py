@@ -3,7 +3,8 @@ per-clone manifest `.images/images.json` (read by devcluster.images).
 
 Cache layout: `<cache>/<name>-<hash12>.tar` (+ `.json`: ref, sha256, bytes) for images,
 `<cache>/layers/deps-<hash>.tar` for the pip-installed dependency layers, reused when only
-the sources changed. A build whose inputs are unchanged does nothing.
+the sources changed. A build whose inputs are unchanged does nothing; what no build used for
+two weeks is removed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from images.rootfs import PYTHON_VERSION, BaseTarball, base_tarball
 REGISTRY = "evaluation.local"
 # Bump to rebuild every dependency layer (they are keyed by requirements, not by this code).
 DEPS_LAYER_VERSION = "1"
+PRUNE_AFTER_DAYS = 14
 # Wheels for the image's Python: CPython 3.11, glibc 2.36 (bookworm) or older.
 _GLIBC_MINOR = 36
 PIP_TARGET_FLAGS = (
@@ -111,6 +113,7 @@ def _deps_key(requirements: list[bytes]) -> str:
 
 
 def _layer_of(path: Path, created_by: str) -> Layer:
+    os.utime(path)  # in use: keeps it from pruning
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file():
         return Layer(path, sidecar.read_text().strip(), created_by)
@@ -130,9 +133,9 @@ def _shebang_for_image(arcname: str, data: bytes) -> bytes | None:
 
 def _pip(command: str, *args: str | Path) -> None:
     # --target: what the host environment has installed is irrelevant to the image
-    quiet = ["--quiet", "--disable-pip-version-check", "--root-user-action=ignore"]
+    quiet = ["--quiet", "--disable-pip-version-check"]
     if command == "install":
-        quiet.append("--no-warn-conflicts")
+        quiet += ["--no-warn-conflicts", "--root-user-action=ignore"]
     subprocess.run([sys.executable, "-m", "pip", command, *quiet, *map(str, args)], check=True)
 
 
@@ -184,6 +187,7 @@ def _cached_image(name: str, tarball: Path) -> BuiltImage | None:
     sidecar = tarball.with_suffix(".json")
     if not (tarball.is_file() and sidecar.is_file()):
         return None
+    os.utime(tarball)  # in use: keeps it from pruning
     info = json.loads(sidecar.read_text())
     return BuiltImage(name, info["ref"], tarball, info["sha256"], info["bytes"])
 
@@ -246,6 +250,20 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
+def prune(cache: Path, max_age_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
+    """Removes image tarballs and dependency layers no build used for `max_age_days` (the
+    cache is shared by every clone; one a clone still lists is rebuilt by its next
+    `make images`)."""
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for path in [*cache.glob("*.tar"), *cache.glob("layers/*.tar")]:
+        if path.stat().st_mtime < cutoff:
+            for stale in (path, path.with_suffix(".json"), path.with_name(path.name + ".sha256")):
+                stale.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_manifest(path: Path, built: list[BuiltImage]) -> None:
     """Writes the manifest, keeping entries of images not built this time whose tarball
     still exists."""
@@ -280,6 +298,8 @@ def build(names: list[str], cache: Path, rootfs_cache: Path, manifest: Path, *,
             result = build_go_image(PAUSE, cache)
             built.append(result)
             _report(result, time.monotonic() - started)
+        for path in prune(cache):
+            _log(f"removed {path} (unused for {PRUNE_AFTER_DAYS} days)")
     write_manifest(manifest, built)
     return built
 

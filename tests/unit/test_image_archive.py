@@ -164,9 +164,9 @@ def test_pause_image_is_a_static_binary_built_once(tmp_path: Path) -> None:
     assert pause.mode == 0o755
     assert binary[:4] == b"\x7fELF"
     assert b"/lib64/ld-linux" not in binary  # static: CGO_ENABLED=0, no interpreter
-    before = image.tarball.stat().st_mtime_ns
+    before = image.tarball.stat().st_ino
     assert build.build_go_image(PAUSE, tmp_path) == image  # cached: nothing rebuilt
-    assert image.tarball.stat().st_mtime_ns == before
+    assert image.tarball.stat().st_ino == before  # (a rebuild renames a new file onto it)
 
 
 def test_manifest_keeps_other_images_whose_tarball_exists(tmp_path: Path) -> None:
@@ -186,3 +186,18 @@ def test_manifest_keeps_other_images_whose_tarball_exists(tmp_path: Path) -> Non
     assert [i["name"] for i in images] == ["pause", "evaluation-runner"]
     assert images[1] == {"name": "evaluation-runner", "ref": fresh.ref,
                          "tarball": str(fresh.tarball), "sha256": "f" * 64, "bytes": 42}
+
+
+def test_prune_removes_only_what_no_build_used_lately(tmp_path: Path) -> None:
+    (tmp_path / "layers").mkdir()
+    old, fresh, old_layer = (tmp_path / "runner-aaa.tar", tmp_path / "runner-bbb.tar",
+                             tmp_path / "layers" / "deps-ccc.tar")
+    for path in (old, fresh, old_layer):
+        path.write_bytes(b"x")
+        path.with_suffix(".json").write_text("{}")
+    month_ago = os.stat(fresh).st_mtime - 30 * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(old_layer, (month_ago, month_ago))
+    assert sorted(build.prune(tmp_path)) == sorted([old, old_layer])
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "runner-bbb.json", "runner-bbb.tar"]

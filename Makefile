@@ -92,6 +92,10 @@ images: venv image-deps  ## runner, runner-lm-eval, operator and pause image tar
 	$(PY) -m images build --cache $(IMAGES_CACHE) --rootfs-cache $(ROOTFS_CACHE) \
 		$(if $(IMAGES),--only $(IMAGES)) $(if $(REFRESH_ROOTFS),--refresh-base)
 
+.PHONY: images-smoke
+images-smoke: images  ## import the images into a throwaway containerd and run each once (root)
+	$(PY) -m images smoke
+
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD

@@ -113,7 +113,6 @@ def _deps_key(requirements: list[bytes]) -> str:
 
 
 def _layer_of(path: Path, created_by: str) -> Layer:
-    os.utime(path)  # in use: keeps it from pruning
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.is_file():
         return Layer(path, sidecar.read_text().strip(), created_by)
@@ -125,9 +124,9 @@ def _layer_of(path: Path, created_by: str) -> Layer:
 
 def _shebang_for_image(arcname: str, data: bytes) -> bytes | None:
     """pip --target writes scripts for the host's interpreter; the image's is /usr/bin/python3."""
-    if arcname.startswith("usr/local/bin/") and data.startswith(b"#!") and b"python" in (
-            data.split(b"\n", 1)[0]):
-        return b"#!/usr/bin/python3\n" + data.split(b"\n", 1)[1]
+    first, newline, rest = data.partition(b"\n")
+    if arcname.startswith("usr/local/bin/") and first.startswith(b"#!") and b"python" in first:
+        return b"#!/usr/bin/python3" + newline + rest
     return None
 
 
@@ -146,6 +145,7 @@ def deps_layer(requirements: list[bytes], cache: Path, work: Path) -> Layer:
     out = cache / "layers" / f"deps-{_deps_key(requirements)}.tar"
     created_by = "pip install --no-compile -r requirements (as wheels)"
     if out.is_file():
+        os.utime(out)  # in use: keeps it from pruning
         return _layer_of(out, created_by)
     files: list[str | Path] = []
     for i, text in enumerate(requirements):
@@ -176,11 +176,12 @@ def app_layer(p: Plan, out: Path) -> Layer:
 
 
 def _finish(name: str, tag: str, tarball: Path) -> BuiltImage:
-    info = {"ref": f"{REGISTRY}/{name}:{tag}", "sha256": sha256_file(tarball),
-            "bytes": tarball.stat().st_size}
+    image = BuiltImage(name, f"{REGISTRY}/{name}:{tag}", tarball, sha256_file(tarball),
+                       tarball.stat().st_size)
+    info = {"ref": image.ref, "sha256": image.sha256, "bytes": image.bytes}
     with atomic_output(tarball.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
-    return _cached_image(name, tarball)  # type: ignore[return-value]
+    return image
 
 
 def _cached_image(name: str, tarball: Path) -> BuiltImage | None:
@@ -200,7 +201,7 @@ def build_python_image(p: Plan, base: BaseTarball, cache: Path) -> BuiltImage:
     with tempfile.TemporaryDirectory(prefix=f".{p.image.name}-", dir=cache) as tmp:
         work = Path(tmp)
         layers = [
-            _layer_of(base.path, f"debootstrap {base.path.name}"),
+            Layer(base.path, base.sha256, f"debootstrap {base.path.name}"),
             deps_layer(p.requirement_bytes(), cache, work),
             app_layer(p, work / "app.tar"),
         ]

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.archive import layer, sha256_file
+from images.archive import atomic_output, layer, sha256_file
 
 SUITE = "bookworm"
 # python-is-python3: the Dockerfiles' ENTRYPOINT runs `python`, as python:3.11-slim has it.
@@ -67,10 +67,11 @@ def _cached(cache: Path) -> list[Path]:
 
 def _with_digest(path: Path) -> BaseTarball:
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file() and sidecar.stat().st_mtime >= path.stat().st_mtime:
+    if sidecar.is_file():
         return BaseTarball(path, sidecar.read_text().strip())
     digest = sha256_file(path)
-    sidecar.write_text(digest + "\n")
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(digest + "\n")
     return BaseTarball(path, digest)
 
 
@@ -141,6 +142,7 @@ def base_tarball(cache: Path, *, refresh: bool = False) -> BaseTarball:
         return _with_digest(found[-1])
     today = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     out = cache / f"{SUITE}-{_key()}-{today}.tar"
+    out.with_name(out.name + ".sha256").unlink(missing_ok=True)  # a refresh the same day
     target = Path(tempfile.mkdtemp(prefix=f".{SUITE}-rootfs-", dir=cache))
     try:
         _debootstrap(target, debian_mirror())

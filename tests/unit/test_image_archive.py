@@ -201,3 +201,7 @@ def test_prune_removes_only_what_no_build_used_lately(tmp_path: Path) -> None:
     assert sorted(build.prune(tmp_path)) == sorted([old, old_layer])
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
         "runner-bbb.json", "runner-bbb.tar"]
+
+
+def test_a_script_without_newline_keeps_its_body() -> None:
+    assert build._shebang_for_image("usr/local/bin/x", b"#!/opt/python") == b"#!/usr/bin/python3"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -105,8 +106,9 @@ def content_hash(p: Plan, base: BaseTarball) -> str:
 
 
 def _deps_key(requirements: list[bytes]) -> str:
+    # pip's version too: another pip may resolve the unpinned dependencies differently
     digest = hashlib.sha256(DEPS_LAYER_VERSION.encode() + b"\0" + " ".join(
-        PIP_TARGET_FLAGS).encode())
+        (*PIP_TARGET_FLAGS, "pip", importlib.metadata.version("pip"))).encode())
     for text in requirements:
         digest.update(b"\0" + text)
     return digest.hexdigest()

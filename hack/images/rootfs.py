@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,23 +76,22 @@ def _with_digest(path: Path) -> BaseTarball:
     return BaseTarball(path, digest)
 
 
-def debian_mirror(environ: dict[str, str] | None = None) -> str:
+def debian_mirror(environ: Mapping[str, str] = os.environ, apt: Path = Path("/etc/apt")) -> str:
     """$DEBIAN_MIRROR, else the first non-security Debian mirror in the apt configuration."""
-    env = os.environ if environ is None else environ
-    if env.get("DEBIAN_MIRROR"):
-        return env["DEBIAN_MIRROR"]
-    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+    if environ.get("DEBIAN_MIRROR"):
+        return environ["DEBIAN_MIRROR"]
+    for sources in sorted((apt / "sources.list.d").glob("*.sources")):
         for line in sources.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "URIs" and "debian" in value and "security" not in value:
                 return value.split()[0]
-    sources_list = Path("/etc/apt/sources.list")
+    sources_list = apt / "sources.list"
     if sources_list.is_file():
         for line in sources_list.read_text().splitlines():
             words = line.split()
             if words[:1] == ["deb"]:
                 for word in words[1:]:
-                    if "://" in word and "security" not in word:
+                    if "://" in word and "debian" in word and "security" not in word:
                         return word
     raise RootfsError("no Debian mirror in the apt configuration: set DEBIAN_MIRROR")
 

@@ -16,7 +16,7 @@ import pytest
 from images import build
 from images.archive import ImageConfig, Layer, layer, sha256_file, write_docker_archive
 from images.plan import OPERATOR, PAUSE, REPO, plan
-from images.rootfs import BaseTarball, excluded
+from images.rootfs import BaseTarball, RootfsError, check_python, debian_mirror, excluded
 
 CONFIG = ImageConfig(env=("PATH=/usr/bin", "HOME=/tmp"), entrypoint=("python", "-m", "app"),
                      cmd=("--flag",), user="65532:65532", workdir="/tmp", exposed=("8080",))
@@ -205,3 +205,27 @@ def test_prune_removes_only_what_no_build_used_lately(tmp_path: Path) -> None:
 
 def test_a_script_without_newline_keeps_its_body() -> None:
     assert build._shebang_for_image("usr/local/bin/x", b"#!/opt/python") == b"#!/usr/bin/python3"
+
+
+def test_debian_mirror_comes_from_the_apt_configuration(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n")
+    with pytest.raises(RootfsError, match="set DEBIAN_MIRROR"):
+        debian_mirror({}, tmp_path)
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert debian_mirror({}, tmp_path) == "http://mirror.example/debian"
+    assert debian_mirror({"DEBIAN_MIRROR": "http://other/debian"}, tmp_path) == (
+        "http://other/debian")
+
+
+def test_a_base_without_the_dockerfiles_python_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3.12").write_text("")
+    with layer(tmp_path / "base.tar") as writer:
+        writer.add_tree(root, "", keep_owners=True)
+    with pytest.raises(RootfsError, match=r"no usr/bin/python3\.11"):
+        check_python(tmp_path / "base.tar", "3.11")

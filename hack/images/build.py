@@ -4,7 +4,7 @@ per-clone manifest `.images/images.json` (read by devcluster.images).
 Cache layout: `<cache>/<name>-<hash12>.tar` (+ `.json`: ref, sha256, bytes) for images,
 `<cache>/layers/deps-<hash>.tar` for the pip-installed dependency layers, reused when only
 the sources changed. A build whose inputs are unchanged does nothing; what no build used for
-two weeks is removed.
+three days is removed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from images.rootfs import PYTHON_VERSION, BaseTarball, base_tarball
 REGISTRY = "evaluation.local"
 # Bump to rebuild every dependency layer (they are keyed by requirements, not by this code).
 DEPS_LAYER_VERSION = "1"
-PRUNE_AFTER_DAYS = 14
+PRUNE_AFTER_DAYS = 3  # each source change makes ~1.3 GB of new tarballs
 # Wheels for the image's Python: CPython 3.11, glibc 2.36 (bookworm) or older.
 _GLIBC_MINOR = 36
 PIP_TARGET_FLAGS = (

@@ -84,8 +84,10 @@ IMAGES ?=
 
 .PHONY: image-deps
 image-deps:  ## install debootstrap from Debian where missing (apt-get; needs root)
-	@command -v debootstrap >/dev/null || { apt-get update && \
-		apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends debootstrap; }
+	@command -v debootstrap >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "image-deps: installing debootstrap needs root"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+			install -y -q --no-install-recommends debootstrap; }
 
 .PHONY: images
 images: venv image-deps  ## runner, runner-lm-eval, operator and pause image tarballs (no Docker)
@@ -93,7 +95,7 @@ images: venv image-deps  ## runner, runner-lm-eval, operator and pause image tar
 		$(if $(IMAGES),--only $(IMAGES)) $(if $(REFRESH_ROOTFS),--refresh-base)
 
 .PHONY: images-smoke
-images-smoke: images  ## import the images into a throwaway containerd and run each once (root)
+images-smoke: images  ## (root, containerd) import the images into a throwaway containerd, run each once
 	$(PY) -m images smoke
 
 # --- Local cluster ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from evaluation_operator.runner_output import (
 from evaluation_operator.s3 import ObjectTooLargeError, ResultsLocation, is_unreachable
 from evaluation_operator.status import (
     COLLECTING_RESULTS,
+    COMPLETED,
     EVALUATING,
     FAILED,
     RESULTS_UNREADABLE,
@@ -55,6 +56,8 @@ def collect_scores(
     `read_summary` returns summary.json's bytes (None: no such object), raising
     ObjectTooLargeError past MAX_SUMMARY_BYTES and S3's errors otherwise.
     """
+    if completed.phase != COMPLETED:
+        return completed, None
     message = completed.runner_summary
     if isinstance(message, RunnerSucceeded) and message.scores is not None:
         return completed, message.scores.status_fields()

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.spec import parse_task_spec
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from evaluation_operator.config import OperatorSettings
-from evaluation_operator.spec import parse_task_spec
 from tests.integration.conftest import task_manifest
 from tests.support.cluster import Cluster
 
@@ -421,7 +421,8 @@ benchmarks: [{name: sst2, dataset: {uri: 's3://d/sst2.csv', fields: {answer: lab
              "spec.scheduling.nodeSelector", "e.g. nvidia.com/gpu.present"),
     Rejected("node-selector-key-prefix-uppercase",
              "scheduling: {nodeSelector: {NVIDIA.com/gpu.present: 'true'}}",
-             "spec.scheduling.nodeSelector", "'NVIDIA.com/gpu.present' is not a valid node label key"),
+             "spec.scheduling.nodeSelector",
+             "'NVIDIA.com/gpu.present' is not a valid node label key"),
     Rejected("node-selector-value-space",
              "scheduling: {nodeSelector: {nvidia.com/gpu.product: A100 80GB}}",
              "spec.scheduling.nodeSelector[nvidia.com/gpu.product]",

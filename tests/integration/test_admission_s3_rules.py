@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.spec import SpecError, bucket_problem, parse_task_spec, prefix_problem
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from evaluation_operator.config import OperatorSettings
-from evaluation_operator.spec import SpecError, bucket_problem, parse_task_spec, prefix_problem
 from tests.integration.conftest import task_manifest
 from tests.support.cluster import Cluster
 
@@ -68,5 +68,5 @@ def test_prefix_rules_agree(cluster: Cluster, prefix: str) -> None:
 def test_the_table_holds_both_answers() -> None:
     """A table where every value passes (or every one fails) proves nothing."""
     for values, problem in ((BUCKETS, bucket_problem), (PREFIXES, prefix_problem)):
-        verdicts = {problem(v) is None for v in values}  # type: ignore[operator]
+        verdicts = {problem(v) is None for v in values}
         assert verdicts == {True, False}

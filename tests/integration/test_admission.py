@@ -178,7 +178,7 @@ benchmarks:
     Rejected("benchmarks-empty", "benchmarks: []", "spec.benchmarks", "at least 1 items"),
     Rejected("benchmarks-missing", "benchmarks: null", "spec.benchmarks", "Required value"),
     Rejected("benchmarks-33", "benchmarks: [" + ", ".join(
-        f"{{name: b{i}, dataset: {{uri: 's3://d/b{i}.jsonl'}}, task: generation, "
+        f"{{name: b{i}, dataset: {{uri: 's3://datasets/b{i}.jsonl'}}, task: generation, "
         f"metrics: [bleu]}}" for i in range(33)) + "]", "spec.benchmarks", "at most 32 items"),
     Rejected("benchmark-name-repeats", """
 benchmarks:
@@ -188,84 +188,84 @@ benchmarks:
 - {name: arc-easy, dataset: {uri: 's3://datasets/arc-easy-2.jsonl'}, task: multiple-choice,
    metrics: [f1]}""", "spec.benchmarks", "'arc-easy' is used more than once"),
     Rejected("benchmark-name-uppercase", """
-benchmarks: [{name: ARC-Easy, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: ARC-Easy, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy]}]""", "spec.benchmarks[0].name",
              "'ARC-Easy' is not a valid benchmark name"),
     Rejected("benchmark-name-space", """
-benchmarks: [{name: arc easy, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc easy, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy]}]""", "spec.benchmarks[0].name", "e.g. arc-easy"),
     Rejected("benchmark-name-trailing-dash", """
-benchmarks: [{name: arc-, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc-, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy]}]""", "spec.benchmarks[0].name", "starting and ending"),
     Rejected("benchmark-name-too-long", f"""
-benchmarks: [{{name: {_long(64)}, dataset: {{uri: 's3://d/arc.jsonl'}}, task: generation,
+benchmarks: [{{name: {_long(64)}, dataset: {{uri: 's3://datasets/arc.jsonl'}}, task: generation,
               metrics: [bleu]}}]""", "spec.benchmarks[0].name", "may not be more than 63"),
     Rejected("benchmark-name-empty", """
-benchmarks: [{name: '', dataset: {uri: 's3://d/arc.jsonl'}, task: generation,
+benchmarks: [{name: '', dataset: {uri: 's3://datasets/arc.jsonl'}, task: generation,
               metrics: [bleu]}]""", "spec.benchmarks[0].name", "at least 1 chars long"),
     Rejected("benchmark-without-task", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, metrics: [accuracy]}]""",
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, metrics: [accuracy]}]""",
              "spec.benchmarks[0].task", "Required value"),
     Rejected("benchmark-task-ranking", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: ranking,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: ranking,
               metrics: [accuracy]}]""", "spec.benchmarks[0].task", 'Unsupported value: "ranking"'),
     Rejected("benchmark-without-metrics", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice}]""",
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice}]""",
              "spec.benchmarks[0].metrics", "Required value"),
     Rejected("benchmark-metrics-empty", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: []}]""", "spec.benchmarks[0].metrics", "at least 1 items"),
     Rejected("benchmark-metric-typo", """
-benchmarks: [{name: wmt, dataset: {uri: 's3://d/wmt.jsonl'}, task: generation,
+benchmarks: [{name: wmt, dataset: {uri: 's3://datasets/wmt.jsonl'}, task: generation,
               metrics: [bleu, rouge]}]""", "spec.benchmarks[0].metrics[1]",
              'Unsupported value: "rouge"'),
     Rejected("benchmark-metric-twice", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy, accuracy]}]""", "spec.benchmarks[0].metrics[1]",
              "Duplicate value"),
     Rejected("bleu-on-multiple-choice", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy, bleu]}]""", "spec.benchmarks[0]",
              "multiple-choice benchmarks support the metrics accuracy, f1 and exact-match"),
     Rejected("rouge-on-multiple-choice", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [rouge-l]}]""", "spec.benchmarks[0]", "accuracy, f1 and exact-match"),
     Rejected("labels-on-generation", """
-benchmarks: [{name: wmt, dataset: {uri: 's3://d/wmt.jsonl'}, task: generation,
+benchmarks: [{name: wmt, dataset: {uri: 's3://datasets/wmt.jsonl'}, task: generation,
               metrics: [bleu], labels: [positive, negative]}]""", "spec.benchmarks[0]",
              "labels apply to classification benchmarks only"),
     Rejected("labels-repeated", """
-benchmarks: [{name: sst2, dataset: {uri: 's3://d/sst2.csv'}, task: classification,
+benchmarks: [{name: sst2, dataset: {uri: 's3://datasets/sst2.csv'}, task: classification,
               metrics: [accuracy], labels: [positive, negative, positive]}]""",
              "spec.benchmarks[0].labels[2]", "Duplicate value"),
     Rejected("limit-zero", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], limit: 0}]""", "spec.benchmarks[0].limit",
              "greater than or equal to 1"),
     Rejected("limit-negative", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], limit: -5}]""", "spec.benchmarks[0].limit",
              "greater than or equal to 1"),
     Rejected("few-shot-too-many", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], fewShot: 50}]""", "spec.benchmarks[0].fewShot",
              "less than or equal to 32"),
     Rejected("few-shot-negative", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], fewShot: -1}]""", "spec.benchmarks[0].fewShot",
              "greater than or equal to 0"),
     Rejected("weight-negative", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], weight: -1}]""", "spec.benchmarks[0].weight",
              "greater than or equal to 0"),
     Rejected("weights-all-zero", """
 benchmarks:
-- {name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice, metrics: [accuracy],
+- {name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice, metrics: [accuracy],
    weight: 0}
-- {name: wmt, dataset: {uri: 's3://d/wmt.jsonl'}, task: generation, metrics: [bleu],
+- {name: wmt, dataset: {uri: 's3://datasets/wmt.jsonl'}, task: generation, metrics: [bleu],
    weight: 0}""", "spec.benchmarks", "at least one benchmark needs a weight above 0"),
     Rejected("weight-as-text", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.jsonl'}, task: multiple-choice,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy], weight: high}]""", "spec.benchmarks[0].weight",
              "must be of type number"),
     # --- datasets -----------------------------------------------------------------------------
@@ -277,7 +277,8 @@ benchmarks: [{name: arc, dataset: {}, task: multiple-choice, metrics: [accuracy]
              "spec.benchmarks[0].dataset", "set exactly one of dataset.uri"),
     Rejected("dataset-uri-and-configmap", """
 benchmarks: [{name: arc, task: multiple-choice, metrics: [accuracy],
-              dataset: {uri: 's3://d/arc.jsonl', configMap: {name: arc, key: arc.jsonl}}}]""",
+              dataset: {uri: 's3://datasets/arc.jsonl',
+                        configMap: {name: arc, key: arc.jsonl}}}]""",
              "spec.benchmarks[0].dataset", "set exactly one of dataset.uri"),
     Rejected("dataset-gcs", """
 benchmarks: [{name: arc, dataset: {uri: 'gs://datasets/arc.jsonl'}, task: multiple-choice,
@@ -312,11 +313,11 @@ benchmarks: [{name: quiz, dataset: {pvc: {claimName: datasets, path: quiz/test}}
               task: generation, metrics: [exact-match]}]""", "spec.benchmarks[0].dataset.format",
              "cannot tell the format of 'quiz/test'"),
     Rejected("dataset-format-json", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.json', format: json}, task: generation,
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.json', format: json}, task: generation,
               metrics: [bleu]}]""", "spec.benchmarks[0].dataset.format",
              'Unsupported value: "json"'),
     Rejected("dataset-format-parquet", """
-benchmarks: [{name: arc, dataset: {uri: 's3://d/arc.parquet', format: parquet},
+benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.parquet', format: parquet},
               task: generation, metrics: [bleu]}]""", "spec.benchmarks[0].dataset.format",
              'supported values: "jsonl", "csv"'),
     Rejected("configmap-without-key", """
@@ -349,11 +350,11 @@ benchmarks: [{name: quiz, dataset: {pvc: {claimName: Datasets_PVC, path: quiz.js
               task: generation, metrics: [exact-match]}]""",
              "spec.benchmarks[0].dataset.pvc.claimName", "e.g. eval-datasets"),
     Rejected("fields-empty-column", """
-benchmarks: [{name: sst2, dataset: {uri: 's3://d/sst2.csv', fields: {prompt: ''}},
+benchmarks: [{name: sst2, dataset: {uri: 's3://datasets/sst2.csv', fields: {prompt: ''}},
               task: classification, metrics: [accuracy]}]""",
              "spec.benchmarks[0].dataset.fields.prompt", "at least 1 chars long"),
     Rejected("fields-unknown", """
-benchmarks: [{name: sst2, dataset: {uri: 's3://d/sst2.csv', fields: {answer: label}},
+benchmarks: [{name: sst2, dataset: {uri: 's3://datasets/sst2.csv', fields: {answer: label}},
               task: classification, metrics: [accuracy]}]""",
              "spec.benchmarks[0].dataset.fields",
              'unknown field "spec.benchmarks[0].dataset.fields.answer"'),
@@ -555,7 +556,7 @@ framework: {name: lm-eval}""",
     "lm-eval-generation-chat": """
 model: {name: qwen, endpoint: {url: 'https://api.example.com/v1'}}
 framework: {name: lm-eval}
-benchmarks: [{name: squad, dataset: {uri: 's3://d/squad.jsonl'}, task: generation,
+benchmarks: [{name: squad, dataset: {uri: 's3://datasets/squad.jsonl'}, task: generation,
               metrics: [f1]}]""",
     "endpoint-without-v1": "model: {name: m, endpoint: {url: 'http://ollama.models.svc:11434'}}",
     "endpoint-completions-word-in-host": """

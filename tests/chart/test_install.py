@@ -34,7 +34,7 @@ from tests.integration.conftest import (
     wait_status,
 )
 from tests.support.cluster import Cluster
-from tests.support.kwok import finish_pod, unpullable_image
+from tests.support.kwok import UNPULLABLE_REGISTRY, finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint, free_port
 
 pytestmark = pytest.mark.cluster
@@ -310,6 +310,8 @@ def test_operator_runs_a_whole_task_lifecycle_as_the_charts_serviceaccount(
         "runner": {"image": "registry.example/evaluation-runner:chart-test",
                    "progressIntervalSeconds": 2, "startFailureGraceSeconds": 0},
         "purgeRetryMaxSeconds": 4,
+        # The task with an unpullable image below passes the chart's admission policy.
+        "admissionPolicy": {"allowedImages": [UNPULLABLE_REGISTRY]},
         "health": {"port": health_port},
         "metrics": {"port": metrics_port},
     }

@@ -152,14 +152,15 @@ framework: {name: lm-eval}""", "spec.framework.name",
     Rejected("lm-eval-multiple-choice-with-chat", """
 model: {name: qwen, endpoint: {url: 'http://qwen.models.svc:8000/v1', api: chat}}
 framework: {name: lm-eval}""", "spec.model.endpoint.api",
-             "multiple-choice benchmarks (here 'arc-easy') by log-likelihood"),
+             "multiple-choice benchmarks by log-likelihood, which needs model.endpoint.api: "
+             "completions"),
     Rejected("lm-eval-multiple-choice-default-api", """
 model: {name: qwen, endpoint: {url: 'http://qwen.models.svc:8000/v1'}}
 framework: {name: lm-eval}
 benchmarks:
 - {name: squad, dataset: {uri: 's3://datasets/squad.jsonl'}, task: generation, metrics: [f1]}
 - {name: hellaswag, dataset: {uri: 's3://datasets/hs.jsonl'}, task: multiple-choice,
-   metrics: [accuracy]}""", "spec.model.endpoint.api", "(here 'hellaswag')"),
+   metrics: [accuracy]}""", "spec.model.endpoint.api", "or use framework builtin"),
     Rejected("framework-unknown", "framework: {name: helm}", "spec.framework.name",
              'Unsupported value: "helm"'),
     Rejected("image-uppercase", "framework: {image: 'ghcr.io/Acme/Runner:1.0'}",
@@ -186,7 +187,7 @@ benchmarks:
    metrics: [accuracy]}
 - {name: wmt, dataset: {uri: 's3://datasets/wmt.jsonl'}, task: generation, metrics: [bleu]}
 - {name: arc-easy, dataset: {uri: 's3://datasets/arc-easy-2.jsonl'}, task: multiple-choice,
-   metrics: [f1]}""", "spec.benchmarks", "'arc-easy' is used more than once"),
+   metrics: [f1]}""", "spec.benchmarks[2]", 'Duplicate value: {"name":"arc-easy"}'),
     Rejected("benchmark-name-uppercase", """
 benchmarks: [{name: ARC-Easy, dataset: {uri: 's3://datasets/arc.jsonl'}, task: multiple-choice,
               metrics: [accuracy]}]""", "spec.benchmarks[0].name",
@@ -202,7 +203,8 @@ benchmarks: [{{name: {_long(64)}, dataset: {{uri: 's3://datasets/arc.jsonl'}}, t
               metrics: [bleu]}}]""", "spec.benchmarks[0].name", "may not be more than 63"),
     Rejected("benchmark-name-empty", """
 benchmarks: [{name: '', dataset: {uri: 's3://datasets/arc.jsonl'}, task: generation,
-              metrics: [bleu]}]""", "spec.benchmarks[0].name", "at least 1 chars long"),
+              metrics: [bleu]}]""", "spec.benchmarks[0].name",
+             "'' is not a valid benchmark name"),
     Rejected("benchmark-without-task", """
 benchmarks: [{name: arc, dataset: {uri: 's3://datasets/arc.jsonl'}, metrics: [accuracy]}]""",
              "spec.benchmarks[0].task", "Required value"),
@@ -430,13 +432,13 @@ benchmarks: [{name: sst2, dataset: {uri: 's3://datasets/sst2.csv', fields: {answ
              "'A100 80GB' is not a valid node label value"),
     Rejected("node-selector-value-too-long",
              f"scheduling: {{nodeSelector: {{team: {_long(64)}}}}}",
-             "spec.scheduling.nodeSelector[team]", "may not be more than 63"),
+             "spec.scheduling.nodeSelector.team", "may not be more than 63"),
     Rejected("node-selector-value-leading-dash",
              "scheduling: {nodeSelector: {nvidia.com/gpu.product: -a100}}",
              "spec.scheduling.nodeSelector[nvidia.com/gpu.product]", "e.g. true or a100"),
     Rejected("node-selector-value-boolean",
              "scheduling: {nodeSelector: {nvidia.com/gpu.present: true}}",
-             "spec.scheduling.nodeSelector[nvidia.com/gpu.present]", "must be of type string"),
+             "spec.scheduling.nodeSelector.nvidia.com/gpu.present", "must be of type string"),
     Rejected("toleration-key-space",
              "scheduling: {tolerations: [{key: gpu node, operator: Exists}]}",
              "spec.scheduling.tolerations[0].key", "'gpu node' is not a valid taint key"),
@@ -620,8 +622,15 @@ def _create(cluster: Cluster, name: str, spec: dict[str, Any]) -> dict[str, Any]
         return status
 
 
+# The API server's note that it skipped CEL rules because the schema already failed: not an
+# error about the spec, and it never names a field.
+SKIPPED_RULES_NOTE = "some validation rules were not checked because the object was invalid"
+
+
 def _causes(status: dict[str, Any]) -> list[dict[str, Any]]:
-    causes: list[dict[str, Any]] = (status.get("details") or {}).get("causes") or []
+    causes: list[dict[str, Any]] = [
+        cause for cause in (status.get("details") or {}).get("causes") or []
+        if SKIPPED_RULES_NOTE not in cause.get("message", "")]
     return causes or [{"field": "", "message": status.get("message", "")}]
 
 

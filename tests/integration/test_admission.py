@@ -403,15 +403,15 @@ benchmarks: [{name: sst2, dataset: {uri: 's3://datasets/sst2.csv', fields: {answ
     Rejected("memory-gb", "resources: {memory: 16GB}", "spec.resources.memory",
              "e.g. 16Gi or 512Mi"),
     Rejected("memory-bytes", "resources: {memory: '512'}", "spec.resources.memory",
-             "at least 64Mi"),
+             "at least 16Mi"),
     Rejected("memory-integer-bytes", "resources: {memory: 1024}", "spec.resources.memory",
-             "'1024' is not a memory amount of at least 64Mi"),
+             "'1024' is not a memory amount of at least 16Mi"),
     Rejected("memory-zero", "resources: {memory: '0'}", "spec.resources.memory",
-             "at least 64Mi"),
+             "at least 16Mi"),
     Rejected("memory-with-space", "resources: {memory: 1.5 Gi}", "spec.resources.memory",
              "is not a memory amount"),
-    Rejected("memory-tiny", "resources: {memory: 16Mi}", "spec.resources.memory",
-             "at least 64Mi"),
+    Rejected("memory-tiny", "resources: {memory: 8Mi}", "spec.resources.memory",
+             "at least 16Mi"),
     Rejected("resources-unknown", "resources: {gpus: 2}", "spec.resources",
              'unknown field "spec.resources.gpus"'),
     # --- scheduling ---------------------------------------------------------------------------
@@ -582,6 +582,7 @@ benchmarks: [{name: qa, dataset: {uri: 's3://datasets/qa.ndjson'}, task: generat
     "no-gpu": "resources: {gpu: 0, cpu: 500m, memory: 2Gi}",
     "amd-gpus": "resources: {gpu: 8, gpuResource: amd.com/gpu, cpu: 32, memory: 256Gi}",
     "fractional-cpu-integer-memory": "resources: {cpu: '0.5', memory: 67108864}",
+    "memory-small-enough-to-be-oom-killed": "resources: {gpu: 0, cpu: 500m, memory: 40Mi}",
     "memory-decimal": "resources: {memory: 512M}",
     "scheduling": """
 scheduling:

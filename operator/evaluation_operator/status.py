@@ -115,6 +115,8 @@ def _runner_message(summary: dict[str, Any] | None) -> str:
 RUNNER_REASON_HINTS = {
     "ModelUnreachable": "Check that the model server at spec.model.endpoint.url is up and "
                         "reachable from this namespace (NetworkPolicies included).",
+    "DatasetUnreachable": "Check that the dataset URL in spec.benchmarks[].dataset.uri is "
+                          "reachable from this namespace.",
     "UploadFailed": "Check the S3 endpoint, the bucket and the credentials Secret "
                     "(spec.output.s3.credentialsSecretRef).",
 }

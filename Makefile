@@ -77,7 +77,7 @@ tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.buil
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD
-	$(PY) -m tests.support.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
+	$(PY) -m devcluster.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
 
 .PHONY: run
 run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctrl-C stops it)
@@ -85,7 +85,7 @@ run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctr
 
 .PHONY: cluster-down
 cluster-down: venv  ## stop the local control plane and remove its state
-	$(PY) -m tests.support.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
+	$(PY) -m devcluster.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
 
 .PHONY: kind-test
 kind-test: venv tools  ## the same suite on a kind cluster (needs Docker and kind on PATH)

@@ -46,13 +46,23 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## Python virtualenv with runtime, runner, test and dev dependencies
 
 # --- Control plane from the Go module proxy ----------------------------------------------
-$(K8S_BIN)/.built: hack/build/kubernetes/go.mod hack/build/kubernetes/go.sum
+# go.mod alone decides what is built (go.sum only records checksums), so adding go.sum lines
+# for a new command does not rebuild the control plane. A cold cache builds the kubelet in the
+# same `go build`; a cache built before the kubelet existed gets it from its own stamp below.
+$(K8S_BIN)/.built: hack/build/kubernetes/go.mod
 	mkdir -p $(K8S_BIN)
 	cd hack/build/kubernetes && go build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
-		k8s.io/kubernetes/cmd/kube-scheduler
+		k8s.io/kubernetes/cmd/kube-scheduler \
+		k8s.io/kubernetes/cmd/kubelet
 	$(K8S_BIN)/kube-apiserver --version | grep -qx 'Kubernetes $(KUBERNETES_VERSION)'
+	touch $@ $(K8S_BIN)/.kubelet-built
+
+$(K8S_BIN)/.kubelet-built: $(K8S_BIN)/.built
+	test -x $(K8S_BIN)/kubelet || (cd hack/build/kubernetes && \
+		go build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ k8s.io/kubernetes/cmd/kubelet)
+	$(K8S_BIN)/kubelet --version | grep -qx 'Kubernetes $(KUBERNETES_VERSION)'
 	touch $@
 
 $(ETCD_BIN)/.built: hack/build/etcd/go.mod hack/build/etcd/go.sum
@@ -74,10 +84,28 @@ $(HELM_BIN)/.built:
 .PHONY: tools
 tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.built  ## build kube-apiserver, controller-manager, scheduler, etcd, kwok, helm (cached)
 
+.PHONY: kubelet
+kubelet: $(K8S_BIN)/.kubelet-built  ## the kubelet for a real node (same Kubernetes version as the control plane; cached)
+
+# --- Real node (containerd + kubelet; see devcluster/node.py) ---------------------------------
+# Debian packages, installed only where missing. Needs root (apt-get), as does running the node.
+# iptables is here for the check that the node leaves no chains behind, not for the node itself.
+NODE_DEBS := containerd runc containernetworking-plugins iptables
+
+.PHONY: node-deps
+node-deps:  ## (root) containerd, runc, CNI plugins and iptables from Debian, where missing
+	@missing=$$(for p in $(NODE_DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		[ "$$(id -u)" = 0 ] || { echo "node-deps: installing" $$missing "needs root"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD
-	$(PY) -m tests.support.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
+	$(PY) -m devcluster.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
 
 .PHONY: run
 run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctrl-C stops it)
@@ -85,7 +113,7 @@ run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctr
 
 .PHONY: cluster-down
 cluster-down: venv  ## stop the local control plane and remove its state
-	$(PY) -m tests.support.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
+	$(PY) -m devcluster.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
 
 .PHONY: kind-test
 kind-test: venv tools  ## the same suite on a kind cluster (needs Docker and kind on PATH)

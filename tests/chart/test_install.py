@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
 from kubernetes import client
 
 from tests.chart.chart import CHART, helm, render_text, set_args
@@ -33,7 +34,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support.cluster import Cluster
 from tests.support.kwok import finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint, free_port
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 

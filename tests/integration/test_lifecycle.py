@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import GPU_NODES, Cluster
 
 from tests.integration.conftest import (
     BUCKET,
@@ -26,7 +27,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.cluster import GPU_NODES, Cluster
 from tests.support.kwok import finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint
 

@@ -13,8 +13,8 @@ Three ways to get one, all handing back the same `Cluster`:
 
 Command line, used by `make cluster-up` / `make cluster-down`:
 
-    python -m tests.support.cluster up --name NAME --dir DIR [--install-crds]
-    python -m tests.support.cluster down --name NAME --dir DIR
+    python -m devcluster.cluster up --name NAME --dir DIR [--install-crds]
+    python -m devcluster.cluster down --name NAME --dir DIR
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.tools import REPO_ROOT, Toolchain, find_kubectl, toolchain
+from devcluster.tools import REPO_ROOT, Toolchain, find_kubectl, toolchain
 
 KWOK_DIR = REPO_ROOT / "hack" / "kwok"
 NODES_FILE = KWOK_DIR / "nodes.yaml"
@@ -329,7 +329,7 @@ def cluster_from_environment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster")
+    parser = argparse.ArgumentParser(prog="python -m devcluster.cluster")
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--name", default="evaluation-dev")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".cluster")

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster import Cluster
+from devcluster.cluster import Cluster
+
 from tests.support.s3 import S3Endpoint
 
 RESULTS_BUCKET = "eval-results"

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.images import ImageName
+from devcluster.node import RealNode
 
 from tests.e2e.support import DATA_BUCKET, RESULTS_BUCKET, Timings, put_datasets
 from tests.integration.conftest import OperatorProcess
@@ -50,23 +52,22 @@ def timings() -> Timings:
 
 
 @pytest.fixture(scope="session")
-def gateway(real_node: Any) -> str:
-    address: str = real_node.gateway
-    return address
+def gateway(real_node: RealNode) -> str:
+    return real_node.gateway
 
 
 @pytest.fixture(scope="session")
-def node_name(real_node: Any) -> str:
-    name: str = real_node.name
-    return name
+def pin(real_node: RealNode) -> dict[str, Any]:
+    """spec.scheduling that puts a task's runner on the real node."""
+    return real_node.pin()
 
 
 @pytest.fixture(scope="session")
-def images(real_node: Any) -> dict[str, str]:
+def images(real_node: RealNode) -> dict[str, str]:
     """Image name (evaluation-runner, evaluation-runner-lm-eval, evaluation-operator) -> the
     ref imported into the node."""
-    refs: dict[str, str] = dict(real_node.images)
-    return refs
+    return {name.value: real_node.image_ref(name) for name in ImageName
+            if name is not ImageName.PAUSE}
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ DATA_BUCKET = "datasets"
 TERMINAL = ("Completed", "Failed")
 
 # Multiple choice, answered by letter on the chat API: 3 of 4 right.
-QUIZ_ROWS = [
+QUIZ_ROWS: list[dict[str, Any]] = [
     {"question": "What colour is the sky?", "choices": ["green", "blue", "red"], "answer": 1},
     {"question": "2 + 2 =", "choices": ["3", "4"], "answer": "4"},
     {"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "A"},
@@ -30,7 +30,7 @@ QUIZ_ROWS = [
 ]
 QUIZ_ANSWERS = {"sky": "B", "2 + 2": "The answer is B.", "France": "A", "planet": "A"}
 # Generation: one exact answer, one near miss, one with different punctuation.
-TRANSLATION_ROWS = [
+TRANSLATION_ROWS: list[dict[str, Any]] = [
     {"de": "Das Haus ist klein.", "en": "The house is small."},
     {"de": "Ich liebe Katzen.", "en": "I love cats."},
     {"de": "Guten Morgen.", "en": "Good morning."},

@@ -39,13 +39,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def spec_for(model: FakeLLM, node_name: str) -> Any:
+def spec_for(model: FakeLLM, pin: dict[str, Any]) -> Any:
     def make(*benchmarks: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "model": {"name": "scripted-llm", "endpoint": {"url": model.url}},
             "benchmarks": list(benchmarks) or [quiz_benchmark()],
             "resources": {"gpu": 0, "cpu": "500m", "memory": "512Mi"},
-            "scheduling": {"nodeSelector": {"kubernetes.io/hostname": node_name}},
+            "scheduling": pin,
             "retries": 0,
         }
         spec.update(overrides)

@@ -15,9 +15,9 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        """`host`: the address to serve on (the e2e tier binds the node bridge's gateway,
-        which pods reach)."""
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """`host`: the address to serve on (the e2e tier and `make run` bind the node bridge's
+        gateway, which pods reach); `port` 0 picks a free one."""
         self.answers: dict[str, str] = {}
         self.choice_logprobs: dict[str, float] = {}
         self.faults: list[int] = []
@@ -27,14 +27,14 @@ class FakeLLM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer((host, 0), self._handler())
+        self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{host!s}:{port}/v1"
 
     def start(self) -> FakeLLM:
         self.thread.start()

@@ -102,6 +102,11 @@ node-deps:  ## (root) containerd, runc, CNI plugins and iptables from Debian, wh
 			apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# Needs `make images` too (the image manifest .images/images.json): the images branch adds it.
+.PHONY: e2e
+e2e: venv tools kubelet node-deps  ## (root) the e2e tier: real pods on a real node joined to the local control plane
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD

@@ -33,7 +33,7 @@ K8S_LDFLAGS := -s -w $(foreach p,$(K8S_VERSION_PKGS),-X $(p).gitVersion=$(KUBERN
 
 .PHONY: help
 help:  ## list targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 # --- Python -------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -101,6 +101,11 @@ node-deps:  ## (root) containerd, runc, CNI plugins and iptables from Debian, wh
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+# Needs `make images` too (the image manifest .images/images.json): the images branch adds it.
+.PHONY: e2e
+e2e: venv tools kubelet node-deps  ## (root) the e2e tier: real pods on a real node joined to the local control plane
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up

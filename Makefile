@@ -113,7 +113,9 @@ cluster-up: venv tools  ## start a local control plane with GPU nodes and the CR
 	$(PY) -m devcluster.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
 
 .PHONY: run
-run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctrl-C stops it)
+# A real evaluation: a real node with the project's images, S3 and a demo model on its bridge,
+# the operator in the foreground; `kubectl apply -f .cluster/demo.yaml` runs a real runner pod.
+run: cluster-up kubelet node-deps images  ## (root) the operator, a real node running the images, a local S3 and a demo model (Ctrl-C stops it)
 	$(PY) hack/run_local.py
 
 .PHONY: cluster-down
@@ -136,9 +138,14 @@ lint: venv  ## ruff, mypy --strict, and the chart's CRDs in step with crds/
 	$(PY) hack/sync-chart-crds.py --check
 
 .PHONY: test
-test: venv tools  ## everything: lint, unit, runner, integration (real control plane), chart
+# The e2e tier runs in a session of its own (its operator and the integration tier's would both
+# handle every namespace). As root (CI) the node's packages, kubelet and images are built
+# first; elsewhere the tier skips with one reason, and .ci/run (CI=true) makes that a failure.
+E2E_PREREQS := $(if $(filter 0,$(shell id -u)),kubelet node-deps images)
+test: venv tools $(E2E_PREREQS)  ## everything: lint, unit, runner, integration (real control plane), chart, e2e (real node)
 	$(MAKE) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: venv  ## benchmarks (print figures)

@@ -72,6 +72,7 @@ START_FAILURE_GRACE_SECONDS = 4
 _TIMINGS = Timings()
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The integration tier's operator watches every namespace with a fake runner image: in
     the same session it would race the e2e operator for e2e tasks. Say so instead of flaking."""

@@ -89,7 +89,7 @@ class FakeLLM:
                         return
                     if self.path.endswith("/chat/completions"):
                         prompt = payload["messages"][-1]["content"]
-                        self._send(200, {"choices": [{"message": {
+                        self._send(200, {"choices": [{"index": 0, "message": {
                             "role": "assistant", "content": fake.answer_for(prompt)}}]})
                     elif self.path.endswith("/completions"):
                         self._send(200, self._completion(payload))
@@ -102,12 +102,12 @@ class FakeLLM:
             def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
                 prompt = payload["prompt"]
                 if not payload.get("echo"):
-                    return {"choices": [{"text": fake.answer_for(prompt)}]}
+                    return {"choices": [{"index": 0, "text": fake.answer_for(prompt)}]}
                 # Echo: the prompt as two "tokens" (context, then the choice), with logprobs.
                 split = prompt.rfind("Answer:") + len("Answer:")
                 choice = prompt[split:].strip()
                 value = fake.choice_logprobs.get(choice, -10.0)
-                return {"choices": [{"text": prompt, "logprobs": {
+                return {"choices": [{"index": 0, "text": prompt, "logprobs": {
                     "tokens": [prompt[:split], prompt[split:], "x"],
                     "text_offset": [0, split, len(prompt)],
                     "token_logprobs": [None, value, -0.1]}}]}

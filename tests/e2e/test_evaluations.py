@@ -123,7 +123,9 @@ def test_lm_eval_framework_completes_in_its_image(
     assert (status["phase"], status["reason"]) == ("Completed", "Succeeded"), status
     summary = assert_status_mirrors_the_bundle(pod_s3, status)
     assert summary["framework"]["name"] == "lm-eval" and summary["framework"]["version"]
-    assert_bundle_is_complete(pod_s3, status, {"wmt-de-en": TRANSLATION_ROWS})
+    assert_bundle_is_complete(
+        pod_s3, status, {"wmt-de-en": TRANSLATION_ROWS},
+        {"wmt-de-en": [TRANSLATION_ANSWERS[k] for k in ("Das Haus", "Katzen", "Morgen")]})
 
 
 def test_memory_limit_ends_in_oomkilled(

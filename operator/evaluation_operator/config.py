@@ -17,6 +17,12 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_PURGE_RETRY_MAX_SECONDS | --purge-retry-max | longest back-off between purge attempts |
 | EVAL_START_FAILURE_GRACE_SECONDS | --start-failure-grace | image pull / Secret error grace |
 | EVAL_METRICS_PORT | --metrics-port | Prometheus port; 0: off |
+| EVAL_API_WORKERS | --api-workers | threads making API and S3 calls (bounds calls in flight) |
+| EVAL_API_QPS | --api-qps | API calls per second, on average, across all workers |
+| EVAL_API_BURST | --api-burst | API calls allowed at once above that rate |
+| EVAL_API_TIMEOUT_SECONDS | --api-timeout | read timeout of one API call |
+| EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
+| EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
 
 The operator's own S3 credentials come from the standard AWS variables or files
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE...).
@@ -47,6 +53,12 @@ FLAGS: dict[str, str] = {
     "--purge-retry-max": "EVAL_PURGE_RETRY_MAX_SECONDS",
     "--start-failure-grace": "EVAL_START_FAILURE_GRACE_SECONDS",
     "--metrics-port": "EVAL_METRICS_PORT",
+    "--api-workers": "EVAL_API_WORKERS",
+    "--api-qps": "EVAL_API_QPS",
+    "--api-burst": "EVAL_API_BURST",
+    "--api-timeout": "EVAL_API_TIMEOUT_SECONDS",
+    "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
+    "--job-ttl": "EVAL_JOB_TTL_SECONDS",
 }
 
 
@@ -85,6 +97,20 @@ class OperatorSettings:
     # image pull or container config error fails the task only after lasting this long.
     start_failure_grace_seconds: int = 180
     metrics_port: int = 0
+    # Concurrency by design: a fixed pool of threads makes every blocking call (API and S3),
+    # so calls in flight never exceed api_workers, and a token bucket caps their rate.
+    api_workers: int = 16
+    api_qps: int = 100
+    api_burst: int = 200
+    api_timeout_seconds: int = 30
+    api_connect_timeout_seconds: int = 5
+    # Pod Pending -> Scheduled -> Running often happens within a second: one write, not three.
+    status_debounce_ms: int = 500
+    # A day: long enough to read the pods' logs; the task's status and results stay anyway.
+    job_ttl_seconds: int = 86400
+    # Cap on remembered per-task facts (last status written, Jobs just created): entries
+    # also go when their task goes; the cap only bounds what a leak could cost.
+    memory_tasks: int = 20000
 
     @property
     def pod_s3_endpoint(self) -> str | None:
@@ -116,6 +142,12 @@ class OperatorSettings:
             purge_retry_max_seconds=_int(env, "EVAL_PURGE_RETRY_MAX_SECONDS", 300, minimum=1),
             start_failure_grace_seconds=_int(env, "EVAL_START_FAILURE_GRACE_SECONDS", 180),
             metrics_port=_int(env, "EVAL_METRICS_PORT", 0),
+            api_workers=_int(env, "EVAL_API_WORKERS", 16, minimum=1),
+            api_qps=_int(env, "EVAL_API_QPS", 100, minimum=1),
+            api_burst=_int(env, "EVAL_API_BURST", 200, minimum=1),
+            api_timeout_seconds=_int(env, "EVAL_API_TIMEOUT_SECONDS", 30, minimum=1),
+            status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 500),
+            job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
         )
 
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import deletion, metrics, naming
+from evaluation_operator import apiclient, deletion, metrics, naming
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.kube import Api, Kube, api_client_from_environment
+from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
 from evaluation_operator.s3 import shared_client
 from evaluation_operator.states import Reason, reason_of
@@ -41,7 +41,7 @@ _reconciler: Reconciler | None = None
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        kube = Kube(api_client_from_environment(SETTINGS), SETTINGS)
+        kube = Kube(apiclient.api_client(SETTINGS), SETTINGS)
         _reconciler = Reconciler(SETTINGS, Api(kube, SETTINGS.api_workers),
                                  s3=lambda: shared_client(SETTINGS))
     return _reconciler
@@ -68,9 +68,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="evaluation.dev", key="last-handled-configuration")
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    settings.networking.request_timeout = SETTINGS.api_timeout_seconds * 2
-    settings.networking.connect_timeout = SETTINGS.api_connect_timeout_seconds
+    # Deadlines on every watch and request: a silent partition must not stop the operator.
+    apiclient.configure_kopf(settings, SETTINGS)
     settings.execution.max_workers = SETTINGS.api_workers
     # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
     ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"

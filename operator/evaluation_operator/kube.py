@@ -1,9 +1,9 @@
 """The API adapter: the few Kubernetes calls the operator makes, behind a typed Protocol.
 
 Only writes and the rare read a 409 needs go through here; everything the operator decides on
-comes from its watches (see `world.py`). Each call has a timeout, and `Throttle` caps the
-rate of calls (settings `api_qps`, `api_burst`), so a burst of thousands of tasks does not
-flood the API server.
+comes from its watches (see `world.py`). Every call has a deadline (apiclient.py), and
+`Throttle` caps their rate (settings `api_qps`, `api_burst`), so a burst of thousands of
+tasks does not flood the API server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from evaluation_operator import naming
@@ -37,18 +37,6 @@ class KubeApi(Protocol):
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
     def delete_job(self, namespace: str, name: str) -> None: ...
-
-
-def api_client_from_environment(settings: OperatorSettings) -> client.ApiClient:
-    """In-cluster credentials (the operator's ServiceAccount), else the kubeconfig."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    # One connection per worker thread: more would idle, fewer would queue.
-    configuration.connection_pool_maxsize = settings.api_workers
-    return client.ApiClient(configuration)
 
 
 def api_message(error: ApiException) -> str:
@@ -88,10 +76,11 @@ class Kube:
     """`KubeApi` on the official client: blocking calls, run by `Api` in its worker threads."""
 
     def __init__(self, api_client: Any, settings: OperatorSettings) -> None:
+        # One pooled connection per worker thread: more would idle, fewer would queue.
+        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = settings.api_workers
         self.custom = client.CustomObjectsApi(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
-        self.timeout = (settings.api_connect_timeout_seconds, settings.api_timeout_seconds)
         self.throttle = Throttle(settings.api_qps, settings.api_burst)
 
     def create(self, manifest: dict[str, Any]) -> bool:
@@ -99,11 +88,9 @@ class Kube:
         self.throttle.wait()
         try:
             if manifest["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, manifest,
-                                                 _request_timeout=self.timeout)
+                self.batch.create_namespaced_job(namespace, manifest)
             else:
-                self.core.create_namespaced_config_map(namespace, manifest,
-                                                       _request_timeout=self.timeout)
+                self.core.create_namespaced_config_map(namespace, manifest)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -114,11 +101,9 @@ class Kube:
         self.throttle.wait()
         try:
             if kind == "Job":
-                obj = self.batch.read_namespaced_job(name, namespace,
-                                                     _request_timeout=self.timeout)
+                obj = self.batch.read_namespaced_job(name, namespace)
             else:
-                obj = self.core.read_namespaced_config_map(name, namespace,
-                                                           _request_timeout=self.timeout)
+                obj = self.core.read_namespaced_config_map(name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return ""
@@ -133,7 +118,7 @@ class Kube:
         try:
             self.custom.patch_namespaced_custom_object_status(
                 naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name,
-                {"status": status}, _request_timeout=self.timeout)
+                {"status": status})
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
@@ -141,8 +126,7 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         self.throttle.wait()
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                             _request_timeout=self.timeout)
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -29,21 +29,20 @@ from typing import Any, Generic, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import events, metrics
+from evaluation_operator import events, metrics, runner_output
+from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.s3 import ResultsLocation, read_json
+from evaluation_operator.s3 import ResultsLocation, read_capped
 from evaluation_operator.states import Phase, Reason
 from evaluation_operator.status import (
     Assessment,
     TaskContext,
     assess,
-    progress_status,
+    has_scores,
     render_status,
-    scores_from_summary,
-    summary_is_complete,
 )
 from evaluation_operator.task import Task
 from evaluation_operator.world import EMPTY, World
@@ -121,15 +120,6 @@ def job_deleted(task: Task) -> Assessment:
         f"The Job {task.job_name} was deleted before the run finished; anything it wrote is "
         f"under {task.results_uri}. Create a new task (or delete and re-create this one) to "
         "run again.", scheduled=True)
-
-
-def collecting_results(assessment: Assessment, location: ResultsLocation) -> Assessment:
-    return Assessment(
-        Reason.COLLECTING_RESULTS,
-        f"The runner finished, but its scores could not be read yet (neither the termination "
-        f"message nor {location.uri}summary.json); retrying. If this lasts, check that "
-        "summary.json exists and that the operator's S3 endpoint and credentials can read it.",
-        scheduled=True, start_time=assessment.start_time)
 
 
 @dataclass
@@ -388,19 +378,30 @@ class Reconciler:
 
     async def _scores(self, task: Task, assessment: Assessment
                       ) -> tuple[Assessment, dict[str, Any] | None]:
-        """The scores from the termination message, else from summary.json."""
-        summary = assessment.runner_summary
-        if not summary_is_complete(summary) and task.location is not None and self.s3:
+        """The scores from the termination message, else from summary.json (collecting.py:
+        CollectingResults while it is missing, failed past `results_timeout_seconds`)."""
+        message = assessment.runner_summary
+        location = task.location
+        assert location is not None
+        summary: bytes | None = None
+        error: Exception | None = None
+        if not has_scores(message):
             try:
-                summary = await self.api.call(read_json, self.s3(), task.location,
-                                              "summary.json")
-            except Exception as error:
-                summary = None
-                log.warning("reading summary.json for %s: %s", task.key, error)
-        if not summary_is_complete(summary):
-            assert task.location is not None
-            return collecting_results(assessment, task.location), None
-        return assessment, scores_from_summary(summary or {})
+                if self.s3 is None:
+                    raise RuntimeError("no S3 client")
+                summary = await self.api.call(read_capped, self.s3(), location, "summary.json",
+                                              runner_output.MAX_SUMMARY_BYTES)
+            except Exception as failure:
+                error = failure
+
+        def read_summary() -> bytes | None:
+            if error is not None:
+                raise error
+            return summary
+
+        return collect_scores(assessment, read_summary, location,
+                              limit_seconds=self.settings.results_timeout_seconds,
+                              now=self.clock(), s3_endpoint=self.settings.s3_endpoint)
 
     def _recheck(self, uid: str, assessment: Assessment) -> None:
         """A start failure turns into a failure when its grace period ends, with no event
@@ -437,14 +438,16 @@ class Reconciler:
         if not uri or self.s3 is None:
             return
         try:
-            progress = await self.api.call(read_json, self.s3(), ResultsLocation.from_uri(uri),
-                                           "progress.json")
+            data = await self.api.call(read_capped, self.s3(), ResultsLocation.from_uri(uri),
+                                       "progress.json", runner_output.MAX_PROGRESS_BYTES)
+            if data is None:
+                return
+            value = runner_output.parse_progress(data).status_field()
         except Exception as error:
-            log.info("progress for %s not readable: %s", task.key, error)
+            # Progress is informational: a bad progress.json is not shown, and the run goes on.
+            log.warning("progress.json of %s not shown: %s", task.key, error)
             return
-        value = progress_status(progress if isinstance(progress, dict) else {})
-        if value:
-            self.set_progress(task.uid, value)
+        self.set_progress(task.uid, value)
 
 
 def _results_field(task: Task) -> dict[str, str]:

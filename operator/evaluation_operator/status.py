@@ -9,11 +9,18 @@ object, keeping condition transition times stable so that tools (kstatus, Argo C
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
+from evaluation_operator.runner_output import (
+    InvalidRunnerOutput,
+    RunnerFailed,
+    RunnerSucceeded,
+    TerminationMessage,
+    failure_report,
+    parse_termination_message,
+)
 from evaluation_operator.states import Phase, Reason
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
@@ -46,7 +53,7 @@ class Assessment:
     running: bool = False
     start_time: str | None = None
     completion_time: str | None = None
-    runner_summary: dict[str, Any] | None = None
+    runner_summary: TerminationMessage | None = None
     # Look again this many seconds on even if nothing changes (a grace period ends).
     recheck_seconds: int | None = None
 
@@ -75,19 +82,6 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return dict(state) if state else None
 
 
-def parse_termination_message(text: str | None) -> dict[str, Any] | None:
-    """The runner's compact JSON summary, or None when absent or not ours."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("v") != 1 or "status" not in value:
-        return None
-    return value
-
-
 def _timestamp(value: Any) -> str | None:
     """RFC 3339 with a Z, whatever form the client returned."""
     if not value:
@@ -104,20 +98,33 @@ def _pod_phase(pod: dict[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "")
 
 
-def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any] | None]:
-    """Exit code, kubelet reason and the runner's summary of a failed pod."""
+def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, RunnerFailed | None]:
+    """Exit code, kubelet reason and the runner's own account of a failed pod."""
     if pod is None:
         return None, "", None
     terminated = _terminated(pod) or {}
     code = terminated.get("exitCode")
-    summary = parse_termination_message(terminated.get("message"))
+    summary = failure_report(terminated.get("message"))
     return (int(code) if code is not None else None), str(terminated.get("reason") or ""), summary
 
 
-def _runner_message(summary: dict[str, Any] | None) -> str:
-    if summary and summary.get("message"):
-        return str(summary["message"])[:1024]
-    return ""
+def _runner_message(summary: TerminationMessage | None) -> str:
+    return summary.message if isinstance(summary, RunnerFailed) else ""
+
+
+def has_scores(message: TerminationMessage | None) -> bool:
+    """The runner's message holds the full scores (not truncated)."""
+    return isinstance(message, RunnerSucceeded) and message.scores is not None
+
+
+def invalid_runner_output(error: InvalidRunnerOutput, start_time: str | None = None,
+                          completion_time: str | None = None) -> Assessment:
+    return Assessment(
+        Reason.INVALID_RUNNER_OUTPUT,
+        f"The runner's output breaks the runner contract, so its scores cannot be trusted: "
+        f"{error}. Check the runner image (spec.framework.image, or the operator's default) "
+        "against docs/runner-contract.md, then create a new task.",
+        scheduled=True, start_time=start_time, completion_time=completion_time)
 
 
 # What to check for each failure reason the runner reports (runner contract, section 3).
@@ -223,15 +230,18 @@ def _succeeded(seen: Observed) -> Assessment | None:
     results (scores come from the message, else from summary.json)."""
     pod = next((p for p in reversed(seen.pods) if _pod_phase(p) == "Succeeded"), None)
     terminated = (_terminated(pod) if pod else None) or {}
-    summary = parse_termination_message(terminated.get("message"))
     job_done = "Complete" in seen.conditions or "SuccessCriteriaMet" in seen.conditions
     if not job_done and pod is None:
         return None
-    completion = seen.job_status.get("completionTime") or terminated.get("finishedAt")
+    completion = _timestamp(seen.job_status.get("completionTime") or terminated.get("finishedAt"))
+    start = seen.first_run or _timestamp(seen.job_status.get("startTime"))
+    try:
+        summary = parse_termination_message(terminated.get("message"))
+    except InvalidRunnerOutput as error:
+        return invalid_runner_output(error, start, completion)
     return Assessment(
         Reason.SUCCEEDED, "Evaluation finished; scores are in status.",
-        scheduled=True, start_time=seen.first_run or _timestamp(seen.job_status.get("startTime")),
-        completion_time=_timestamp(completion), runner_summary=summary,
+        scheduled=True, start_time=start, completion_time=completion, runner_summary=summary,
     )
 
 
@@ -251,7 +261,7 @@ def _job_failed(seen: Observed) -> Assessment | None:
 
 
 def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_reason: str,
-                    summary: dict[str, Any] | None, failure: dict[str, Any]
+                    summary: RunnerFailed | None, failure: dict[str, Any]
                     ) -> tuple[Reason, str]:
     ctx = seen.ctx
     if job_reason == "DeadlineExceeded":
@@ -272,7 +282,8 @@ def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_r
     detail = _runner_message(summary) or (
         f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
         if code is not None else str(failure.get("message") or "no detail"))
-    hint = RUNNER_REASON_HINTS.get(str((summary or {}).get("reason") or ""), "")
+    runner_reason = summary.reason if isinstance(summary, RunnerFailed) else None
+    hint = RUNNER_REASON_HINTS.get(runner_reason or "", "")
     logs = f"See `kubectl logs job/{ctx.job_name}`."
     if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
         return Reason.RETRIES_EXHAUSTED, (
@@ -430,31 +441,6 @@ def merge_conditions(
     return merged
 
 
-def scores_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """overallScore and benchmarks for status, from a termination message or summary.json."""
-    benchmarks = []
-    for b in summary.get("benchmarks") or []:
-        entry: dict[str, Any] = {"name": b.get("name"), "score": b.get("score")}
-        if b.get("primaryMetric"):
-            entry["primaryMetric"] = b["primaryMetric"]
-        if isinstance(b.get("metrics"), dict):
-            entry["metrics"] = {k: v for k, v in b["metrics"].items()
-                                if isinstance(v, int | float)}
-        if b.get("samples") is not None:
-            entry["samples"] = int(b["samples"])
-        benchmarks.append(entry)
-    result: dict[str, Any] = {"benchmarks": benchmarks}
-    if summary.get("overallScore") is not None:
-        result["overallScore"] = float(summary["overallScore"])
-    return result
-
-
-def summary_is_complete(summary: dict[str, Any] | None) -> bool:
-    if not summary or summary.get("truncated"):
-        return False
-    return bool(summary.get("benchmarks")) and summary.get("overallScore") is not None
-
-
 def render_status(
     previous: dict[str, Any], a: Assessment, *, generation: int, now: str,
     job_name: str, configmap_name: str, results: dict[str, str],
@@ -481,11 +467,3 @@ def render_status(
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     return status
-
-
-def progress_status(progress: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        done, total = int(progress["samplesDone"]), int(progress["samplesTotal"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return {"samplesDone": done, "samplesTotal": total, "text": f"{done}/{total}"}

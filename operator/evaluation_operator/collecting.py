@@ -22,7 +22,7 @@ from evaluation_operator.runner_output import (
     parse_summary,
 )
 from evaluation_operator.s3 import ObjectTooLargeError, ResultsLocation, is_unreachable
-from evaluation_operator.states import Reason
+from evaluation_operator.states import Phase, Reason
 from evaluation_operator.status import Assessment, invalid_runner_output
 
 
@@ -49,6 +49,8 @@ def collect_scores(
     `read_summary` returns summary.json's bytes (None: no such object), raising
     ObjectTooLargeError past MAX_SUMMARY_BYTES and S3's errors otherwise.
     """
+    if completed.phase is not Phase.COMPLETED:
+        return completed, None
     message = completed.runner_summary
     if isinstance(message, RunnerSucceeded) and message.scores is not None:
         return completed, message.scores.status_fields()

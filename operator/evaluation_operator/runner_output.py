@@ -76,6 +76,8 @@ def quote(value: Any) -> str:
     if isinstance(value, str):
         text = json.dumps(value[:_QUOTE_LENGTH])  # ASCII: escapes keep surrogates printable
         return text if len(value) <= _QUOTE_LENGTH else text[:-1] + '..."'
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
 
 
@@ -165,7 +167,8 @@ def load_json(data: bytes | str, source: Source, limit: int) -> Any:
     bounded nesting, strict UTF-8."""
     if isinstance(data, str):
         if len(data) > limit:  # a character is at least one byte
-            raise InvalidRunnerOutput(source, "", f"longer than the limit of {limit} bytes")
+            raise InvalidRunnerOutput(source, "", f"{len(data)} characters, more than the "
+                                                  f"limit of {limit} bytes")
         try:
             data = data.encode()
         except UnicodeEncodeError as error:
@@ -180,22 +183,15 @@ def load_json(data: bytes | str, source: Source, limit: int) -> Any:
         raise InvalidRunnerOutput(source, "", f"not valid UTF-8 (byte {error.start})") from None
     _check_depth(data, source)
 
-    def constant(name: str) -> Any:
-        raise InvalidRunnerOutput(source, "", f"{name} is not a finite number")
-
-    def number(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise InvalidRunnerOutput(source, "", f"{quote(text)} is not a finite number")
-        return value
-
+    # NaN, Infinity and overflowing floats parse to non-finite floats here, so that the
+    # field check that meets them can name the field (parts nobody reads are never used).
     def integer(text: str) -> int:
         if len(text.lstrip("-")) > MAX_INT_DIGITS:
             raise InvalidRunnerOutput(source, "", f"integer with {len(text)} digits is too large")
         return int(text)
 
     try:
-        return json.loads(text, parse_constant=constant, parse_float=number, parse_int=integer)
+        return json.loads(text, parse_constant=float, parse_int=integer)
     except InvalidRunnerOutput:
         raise
     except RecursionError:  # cannot happen after _check_depth; never let it escape
@@ -232,7 +228,9 @@ class _Fields:
         value = self.value.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, f"expected a number, got {quote(value)}")
-        if not math.isfinite(value) or not low <= value <= high:
+        if not math.isfinite(value):
+            raise self.fail(key, f"{quote(value)} is not a finite number")
+        if not low <= value <= high:
             raise self.fail(key, f"{quote(value)} is outside {low:g}-{high:g}")
         return float(value)
 

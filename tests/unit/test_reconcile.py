@@ -127,16 +127,22 @@ class FakeS3:
 
         self.exceptions = Exceptions
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+    def get_object(self, Bucket: str, Key: str, Range: str = "") -> dict[str, Any]:
         name = Key.rsplit("/", 1)[-1]
         if name not in self.objects:
-            raise self.exceptions.NoSuchKey(Key)
+            error = self.exceptions.NoSuchKey(Key)
+            error.response = {"Error": {"Code": "NoSuchKey"}}  # type: ignore[attr-defined]
+            raise error
+        data = json.dumps(self.objects[name]).encode()
 
         class Body:
-            def read(_self, *args: Any) -> bytes:
-                return json.dumps(self.objects[name]).encode()
+            def read(self, *args: Any) -> bytes:
+                return data
 
-        return {"Body": Body(), "ContentLength": len(json.dumps(self.objects[name]))}
+            def close(self) -> None:
+                pass
+
+        return {"Body": Body(), "ContentLength": len(data)}
 
     def get_paginator(self, name: str) -> Any:
         s3 = self

@@ -366,6 +366,7 @@ class Reconciler:
         progress = self._progress.pop(uid, None)
         if progress and not assessment.phase.terminal:
             status["progress"] = progress
+        self._recheck(uid, assessment)
         if status == previous:
             return previous
         await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
@@ -373,7 +374,6 @@ class Reconciler:
         if assessment.phase.terminal:
             self._overrides.pop(uid, None)
         await self._after_transition(task, previous, status, assessment)
-        self._recheck(uid, assessment)
         return status
 
     async def _scores(self, task: Task, assessment: Assessment

@@ -476,3 +476,26 @@ def test_a_pod_that_never_confirms_its_deletion_stops_blocking_after_a_deadline(
     done = pod("Succeeded")
     assert deletion.pods_still_running([stuck, stopping, done], now) == (
         ["t-eval-stopping"], ["t-eval-stuck"])
+
+
+def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    full = {"metadata": {"name": "p", "namespace": "team-a", "uid": "x",
+                         "labels": {"evaluation.dev/task-uid": UID}, "managedFields": [{}] * 50,
+                         "creationTimestamp": "T0", "deletionTimestamp": "T1"},
+            "spec": {"nodeName": "n", "containers": [{"env": [{}] * 50}]},
+            "status": {"phase": "Succeeded", "startTime": "T0", "containerStatuses": [
+                {"name": "runner", "image": "img", "imageID": "sha", "state": {
+                    "terminated": {"exitCode": 0, "message": message}}}]}}
+    compact = compact_pod(full)
+    assert "managedFields" not in compact["metadata"] and "containers" not in compact["spec"]
+    assert compact["metadata"]["deletionTimestamp"] == "T1"
+    # The same assessment from the projection as from the full pod.
+    from evaluation_operator.status import TaskContext, assess
+    ctx = TaskContext(job_name="t-eval", timeout="2h", retries=2, gpus=1,
+                      gpu_resource="nvidia.com/gpu", memory="1Gi")
+    assert assess(job(), [compact], ctx) == assess(job(), [full], ctx)
+    world = World({UID: [task()]}, {UID: [job()]}, {UID: [compact]})
+    assert world.task(UID) == task() and world.job(UID) == job()
+    assert world.pods(UID) == [compact] and world.pods("other") == []

@@ -14,7 +14,6 @@ All handlers are async and never block: API and S3 calls run on `api_workers` th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from typing import Any
@@ -160,11 +159,14 @@ def _reads_s3(status: kopf.Status, **_: Any) -> bool:
     return reason is not None and reason.reads_s3
 
 
-@kopf.timer(*TASK, interval=SETTINGS.progress_interval_seconds,
-            initial_delay=SETTINGS.progress_interval_seconds, when=_reads_s3)
+def _jittered_start(**_: Any) -> float:
+    """Tasks that started running together do not read S3 together (nor at start-up)."""
+    return SETTINGS.progress_interval_seconds * random.uniform(0.5, 1.5)
+
+
+@kopf.timer(*TASK, interval=SETTINGS.progress_interval_seconds, initial_delay=_jittered_start,
+            when=_reads_s3)
 async def poll_s3(uid: str, **kwargs: Any) -> None:
-    # Jitter: tasks that started together do not read S3 together.
-    await asyncio.sleep(random.uniform(0, SETTINGS.progress_interval_seconds / 2))
     r = _world(kwargs)
     task = r.world.task(uid)
     if task is None or task.deleting:

@@ -388,9 +388,6 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
                          lambda s: s.get("phase") == "Completed", timeout=120)
     assert status["overallScore"] == pytest.approx(0.3333), log()
     assert condition(status, "Ready")["status"] == "True"
-    events = cluster.kubectl("get", "events", "-n", team, "--field-selector",
-                             "involvedObject.name=rbac-ok").stdout
-    assert "JobCreated" in events, "the operator could not post events"
     assert cluster.kubectl("get", "configmap", "rbac-ok-config", "-n", team,
                            check=False).returncode == 0
     code, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -404,6 +401,9 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
     status = wait_status(cluster, team, "rbac-bad-image", "Failed",
                          lambda s: s.get("phase") == "Failed", timeout=120)
     assert status["reason"] == "ImagePullError", log()
+    events = cluster.kubectl("get", "events", "-n", team, "--field-selector",
+                             "involvedObject.name=rbac-bad-image").stdout
+    assert "ImagePullError" in events, "the operator could not post events"
     cluster.wait_until("the failed task's Job deleted", lambda: cluster.kubectl(
         "get", "job", "rbac-bad-image-eval", "-n", team, check=False).returncode != 0,
         timeout=120)

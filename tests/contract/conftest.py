@@ -12,9 +12,8 @@ import yaml
 from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.manifests import build_configmap, build_job
-from evaluation_operator.reconcile import task_location
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.spec import parse_task_spec
+from evaluation_operator.task import Task
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -39,12 +38,11 @@ def task_object(name: str, spec: dict[str, Any], namespace: str = "team-a") -> d
 def operator_children(task: dict[str, Any], settings: OperatorSettings
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ConfigMap and Job the operator creates for `task` (reconcile's own builders)."""
-    spec = parse_task_spec(task["spec"], settings)
-    meta = task["metadata"]
-    config = build_runner_config(spec, name=meta["name"], namespace=meta["namespace"],
-                                 uid=meta["uid"], location=task_location(task, spec),
-                                 settings=settings)
-    return build_configmap(task, config), build_job(task, spec, settings)
+    parsed = Task.from_body(task, settings)
+    assert parsed.spec is not None and parsed.location is not None, parsed.spec_error
+    config = build_runner_config(parsed.spec, name=parsed.name, namespace=parsed.namespace,
+                                 uid=parsed.uid, location=parsed.location, settings=settings)
+    return build_configmap(parsed, config), build_job(parsed, parsed.spec, settings)
 
 
 def mounted_config(configmap: dict[str, Any], job: dict[str, Any], root: Path) -> Path:

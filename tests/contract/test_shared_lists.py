@@ -14,6 +14,7 @@ import pytest
 import yaml
 from evaluation_operator import manifests, spec, status
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.runner_output import RunnerReason
 from evaluation_runner import config as runner_config
 from evaluation_runner import errors
 from evaluation_runner.errors import ConfigurationError
@@ -104,6 +105,7 @@ def test_both_parsers_accept_every_metric_and_task_type_and_nothing_else() -> No
 def test_failure_reasons_are_one_list() -> None:
     reasons = list(errors.REASONS)
     assert contract_list("`reason` is one of") == reasons
+    assert [r.value for r in RunnerReason] == reasons  # what the operator's parser knows
     assert {errors.ConfigurationError.reason, errors.RunnerError.reason} <= set(reasons)
     # Every retried reason gets an operator hint saying what to check; no hint is stale.
     retried = set(reasons) - {"ConfigurationError", "RunnerError"}

@@ -8,6 +8,7 @@ the message had to be truncated to fit 4 KiB, from S3.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,21 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.reconcile import task_location
-from evaluation_operator.s3 import read_json
-from evaluation_operator.spec import parse_task_spec
-from evaluation_operator.status import (
-    COMPLETED,
-    FAILED,
-    RUNNER_REASON_HINTS,
-    Assessment,
-    TaskContext,
-    assess,
+from evaluation_operator.runner_output import (
+    MAX_SUMMARY_BYTES,
+    RunnerFailed,
+    RunnerReason,
+    RunnerSucceeded,
+    parse_summary,
     parse_termination_message,
-    scores_from_summary,
-    summary_is_complete,
 )
+from evaluation_operator.s3 import ResultsLocation, read_capped
+from evaluation_operator.states import Phase, Reason
+from evaluation_operator.status import RUNNER_REASON_HINTS, Assessment, TaskContext, assess
+from evaluation_operator.task import Task
 from evaluation_runner import termination
 from evaluation_runner.__main__ import main as runner_main
 from evaluation_runner.errors import EXIT_CONFIGURATION, EXIT_TRANSIENT
@@ -79,7 +79,7 @@ class Finished:
     message: str  # as the kubelet reports it
     assessment: Assessment
     settings: OperatorSettings
-    task: dict[str, Any]
+    location: ResultsLocation
 
 
 def benchmark(name: str, metrics: list[str], uri: str = f"s3://{DATA}/capitals.jsonl"
@@ -107,28 +107,29 @@ def run_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Endpoint, ll
         job_status = finished_job("Failed", "PodFailurePolicy")  # the Job's FailJob rule
     else:
         job_status = finished_job("Failed", "BackoffLimitExceeded")
-    spec = parse_task_spec(task["spec"], settings)
-    context = TaskContext(job_name="contract-eval", timeout="1h", retries=spec.retries,
+    parsed = Task.from_body(task, settings)
+    assert parsed.spec is not None and parsed.location is not None
+    context = TaskContext(job_name="contract-eval", timeout="1h", retries=parsed.spec.retries,
                           gpus=0, gpu_resource="nvidia.com/gpu", memory="8Gi")
     assessment = assess(job_status, [terminated_pod(code, message)], context)
-    return Finished(code, message, assessment, settings, task)
+    return Finished(code, message, assessment, settings, parsed.location)
 
 
-def summary_json(s3: S3Endpoint, finished: Finished) -> dict[str, Any]:
-    spec = parse_task_spec(finished.task["spec"], finished.settings)
-    summary = read_json(s3.client(), task_location(finished.task, spec), "summary.json")
-    assert isinstance(summary, dict)
-    return summary
+def summary_json(s3: S3Endpoint, finished: Finished) -> bytes:
+    data = read_capped(s3.client(), finished.location, "summary.json", MAX_SUMMARY_BYTES)
+    assert data is not None
+    return data
 
 
 def status_scores(s3: S3Endpoint, finished: Finished) -> dict[str, Any]:
     """What the operator puts in status: the message's scores, or summary.json's when the
-    message is truncated (reconcile.refresh_status)."""
-    summary = finished.assessment.runner_summary
-    if not summary_is_complete(summary):
-        summary = summary_json(s3, finished)
-    assert summary_is_complete(summary)
-    return scores_from_summary(summary or {})
+    message is truncated (reconcile reads it with read_capped, as here)."""
+    assessment, scores = collect_scores(
+        finished.assessment, lambda: summary_json(s3, finished), finished.location,
+        limit_seconds=60, now=datetime.datetime.now(datetime.UTC))
+    assert assessment.reason is Reason.SUCCEEDED, assessment.message
+    assert scores is not None
+    return scores
 
 
 def test_success_message_fills_status_with_the_bundles_scores(
@@ -136,10 +137,11 @@ def test_success_message_fills_status_with_the_bundles_scores(
     finished = run_task(tmp_path, monkeypatch, s3, llm, [
         benchmark("capitals", ["exact-match", "bleu"]), benchmark("again", ["f1"])])
     assert finished.exit_code == 0
-    assert finished.assessment.phase == COMPLETED
-    assert summary_is_complete(finished.assessment.runner_summary), "no S3 read needed"
+    assert finished.assessment.phase is Phase.COMPLETED
+    message = finished.assessment.runner_summary
+    assert isinstance(message, RunnerSucceeded) and message.scores, "no S3 read needed"
     scores = status_scores(s3, finished)
-    assert scores == scores_from_summary(summary_json(s3, finished))
+    assert scores == parse_summary(summary_json(s3, finished)).status_fields()
     assert scores["benchmarks"][0]["metrics"]["exact-match"] == pytest.approx(2 / 3)
     assert scores["benchmarks"][0]["samples"] == len(ROWS)
 
@@ -156,19 +158,20 @@ def test_a_message_over_4_kib_is_truncated_and_the_operator_reads_summary_json(
     assert finished.exit_code == 0
     raw = (tmp_path / "termination-log").read_bytes()
     assert len(raw) <= KUBELET_MESSAGE_LIMIT, "the kubelet would cut the JSON in half"
-    summary = finished.assessment.runner_summary
-    assert finished.assessment.phase == COMPLETED and summary is not None
-    assert summary["truncated"] is True and not summary_is_complete(summary)
+    message = finished.assessment.runner_summary
+    assert finished.assessment.phase is Phase.COMPLETED
+    assert message == RunnerSucceeded(scores=None, truncated=True)
+    written = json.loads(raw)
     if metrics_kept is None:
-        assert "benchmarks" not in summary
+        assert "benchmarks" not in written
     else:
-        assert [b["name"] for b in summary["benchmarks"]] == names
-        assert all("metrics" not in b for b in summary["benchmarks"])
+        assert [b["name"] for b in written["benchmarks"]] == names
+        assert all("metrics" not in b for b in written["benchmarks"])
     scores = status_scores(s3, finished)
     assert [b["name"] for b in scores["benchmarks"]] == names
     assert all(len(b["metrics"]) == len(ALL_GENERATION_METRICS) for b in scores["benchmarks"])
-    assert scores["overallScore"] == summary_json(s3, finished)["overallScore"]
-    assert summary["results"]["bundle"].endswith("/results.zip")
+    assert scores["overallScore"] == json.loads(summary_json(s3, finished))["overallScore"]
+    assert written["results"]["bundle"].endswith("/results.zip")
 
 
 def test_configuration_error_fails_the_task_quoting_the_runner(
@@ -177,9 +180,10 @@ def test_configuration_error_fails_the_task_quoting_the_runner(
     finished = run_task(tmp_path, monkeypatch, s3, llm,
                         [benchmark("capitals", ["exact-match"], uri=missing)], retries=2)
     assert finished.exit_code == EXIT_CONFIGURATION
-    assert parse_termination_message(finished.message) == finished.assessment.runner_summary
-    assert finished.assessment.phase == FAILED
-    assert finished.assessment.reason == "ConfigurationError"
+    assert parse_termination_message(finished.message) == RunnerFailed(
+        RunnerReason.CONFIGURATION_ERROR, json.loads(finished.message)["message"])
+    assert finished.assessment.phase is Phase.FAILED
+    assert finished.assessment.reason is Reason.CONFIGURATION_ERROR
     assert missing in finished.assessment.message
     assert "Retrying cannot help" in finished.assessment.message
 
@@ -190,10 +194,10 @@ def test_transient_failure_is_reported_with_the_runners_reason_and_a_hint(
     finished = run_task(tmp_path, monkeypatch, s3, llm,
                         [benchmark("capitals", ["exact-match"])])
     assert finished.exit_code == EXIT_TRANSIENT
-    summary = finished.assessment.runner_summary
-    assert summary is not None and summary["reason"] == "ModelUnreachable"
-    assert finished.assessment.phase == FAILED
-    assert finished.assessment.reason == "RunnerFailed"
+    assert parse_termination_message(finished.message) == RunnerFailed(
+        RunnerReason.MODEL_UNREACHABLE, json.loads(finished.message)["message"])
+    assert finished.assessment.phase is Phase.FAILED
+    assert finished.assessment.reason is Reason.RUNNER_FAILED
     assert RUNNER_REASON_HINTS["ModelUnreachable"] in finished.assessment.message
     assert llm.url in finished.assessment.message
 
@@ -202,5 +206,5 @@ def test_an_oversized_failure_message_still_parses() -> None:
     data = termination.failure_message("ConfigurationError", "é" * 10_000 + " the end")
     assert len(data) <= KUBELET_MESSAGE_LIMIT
     parsed = parse_termination_message(data.decode())
-    assert parsed is not None
-    assert parsed["reason"] == "ConfigurationError" and parsed["message"].startswith("éé")
+    assert isinstance(parsed, RunnerFailed)
+    assert parsed.reason is RunnerReason.CONFIGURATION_ERROR and parsed.message.startswith("éé")

@@ -131,6 +131,7 @@ def main() -> int:
             s3.wait(timeout=15)
         print("stopping the real node...", flush=True)
         node.stop()
+        print(f"real node stopped ({node.timings.get('down_s', 0):.1f}s)", flush=True)
 
 
 if __name__ == "__main__":

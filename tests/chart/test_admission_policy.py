@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 
 from tests.chart.chart import CHART, find, helm, one, render, set_args
 from tests.chart.conftest import new_namespace, unique
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
 
 TASK_AUTHOR_RULES = [{"apiGroups": ["evaluation.dev"], "resources": ["evaluationtasks"],
                       "verbs": ["create", "get", "list", "watch", "delete"]}]

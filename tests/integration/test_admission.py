@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.spec import parse_task_spec
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 

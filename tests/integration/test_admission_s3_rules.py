@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.spec import SpecError, bucket_problem, parse_task_spec, prefix_problem
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from devcluster.cluster import Cluster
 
 from tests.integration.conftest import (
     BUCKET,
@@ -24,7 +25,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

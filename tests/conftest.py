@@ -1,6 +1,6 @@
 """Session fixtures shared by every test tier.
 
-`cluster`: a real control plane (tests/support/cluster.py), started once per session and
+`cluster`: a real control plane (hack/devcluster/cluster.py), started once per session and
 stopped at the end, leaving no process behind. `s3_server`: moto's S3 HTTP server on loopback.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devcluster.cluster import Cluster, cluster_from_environment
 
-from tests.support.cluster import Cluster, cluster_from_environment
 from tests.support.s3 import S3Endpoint, start_s3
 
 

@@ -22,15 +22,8 @@ from evaluation_operator.runner_output import (
     parse_summary,
 )
 from evaluation_operator.s3 import ObjectTooLargeError, ResultsLocation, is_unreachable
-from evaluation_operator.status import (
-    COLLECTING_RESULTS,
-    COMPLETED,
-    EVALUATING,
-    FAILED,
-    RESULTS_UNREADABLE,
-    Assessment,
-    invalid_runner_output,
-)
+from evaluation_operator.states import Phase, Reason
+from evaluation_operator.status import Assessment, invalid_runner_output
 
 
 def _parse_time(value: str | None) -> datetime.datetime | None:
@@ -56,7 +49,7 @@ def collect_scores(
     `read_summary` returns summary.json's bytes (None: no such object), raising
     ObjectTooLargeError past MAX_SUMMARY_BYTES and S3's errors otherwise.
     """
-    if completed.phase != COMPLETED:
+    if completed.phase is not Phase.COMPLETED:
         return completed, None
     message = completed.runner_summary
     if isinstance(message, RunnerSucceeded) and message.scores is not None:
@@ -90,7 +83,7 @@ def collect_scores(
     deadline = finished + datetime.timedelta(seconds=limit_seconds)
     if now >= deadline:
         return Assessment(
-            FAILED, RESULTS_UNREADABLE,
+            Reason.RESULTS_UNREADABLE,
             f"The runner finished, but {why} and its scores could not be read within "
             f"{limit_seconds}s: {problem}. Check that the runner uploaded its results to "
             f"{location.uri} and that the operator's S3 credentials can read them, then "
@@ -99,13 +92,14 @@ def collect_scores(
             completion_time=completed.completion_time), None
     return _collecting(completed, (
         f"The runner finished, but {why} and its scores could not be read yet: {problem}; "
-        f"retrying until {_iso(deadline)}, when the task fails with {RESULTS_UNREADABLE}. "
+        f"retrying until {_iso(deadline)}, when the task fails with "
+        f"{Reason.RESULTS_UNREADABLE.value}. "
         "If this lasts, check that summary.json exists and that the operator's S3 endpoint "
         "and credentials can read it.")), None
 
 
 def _collecting(completed: Assessment, message: str) -> Assessment:
-    return Assessment(EVALUATING, COLLECTING_RESULTS, message, scheduled=True,
+    return Assessment(Reason.COLLECTING_RESULTS, message, scheduled=True,
                       start_time=completed.start_time)
 
 

@@ -49,6 +49,7 @@ class RunnerReason(enum.StrEnum):
 
     CONFIGURATION_ERROR = "ConfigurationError"
     MODEL_UNREACHABLE = "ModelUnreachable"
+    DATASET_UNREACHABLE = "DatasetUnreachable"
     UPLOAD_FAILED = "UploadFailed"
     RUNNER_ERROR = "RunnerError"
 

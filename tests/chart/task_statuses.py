@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from evaluation_operator.reconcile import purge_failed_status
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.deletion import purge_failed_status
 from evaluation_operator.runner_output import RunnerSucceeded
 from evaluation_operator.status import TaskContext, assess, render_status
+from evaluation_operator.task import Task
 
 CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
                   gpu_resource="nvidia.com/gpu", memory="16Gi")
@@ -79,7 +81,7 @@ def statuses() -> dict[str, tuple[dict[str, Any], str]]:
     completed = _render(_job([{"type": "Complete", "status": "True"}]),
                         [_pod("Succeeded", state=_terminated(0, SUMMARY, "Completed"))])
     deleting = task({**completed, **purge_failed_status(
-        task(completed), RuntimeError("AccessDenied"), 60)})
+        Task.from_body(task(completed), OperatorSettings()), RuntimeError("AccessDenied"), 60)})
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
     running = _render(_job(), [_pod("Running", state={"running": {}})])
     return {

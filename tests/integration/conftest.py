@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 from kubernetes import client
 
-from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 BUCKET = "eval-results"

@@ -15,7 +15,9 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """`host`: the address to serve on (the e2e tier and `make run` bind the node bridge's
+        gateway, which pods reach); `port` 0 picks a free one."""
         self.answers: dict[str, str] = {}
         self.choice_logprobs: dict[str, float] = {}
         self.faults: list[int] = []
@@ -25,13 +27,14 @@ class FakeLLM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
 
     def start(self) -> FakeLLM:
         self.thread.start()
@@ -86,7 +89,7 @@ class FakeLLM:
                         return
                     if self.path.endswith("/chat/completions"):
                         prompt = payload["messages"][-1]["content"]
-                        self._send(200, {"choices": [{"message": {
+                        self._send(200, {"choices": [{"index": 0, "message": {
                             "role": "assistant", "content": fake.answer_for(prompt)}}]})
                     elif self.path.endswith("/completions"):
                         self._send(200, self._completion(payload))
@@ -99,12 +102,12 @@ class FakeLLM:
             def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
                 prompt = payload["prompt"]
                 if not payload.get("echo"):
-                    return {"choices": [{"text": fake.answer_for(prompt)}]}
+                    return {"choices": [{"index": 0, "text": fake.answer_for(prompt)}]}
                 # Echo: the prompt as two "tokens" (context, then the choice), with logprobs.
                 split = prompt.rfind("Answer:") + len("Answer:")
                 choice = prompt[split:].strip()
                 value = fake.choice_logprobs.get(choice, -10.0)
-                return {"choices": [{"text": prompt, "logprobs": {
+                return {"choices": [{"index": 0, "text": prompt, "logprobs": {
                     "tokens": [prompt[:split], prompt[split:], "x"],
                     "text_offset": [0, split, len(prompt)],
                     "token_logprobs": [None, value, -0.1]}}]}

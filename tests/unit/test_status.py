@@ -13,9 +13,11 @@ from evaluation_operator.runner_output import (
     Scores,
     parse_termination_message,
 )
+from evaluation_operator.states import Phase, Reason
 from evaluation_operator.status import (
     TaskContext,
     assess,
+    has_scores,
     merge_conditions,
     render_status,
 )
@@ -249,15 +251,58 @@ def test_status_keeps_start_time_and_progress_across_updates() -> None:
     assert status["startTime"] == "T0" and status["progress"]["text"] == "1/2"
 
 
-def test_every_reason_in_the_operator_docs_exists_in_the_code() -> None:
+def test_the_docs_status_table_lists_exactly_the_reasons_in_the_code() -> None:
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     doc = (root / "docs" / "operator.md").read_text()
     table = doc.split("## Status", 1)[1].split("## Deletion", 1)[0]
-    documented = set(re.findall(r"`([A-Z][A-Za-z]+)`", table))
-    code = "".join((root / "operator" / "evaluation_operator" / name).read_text()
-                   for name in ("status.py", "reconcile.py", "collecting.py"))
-    assert documented, "the reasons table is gone"
-    assert {r for r in documented if f'"{r}"' not in code} == set()
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]
+    documented: dict[str, str] = {}
+    for row in rows:
+        phase = row.split("|")[1].strip()
+        for reason in re.findall(r"`([A-Z][A-Za-z]+)`", row.split("|")[2]):
+            documented[reason] = phase
+    assert documented == {r.value: r.phase.value for r in Reason}
+
+
+def test_a_succeeded_pod_with_full_scores_completes_before_the_job_does() -> None:
+    """A real kubelet reports the pod seconds before the Job controller marks the Job."""
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    done = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message,
+                                        "finishedAt": "2026-01-01T01:00:00Z"})
+    a = assess(job(), [done], CTX)
+    assert (a.phase, a.reason) == ("Completed", "Succeeded")
+    assert a.completion_time == "2026-01-01T01:00:00Z"
+    assert has_scores(a.runner_summary)
+
+
+def test_a_succeeded_pod_never_reads_as_waiting_for_a_pod() -> None:
+    truncated = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed",
+                                             "message": '{"v": 1, "status": "Succeeded", '
+                                                        '"truncated": true}'})
+    a = assess(job(), [truncated], CTX)
+    assert a.reason is Reason.SUCCEEDED and a.reason is not Reason.POD_PENDING
+    assert not has_scores(a.runner_summary)  # the reconciler reads summary.json
+
+
+def test_what_each_reason_implies() -> None:
+    assert Reason.SUCCEEDED.phase is Phase.COMPLETED and Phase.COMPLETED.terminal
+    assert Reason.RUNNING.phase is Phase.EVALUATING and not Phase.EVALUATING.terminal
+    assert {r for r in Reason if r.stops_job} == {Reason.IMAGE_PULL_ERROR,
+                                                 Reason.CONTAINER_CONFIG_ERROR}
+    # Progress in between is in the status only; warnings and failures are Events too.
+    assert not Reason.POD_PENDING.posts_event and not Reason.RUNNING.posts_event
+    assert not Reason.SUCCEEDED.posts_event
+    assert Reason.UNSCHEDULABLE.warning and Reason.OOM_KILLED.warning
+    assert {r for r in Reason if r.reads_s3} == {Reason.RUNNING, Reason.COLLECTING_RESULTS}
+    assert Reason("Running") is Reason.RUNNING and str(Reason.RUNNING) == "Running"
+
+
+def test_a_start_failure_in_its_grace_period_asks_to_be_looked_at_again() -> None:
+    pulling = pod("Pending", created="2026-01-01T00:00:00Z", conditions=SCHEDULED_AT,
+                  waiting={"reason": "ErrImagePull", "message": "429"})
+    a = assess(job(), [pulling], GRACE, now=at("2026-01-01T01:00:30Z"))
+    assert a.recheck_seconds == 90

@@ -18,7 +18,6 @@ from evaluation_runner.metrics import (
     OPTION_GROUPS,
     REGISTRY,
     ROUGE_TOKENIZERS,
-    TASK_TYPES,
     BleuOptions,
     ExactMatchOptions,
     F1Options,
@@ -27,6 +26,7 @@ from evaluation_runner.metrics import (
     default_bleu_tokenizer,
     default_rouge_tokenizer,
 )
+from evaluation_runner.metrics import TASK_TYPES as TASK_TYPES
 
 METRICS = METRIC_NAMES
 MAX_BOOTSTRAP_ITERATIONS = 100_000

@@ -159,6 +159,8 @@ class LocalModel:
         for row, context in enumerate(contexts):
             ids[row, :len(context)] = torch.tensor(context)
             mask[row, :len(context)] = 1
+        if all(len(continuations) == 1 for _, continuations in groups):
+            return self._score_rows(groups)
         if all(len(c) <= 1 for _, continuations in groups for c in continuations):
             # Single-token choices: the context's last logits are all that is needed.
             logits = self.model(input_ids=ids.to(self.device),
@@ -167,6 +169,30 @@ class LocalModel:
                      for continuation in continuations]
                     for row, (context, continuations) in enumerate(groups)]
         return self._score_with_cache(groups, ids, mask)
+
+    def _score_rows(self, groups: list[tuple[tuple[int, ...], list[tuple[int, ...]]]]
+                    ) -> list[list[float]]:
+        """One continuation per context: context and continuation in one row, one pass."""
+        torch = self.torch
+        rows = [(list(context), list(continuations[0])) for context, continuations in groups]
+        width = max(len(c) + len(x) for c, x in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, (context, continuation) in enumerate(rows):
+            ids[row, :len(context) + len(continuation)] = torch.tensor(context + continuation)
+            mask[row, :len(context) + len(continuation)] = 1
+        logits = self.model(input_ids=ids.to(self.device),
+                            attention_mask=mask.to(self.device)).logits
+        values = []
+        for row, (context, continuation) in enumerate(rows):
+            if not continuation:
+                values.append([0.0])
+                continue
+            start = len(context)
+            picked = logits[row, start - 1:start + len(continuation) - 1].float().log_softmax(
+                -1).gather(1, torch.tensor(continuation, device=self.device).unsqueeze(1))
+            values.append([float(picked.sum())])
+        return values
 
     def _first_token(self, logits: Any, row: int, length: int, continuation: Sequence[int]
                      ) -> float:
@@ -180,9 +206,9 @@ class LocalModel:
         output = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             use_cache=True)
         context_logits = output.logits
-        cache = getattr(output, "past_key_values", None)
+        cache = getattr(output, "cache", None)
         if cache is None:
-            cache = output.cache
+            cache = output.past_key_values
         owners: list[int] = []
         rows: list[list[int]] = []
         for group, (_, continuations) in enumerate(groups):

@@ -3,14 +3,17 @@ multiple-reference cases: sacrebleu, rouge-score, scikit-learn and lm-evaluation
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sacrebleu
 from evaluation_runner.metrics import (
+    REGISTRY,
     Answer,
     BleuOptions,
     ExactMatchOptions,
@@ -29,21 +32,22 @@ from tests.support.requirements import require_module
 
 NO_BOOTSTRAP = MetricOptions(bootstrap_iterations=0)
 
-CHINESE = (["东京是日本的首都。", "我喜欢吃苹果。", ""],
+Case = tuple[list[str], list[tuple[str, ...]]]
+CHINESE: Case = (["东京是日本的首都。", "我喜欢吃苹果。", ""],
            [("东京是日本的首都。",), ("我爱吃苹果。",), ("空的",)])
-MULTI = (["the cat sat on the mat", "a fast brown fox", "", "hello world"],
+MULTI: Case = (["the cat sat on the mat", "a fast brown fox", "", "hello world"],
          [("the cat is on the mat", "there is a cat on the mat"),
           ("the quick brown fox",), ("nothing", "empty"), ("hello world", "hi world", "hey")])
-LATIN = (["Der Bär schläft.", "naïve café", "same", ""],
+LATIN: Case = (["Der Bär schläft.", "naïve café", "same", ""],
          [("Der Bär schläft tief.",), ("naive cafe",), ("same",), ("",)])
-CASES = {"chinese": CHINESE, "multi-reference": MULTI, "unicode-latin": LATIN}
+CASES: dict[str, Case] = {"chinese": CHINESE, "multi-reference": MULTI, "unicode-latin": LATIN}
 
 
 def answers(case: tuple[list[str], list[tuple[str, ...]]]) -> list[Answer]:
     return [Answer(p, r) for p, r in zip(*case, strict=True)]
 
 
-def streams(refs: list[tuple[str, ...]]) -> list[list[str | None]]:
+def streams(refs: list[tuple[str, ...]]) -> Any:
     width = max(len(r) for r in refs)
     return [[r[i] if i < len(r) else None for r in refs] for i in range(width)]
 
@@ -300,3 +304,44 @@ def test_acc_norm_is_lm_evals_definition() -> None:
                Answer("x", ("x",), ("x", "yy"), (-1.0, -2.5))]
     assert compute_metric("accuracy", "multiple-choice", samples).value == 0.5
     assert compute_metric("acc-norm", "multiple-choice", samples).value == 1.0
+
+
+def test_acc_and_acc_norm_equal_lm_evals_own_process_results(tmp_path: Path) -> None:
+    """lm-eval's ConfigurableTask scores the same log-likelihoods: unicode choices (length in
+    characters, not bytes), ties, and choices of very different lengths."""
+    require_module("lm_eval")
+    from lm_eval.api.task import ConfigurableTask
+
+    rng = random.Random(9)
+    pool = ["a", "Paris", "東京都", "a much longer answer", "ünïcödé", "no", "yes indeed"]
+    docs: list[dict[str, Any]] = []
+    likelihoods: list[list[float]] = []
+    for i in range(60):
+        choices = rng.sample(pool, 4)
+        values = [round(rng.uniform(-30, -0.5), 1) for _ in choices]
+        if i % 10 == 0:
+            values[1] = values[0]  # a tie
+        docs.append({"prompt": f"q{i}", "choices": choices, "gold": rng.randrange(4)})
+        likelihoods.append(values)
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs),
+                    encoding="utf-8")
+    task = ConfigurableTask(config={
+        "task": "acc_norm_check", "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
+        "output_type": "multiple_choice", "doc_to_text": "{{prompt}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}],
+        "metadata": {"version": 1.0}})
+    ours = []
+    for doc, values in zip(docs, likelihoods, strict=True):
+        best = max(range(4), key=lambda i, v=values: (v[i], -i))  # type: ignore[misc]
+        ours.append(Answer(doc["choices"][best], (doc["choices"][doc["gold"]],),
+                           tuple(doc["choices"]), tuple(values)))
+    theirs = [task.process_results(doc, [(v, False) for v in values])
+              for doc, values in zip(docs, likelihoods, strict=True)]
+    assert [REGISTRY["acc-norm"].sample_score(a, "multiple-choice", MetricOptions())
+            for a in ours] == [t["acc_norm"] for t in theirs]
+    assert [REGISTRY["accuracy"].sample_score(a, "multiple-choice", MetricOptions())
+            for a in ours] == [t["acc"] for t in theirs]
+    assert any(t["acc"] != t["acc_norm"] for t in theirs)  # the normalisation mattered

@@ -74,10 +74,26 @@ def score_benchmark(benchmark: BenchmarkConfig, dataset: LoadedDataset,
     return BenchmarkResult(
         name=benchmark.name, task=benchmark.task, primary_metric=primary,
         score=as_score(primary, metric_values[primary].value), weight=benchmark.weight,
-        metrics=metric_values, samples=samples,
+        metrics=metric_values, samples=samples, options=options_document(benchmark),
         dataset={"uri": dataset.uri, "sha256": dataset.sha256, "rows": dataset.rows,
                  "samples": len(dataset.samples), "fewShotExamples": len(dataset.examples)},
     )
+
+
+def options_document(benchmark: BenchmarkConfig) -> dict[str, Any]:
+    """The metric options in force (defaults and language choices resolved)."""
+    options = benchmark.options
+    return {"language": benchmark.language,
+            "bleu": {"tokenize": options.bleu.tokenize, "lowercase": options.bleu.lowercase},
+            "rouge": {"tokenizer": options.rouge.tokenizer,
+                      "useStemmer": options.rouge.use_stemmer},
+            "f1": {"average": options.f1.average, "positiveLabel": options.f1.positive_label},
+            "exactMatch": {"normalize": options.exact_match.normalize,
+                           "ignoreCase": options.exact_match.ignore_case,
+                           "ignorePunctuation": options.exact_match.ignore_punctuation,
+                           "ignoreNumbers": options.exact_match.ignore_numbers,
+                           "regexesToIgnore": list(options.exact_match.regexes_to_ignore)},
+            "bootstrapIterations": options.bootstrap_iterations, "seed": options.seed}
 
 
 def framework_document(name: str, framework_results: dict[str, dict[str, Any]]

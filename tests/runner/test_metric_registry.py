@@ -175,3 +175,24 @@ def test_the_operator_passes_the_options_through_to_the_runner() -> None:
     benchmark = rendered["benchmarks"][0]
     assert benchmark["language"] == "zh" and benchmark["metricOptions"] == options
     assert runner_config.parse_config(rendered).benchmarks[0].options.bleu.tokenize == "zh"
+
+
+def test_the_metric_options_example_reaches_the_runner_intact() -> None:
+    from evaluation_operator.config import OperatorSettings
+    from evaluation_operator.runner_config import build_runner_config
+    from evaluation_operator.s3 import results_location
+
+    manifest = yaml.safe_load((ROOT / "examples" / "06-metric-options.yaml").read_text())
+    settings = OperatorSettings(s3_bucket="results-bucket")
+    parsed = operator_spec.parse_task_spec(manifest["spec"], settings)
+    rendered = build_runner_config(
+        parsed, name="t", namespace="ns", uid="0b6c4f5e-1111-2222-3333-444455556666",
+        settings=settings, location=results_location(
+            "results-bucket", "runs", "ns", "t", "0b6c4f5e-1111-2222-3333-444455556666"))
+    benchmarks = {b.name: b for b in runner_config.parse_config(rendered).benchmarks}
+    assert benchmarks["wmt-en-zh"].options.bleu.tokenize == "zh"
+    assert benchmarks["wmt-en-zh"].options.bootstrap_iterations == 2000
+    assert benchmarks["triviaqa"].options.exact_match == metrics.ExactMatchOptions(
+        "none", ignore_case=True, ignore_punctuation=True)
+    assert benchmarks["spam"].options.f1 == metrics.F1Options("binary", "spam")
+    assert benchmarks["hellaswag"].primary_metric == "acc-norm"

@@ -244,11 +244,16 @@ def _reference_streams(answers: Sequence[Answer]) -> list[list[str | None]]:
 
 
 def _sacrebleu_metric(name: str, options: MetricOptions) -> Any:
+    return _sacrebleu_metric_for(name, options.bleu)
+
+
+@cache
+def _sacrebleu_metric_for(name: str, bleu: BleuOptions) -> Any:
     from sacrebleu.metrics.bleu import BLEU
     from sacrebleu.metrics.chrf import CHRF
 
     if name == "bleu":
-        return BLEU(tokenize=options.bleu.tokenize, lowercase=options.bleu.lowercase)
+        return BLEU(tokenize=bleu.tokenize, lowercase=bleu.lowercase)
     return CHRF()
 
 
@@ -446,11 +451,12 @@ def bootstrap_stderr(stats: Any, score: Callable[[Any], float], iterations: int,
         return None
     rng = np.random.default_rng(seed)
     values: list[float] = []
-    chunk = max(1, min(iterations, 2_000_000 // max(n, 1)))
+    width = stats.shape[1] if stats.ndim == 2 else 1
+    chunk = max(1, min(iterations, 4_000_000 // (n * width)))
     while len(values) < iterations:
         size = min(chunk, iterations - len(values))
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size)
-        values.extend(score(row) for row in counts @ stats)
+        picks = rng.integers(0, n, size=(size, n))
+        values.extend(score(row) for row in stats[picks].sum(axis=1))
     return float(statistics.stdev(values))
 
 

@@ -442,6 +442,10 @@ class RealNode:
         config = yaml.safe_load(self.cluster.kubeconfig.read_text())
         entry = config["clusters"][0]["cluster"]
         ca = Path(entry.get("certificate-authority", ""))
+        if not ca.is_file():
+            # kwokctl's layout: <state dir>/kubeconfig beside <state dir>/kwok/clusters/<name>/pki
+            found = sorted(self.cluster.kubeconfig.parent.glob("kwok/clusters/*/pki/ca.crt"))
+            ca = found[0] if len(found) == 1 else ca
         if not ca.is_file() or not ca.with_suffix(".key").is_file():
             raise NodeError(
                 f"the cluster's CA key is not beside {ca or 'its kubeconfig'}: a real node "

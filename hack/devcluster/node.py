@@ -105,18 +105,19 @@ def missing_requirements(kubelet: Path | None = None) -> list[str]:
     kubelet = kubelet or toolchain().kubelet
     if not kubelet.is_file():
         missing.append(f"no kubelet at {kubelet} (make kubelet)")
-    if not _cgroup_hierarchies():
+    if not _cgroup_hierarchies(v1_only=True):
         missing.append(f"no writable cgroup v1 hierarchies under {CGROUP_FS}")
     return missing
 
 
-def _cgroup_hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (the kubelet's cgroupfs driver
-    makes its cgroups in each of them)."""
+def _cgroup_hierarchies(v1_only: bool = False) -> list[Path]:
+    """The cgroup hierarchies mounted under /sys/fs/cgroup: the kubelet's cgroupfs driver makes
+    its cgroups in each of them, the hybrid layout's cgroup2 `unified` one included."""
+    kinds = ("cgroup",) if v1_only else ("cgroup", "cgroup2")
     found = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup" and fields[1].startswith(f"{CGROUP_FS}/"):
+        if len(fields) > 2 and fields[2] in kinds and fields[1].startswith(f"{CGROUP_FS}/"):
             path = Path(fields[1])
             if os.access(path, os.W_OK):
                 found.append(path)
@@ -565,13 +566,16 @@ class RealNode:
         begin = time.monotonic()
         if self.state_dir is not None and self.holder is not None:
             self._delete_pods()
+        self.timings["down_pods_s"] = time.monotonic() - begin
         kubelet = self._daemon_pid("kubelet") if self.state_dir else None
         if kubelet is not None:
             _terminate([kubelet], grace=10)
         if self.state_dir is not None:
             self.cluster.kubectl("delete", "node", self.name, "--ignore-not-found",
                                  "--wait=false", check=False)
+        self.timings["down_kubelet_s"] = time.monotonic() - begin
         self._kill_namespace()
+        self.timings["down_processes_s"] = time.monotonic() - begin
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None
@@ -579,6 +583,7 @@ class RealNode:
             self._remove_cgroups()
             if Path(f"/sys/class/net/{self.bridge}").exists():
                 _run("ip", "link", "del", self.bridge, check=False)
+        self.timings["down_cgroups_bridge_s"] = time.monotonic() - begin
         if self.state_dir is not None:
             shutil.rmtree(self.state_dir, ignore_errors=True)
         if self.held is not None:

@@ -108,3 +108,33 @@ def test_image_manifest_parses_into_refs_and_names_a_missing_field() -> None:
         parse_manifest(json.dumps(broken))
     with pytest.raises(ManifestError, match="not an image manifest"):
         parse_manifest("[]")
+
+
+def test_forwarder_relays_both_ways_and_stops_listening() -> None:
+    import socket
+    import threading
+
+    from devcluster.forward import TcpForwarder
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo_once() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=echo_once, daemon=True).start()
+    forwarder = TcpForwarder(listen=("127.0.0.1", 0),
+                             target=("127.0.0.1", upstream.getsockname()[1])).start()
+    try:
+        with socket.create_connection(("127.0.0.1", forwarder.port), timeout=5) as client:
+            client.sendall(b"hello")
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(1024) == b"HELLO"
+        port = forwarder.port
+    finally:
+        forwarder.stop()
+        upstream.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

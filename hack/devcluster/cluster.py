@@ -240,13 +240,16 @@ class KwokCluster:
         # kwokctl picks free ports without reserving them: two clusters created at the same
         # moment get the same ports. One create at a time on this machine avoids most of that;
         # the watch below catches a port taken by something else in the meantime.
-        with open(CREATE_LOCK, "w") as lock:
+        # Output to a file, not a pipe: components started by kwokctl may inherit it and keep
+        # a pipe open long after kwokctl is gone.
+        log_path = self.state_dir / "kwokctl-create.log"
+        with open(CREATE_LOCK, "w") as lock, open(log_path, "w") as log:
             fcntl.flock(lock, fcntl.LOCK_EX)
             create = subprocess.Popen(
                 [str(tools.kwokctl), "create", "cluster", "--name", self.name,
                  "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
                  "--wait", "3m"],
-                env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + 300
             dead: list[str] = []
@@ -257,7 +260,8 @@ class KwokCluster:
                 time.sleep(0.5)
             if create.poll() is None:
                 create.kill()
-            output = create.communicate()[0]
+            create.wait()
+        output = log_path.read_text(errors="replace")
         if dead:
             return "component exited during start: " + "; ".join(
                 f"{name}: {self._log_tail(name)}" for name in dead)

@@ -103,7 +103,7 @@ def missing_requirements(kubelet: Path | None = None) -> list[str]:
         if not (CNI_BIN_DIR / plugin).is_file():
             missing.append(f"no CNI plugin {CNI_BIN_DIR / plugin} (make node-deps)")
     kubelet = kubelet or toolchain().kubelet
-    if not kubelet.is_file():
+    if not os.access(kubelet, os.X_OK):
         missing.append(f"no kubelet at {kubelet} (make kubelet)")
     if not _cgroup_hierarchies(v1_only=True):
         missing.append(f"no writable cgroup v1 hierarchies under {CGROUP_FS}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def main() -> int:
             cluster.kubectl("delete", "pod", f"bench-{round_}", "--wait=false", check=False)
     finally:
         owner.stop()
+        shutil.rmtree(owner.state_dir, ignore_errors=True)
     for key, values in figures.items():
         print(f"{key:18} median {statistics.median(values):6.2f}  "
               f"min {min(values):6.2f}  max {max(values):6.2f}  (n={len(values)})")

@@ -252,12 +252,16 @@ def kubelet_config(paths: Paths, slot: Slot) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        # The API server reaches the kubelet on the node's InternalIP (`kubectl logs`, exec):
+        # the gateway, reachable only from this host and the node's pods. Clients need a
+        # certificate from the cluster CA.
+        "address": str(slot.gateway),
         "port": slot.kubelet_port,
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": slot.healthz_port,
         "readOnlyPort": 0,
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(paths.pki / "ca.crt")}},
         "authorization": {"mode": "AlwaysAllow"},
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": f"/{slot.cgroup_root}",

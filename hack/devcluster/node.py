@@ -150,9 +150,44 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def state_prefix(slot: Slot) -> Path:
+    """State directories of the slot's nodes are `<tmp>/eval-real-node-<index>-<random>`."""
+    return Path(tempfile.gettempdir()) / f"eval-real-node-{slot.index}-"
+
+
+def reclaim_slot(slot: Slot) -> None:
+    """Remove what a node of this slot left when its session was killed (no teardown ran).
+    Called with the slot's lock held, so no live node owns any of it: its processes (found by
+    their state directory on the command line or by the slot's cgroups), bridge, cgroups and
+    state directories."""
+    prefix = str(state_prefix(slot))
+    pids: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if prefix.encode() in (proc / "cmdline").read_bytes():
+                    pids.add(int(proc.name))
+    for hierarchy in _cgroup_hierarchies():
+        root = hierarchy / slot.cgroup_root
+        for procs in root.rglob("cgroup.procs") if root.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in procs.read_text().split())
+    pids.discard(os.getpid())
+    if pids:
+        _terminate(sorted(pids), grace=5, signal_first=signal.SIGKILL)
+    if Path(f"/sys/class/net/{slot.bridge}").exists() and any(
+            Path(tempfile.gettempdir()).glob(f"{state_prefix(slot).name}*")):
+        _run("ip", "link", "del", slot.bridge, check=False)
+    _remove_cgroups(slot.cgroup_root)
+    for stale in Path(tempfile.gettempdir()).glob(f"{state_prefix(slot).name}*"):
+        _run("rm", "-rf", "--one-file-system", str(stale), check=False, timeout=300)
+
+
 def slot_usable(slot: Slot) -> bool:
     """A slot whose bridge, subnet or ports something else on the machine already uses is
-    skipped (the slot lock only excludes other real nodes)."""
+    skipped (the slot lock only excludes other real nodes). Leftovers of a killed node of
+    this slot are removed first."""
+    reclaim_slot(slot)
     if Path(f"/sys/class/net/{slot.bridge}").exists():
         return False
     routes = _run("ip", "-4", "route", "show", "match", str(slot.gateway), check=False).stdout
@@ -416,7 +451,8 @@ class RealNode:
 
     def _start(self) -> None:
         slot = self.slot
-        self.state_dir = Path(tempfile.mkdtemp(prefix=f"eval-real-node-{slot.index}-"))
+        prefix = state_prefix(slot)
+        self.state_dir = Path(tempfile.mkdtemp(prefix=prefix.name, dir=prefix.parent))
         paths = self.paths
         for d in (paths.pki, paths.logs, paths.sysctls, paths.pids, paths.root / "cni" / "net.d",
                   paths.root / "cni" / "ipam", paths.root / "kubelet", paths.root / "pod-logs",
@@ -667,19 +703,25 @@ class RealNode:
                 self.holder.wait(timeout=10)
 
     def _remove_cgroups(self) -> None:
-        for hierarchy in _cgroup_hierarchies():
-            root = hierarchy / self.cgroup_root
-            if not root.is_dir():
-                continue
-            deadline = time.monotonic() + 10
-            while root.exists() and time.monotonic() < deadline:
-                inner = sorted((p for p in root.rglob("*") if p.is_dir()),
-                               key=lambda p: len(p.parts), reverse=True)
-                for path in [*inner, root]:
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
-                if root.exists():
-                    time.sleep(0.2)
+        _remove_cgroups(self.cgroup_root)
+
+
+def _remove_cgroups(name: str) -> None:
+    """rmdir the cgroup `name` and everything under it, in every hierarchy (deepest first; a
+    cgroup goes once its last process has been reaped)."""
+    for hierarchy in _cgroup_hierarchies():
+        root = hierarchy / name
+        if not root.is_dir():
+            continue
+        deadline = time.monotonic() + 10
+        while root.exists() and time.monotonic() < deadline:
+            inner = sorted((p for p in root.rglob("*") if p.is_dir()),
+                           key=lambda p: len(p.parts), reverse=True)
+            for path in [*inner, root]:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            if root.exists():
+                time.sleep(0.2)
 
 
 def _terminate(pids: list[int], grace: float,
@@ -702,9 +744,10 @@ def _terminate(pids: list[int], grace: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster.node")
     parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--name", default=NODE_NAME)
     args = parser.parse_args(argv)
     cluster = Cluster(name="local", kubeconfig=args.kubeconfig.resolve(), flavour="kwok")
-    node = RealNode(cluster=cluster, images=load_manifest())
+    node = RealNode(cluster=cluster, images=load_manifest(), name=args.name)
     try:
         node.start()
     except (NodeError, ClusterError) as error:

@@ -3,6 +3,7 @@
 #   make run           a local control plane (etcd, apiserver, controller-manager, scheduler,
 #                      KWOK GPU nodes) with the CRD, a local S3, and the operator running
 #   make cluster-up    the local control plane alone; prints `export KUBECONFIG=...`
+#   make images        the runner, operator and pause images as tarballs, without Docker
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -98,14 +99,36 @@ node-deps:  ## (root) containerd, runc, CNI plugins and iptables from Debian, wh
 		| grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		[ "$$(id -u)" = 0 ] || { echo "node-deps: installing" $$missing "needs root"; exit 1; }; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get \
+			-o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $$missing; \
 	fi
 
-# Needs `make images` too (the image manifest .images/images.json): the images branch adds it.
 .PHONY: e2e
-e2e: venv tools kubelet node-deps  ## (root) the e2e tier: real pods on a real node joined to the local control plane
+e2e: venv tools kubelet node-deps images  ## (root) the e2e tier: real pods on a real node joined to the local control plane
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+# --- Images without Docker (hack/images; docs/install.md) ---------------------------------
+# Tarballs and the debootstrap base live outside the clone, keyed by their inputs; the clone
+# gets the manifest .images/images.json. IMAGES=... builds some; REFRESH_ROOTFS=1 a new base.
+IMAGES_CACHE ?= $(HOME)/.cache/evaluation-operator/images
+ROOTFS_CACHE ?= $(HOME)/.cache/evaluation-operator/rootfs
+IMAGES ?=
+
+.PHONY: image-deps
+image-deps:  ## install debootstrap from Debian where missing (apt-get; needs root)
+	@command -v debootstrap >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "image-deps: installing debootstrap needs root"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+			install -y -q --no-install-recommends debootstrap; }
+
+.PHONY: images
+images: venv image-deps  ## runner, runner-lm-eval, operator and pause image tarballs (no Docker)
+	$(PY) -m images build --cache $(IMAGES_CACHE) --rootfs-cache $(ROOTFS_CACHE) \
+		$(if $(IMAGES),--only $(IMAGES)) $(if $(REFRESH_ROOTFS),--refresh-base)
+
+.PHONY: images-smoke
+images-smoke: images  ## (root, containerd) import the images into a throwaway containerd, run each once
+	$(PY) -m images smoke
 
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up

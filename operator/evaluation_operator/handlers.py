@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import metrics, naming, reconcile
+from evaluation_operator import apiclient, metrics, naming, reconcile
 from evaluation_operator.config import OperatorSettings
 
 SETTINGS = OperatorSettings.from_env()
@@ -19,7 +19,7 @@ _kube: reconcile.Kube | None = None
 def kube() -> reconcile.Kube:
     global _kube
     if _kube is None:
-        _kube = reconcile.Kube(reconcile.api_client_from_environment())
+        _kube = reconcile.Kube(reconcile.api_client_from_environment(SETTINGS))
     return _kube
 
 
@@ -33,7 +33,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="evaluation.dev", key="last-handled-configuration")
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
+    # Deadlines on every watch and request: a silent partition must not stop the operator.
+    apiclient.configure_kopf(settings, SETTINGS)
     # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
     ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
     settings.watching.label_selectors["batch", "v1", "jobs"] = ours

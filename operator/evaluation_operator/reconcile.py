@@ -15,14 +15,21 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import events, metrics, naming
+from evaluation_operator import apiclient, events, metrics, naming, runner_output
+from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.s3 import ResultsLocation, purge, read_json, results_location, s3_client
+from evaluation_operator.s3 import (
+    ResultsLocation,
+    purge,
+    read_capped,
+    results_location,
+    s3_client,
+)
 from evaluation_operator.spec import SpecError, TaskSpec, parse_task_spec
 from evaluation_operator.status import (
     COMPLETED,
@@ -33,10 +40,7 @@ from evaluation_operator.status import (
     TaskContext,
     assess,
     merge_conditions,
-    progress_status,
     render_status,
-    scores_from_summary,
-    summary_is_complete,
 )
 
 log = logging.getLogger(__name__)
@@ -73,14 +77,9 @@ def _owner_uid(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def api_client_from_environment() -> client.ApiClient:
-    """In-cluster credentials (the operator's ServiceAccount), else the kubeconfig."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+def api_client_from_environment(settings: OperatorSettings | None = None) -> client.ApiClient:
+    """In-cluster credentials, else the kubeconfig; every request with a deadline."""
+    return apiclient.api_client(settings or OperatorSettings())
 
 
 class Kube:
@@ -339,23 +338,14 @@ def refresh_status(
                                 now=datetime.datetime.now(datetime.UTC))
         scores = None
         if assessment.phase == COMPLETED:
-            summary = assessment.runner_summary
-            if not summary_is_complete(summary):
-                try:
-                    summary = read_json(s3 or s3_client(settings), location, "summary.json")
-                except Exception as error:
-                    summary = None
-                    log.warning("reading summary.json for %s/%s: %s", namespace, name, error)
-                if not summary_is_complete(summary):
-                    assessment = Assessment(
-                        EVALUATING, "CollectingResults",
-                        f"The runner finished, but its scores could not be read yet (neither "
-                        f"the termination message nor {location.uri}summary.json); retrying. "
-                        "If this lasts, check that summary.json exists and that the "
-                        "operator's S3 endpoint and credentials can read it.",
-                        scheduled=True, start_time=assessment.start_time)
-            if summary_is_complete(summary):
-                scores = scores_from_summary(summary or {})
+            def read_summary() -> bytes | None:
+                return read_capped(s3 or s3_client(settings), location, "summary.json",
+                                   runner_output.MAX_SUMMARY_BYTES)
+
+            assessment, scores = collect_scores(
+                assessment, read_summary, location,
+                limit_seconds=settings.results_timeout_seconds,
+                now=datetime.datetime.now(datetime.UTC), s3_endpoint=settings.s3_endpoint)
         status = render_status(
             previous, assessment, generation=int(task["metadata"].get("generation", 1)),
             now=now_iso(), job_name=job_name, configmap_name=naming.configmap_name(name),
@@ -415,12 +405,17 @@ def refresh_progress(task: dict[str, Any], settings: OperatorSettings, kube: Kub
         return
     try:
         location = ResultsLocation.from_uri(status["results"]["uri"])
-        progress = read_json(s3 or s3_client(settings), location, "progress.json")
+        data = read_capped(s3 or s3_client(settings), location, "progress.json",
+                           runner_output.MAX_PROGRESS_BYTES)
+        if data is None:
+            return
+        value = runner_output.parse_progress(data).status_field()
     except Exception as error:
-        log.info("progress for %s/%s not readable: %s", meta["namespace"], meta["name"], error)
+        # Progress is informational: a bad progress.json is not shown, and the run goes on.
+        log.warning("progress.json of %s/%s not shown: %s", meta["namespace"], meta["name"],
+                    error)
         return
-    value = progress_status(progress or {})
-    if value and value != status.get("progress"):
+    if value != status.get("progress"):
         kube.patch_task_status(meta["namespace"], meta["name"], {"progress": value})
 
 

@@ -7,7 +7,6 @@ prefix before it is deleted, so nothing outside a task's own results is ever tou
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -84,20 +83,70 @@ def s3_client(settings: OperatorSettings) -> Any:
                         config=config)
 
 
-def read_json(client: Any, location: ResultsLocation, key: str) -> Any | None:
-    """The JSON object at `<prefix><key>`, or None when it does not exist."""
+class ObjectTooLargeError(ValueError):
+    """An object is bigger than the caller is willing to hold in memory."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, more than the limit of {limit} bytes")
+        self.key, self.size, self.limit = key, size, limit
+
+
+def read_capped(client: Any, location: ResultsLocation, key: str, limit: int) -> bytes | None:
+    """The object at `<prefix><key>`, or None when it does not exist; never more than
+    `limit` bytes in memory. One ranged GET: an object over the limit is refused from its
+    size (Content-Range or Content-Length) without reading its body.
+
+    Raises ObjectTooLargeError when it is bigger, and S3's own errors otherwise.
+    """
     try:
-        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key)
-    except client.exceptions.NoSuchKey:
-        return None
+        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key,
+                                     Range=f"bytes=0-{limit}")
     except Exception as error:
-        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+        code = _error_code(error)
+        if code in ("NoSuchKey", "404", "NotFound"):
             return None
+        if code in ("InvalidRange", "416"):
+            return b""  # a range of an empty object
         raise
-    return json.loads(response["Body"].read())
+    body = response["Body"]
+    try:
+        size = _object_size(response)
+        if size is not None and size > limit:
+            raise ObjectTooLargeError(key, size, limit)
+        data: bytes = body.read(limit + 1)
+        if len(data) > limit:
+            raise ObjectTooLargeError(key, len(data), limit)
+        return data
+    finally:
+        body.close()  # unread bytes are dropped with the connection, not downloaded
 
 
-def _error_code(error: Exception) -> str:
+def _object_size(response: dict[str, Any]) -> int | None:
+    """The whole object's size: from `Content-Range: bytes 0-N/SIZE` of a ranged answer, or
+    Content-Length when the server ignored the range."""
+    content_range = str(response.get("ContentRange") or "")
+    match = re.match(r"^bytes \d+-\d+/(\d+)$", content_range)
+    if match:
+        return int(match.group(1))
+    length = response.get("ContentLength")
+    return int(length) if isinstance(length, int) else None
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when S3 itself cannot be reached or is failing (connection errors, timeouts,
+    5xx): worth waiting for. False when S3 answered (missing object, access denied...)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    if isinstance(error, BotoConnectionError | HTTPClientError | OSError | TimeoutError):
+        return True
+    response = getattr(error, "response", None) or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return (isinstance(status, int) and status >= 500) or _error_code(error) in (
+        "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+
+
+def _error_code(error: BaseException) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
 

@@ -8,16 +8,28 @@ so that tools (kstatus, Argo CD, `kubectl wait`) see real transitions only.
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
+from evaluation_operator.runner_output import (
+    InvalidRunnerOutput,
+    RunnerFailed,
+    TerminationMessage,
+    failure_report,
+    parse_termination_message,
+)
 
 EVALUATING, COMPLETED, FAILED = "Evaluating", "Completed", "Failed"
 TERMINAL_PHASES = (COMPLETED, FAILED)
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+# The runner succeeded; its scores are being read (collecting.py).
+COLLECTING_RESULTS = "CollectingResults"
+# The runner broke its contract (runner_output.py); its scores cannot be trusted.
+INVALID_RUNNER_OUTPUT = "InvalidRunnerOutput"
+# The runner succeeded but no scores could be read within the results timeout.
+RESULTS_UNREADABLE = "ResultsUnreadable"
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Scheduled", "Running", "Succeeded",
                    "Failed")
 
@@ -47,7 +59,7 @@ class Assessment:
     running: bool = False
     start_time: str | None = None
     completion_time: str | None = None
-    runner_summary: dict[str, Any] | None = None
+    runner_summary: TerminationMessage | None = None
 
 
 def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -70,19 +82,6 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return dict(state) if state else None
 
 
-def parse_termination_message(text: str | None) -> dict[str, Any] | None:
-    """The runner's compact JSON summary, or None when absent or not ours."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("v") != 1 or "status" not in value:
-        return None
-    return value
-
-
 def _timestamp(value: Any) -> str | None:
     """RFC 3339 with a Z, whatever form the client returned."""
     if not value:
@@ -95,20 +94,28 @@ def _created(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
-def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any] | None]:
-    """Exit code, kubelet reason and the runner's summary of a failed pod."""
+def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, RunnerFailed | None]:
+    """Exit code, kubelet reason and the runner's own account of a failed pod."""
     if pod is None:
         return None, "", None
     terminated = _terminated(pod) or {}
     code = terminated.get("exitCode")
-    summary = parse_termination_message(terminated.get("message"))
+    summary = failure_report(terminated.get("message"))
     return (int(code) if code is not None else None), str(terminated.get("reason") or ""), summary
 
 
-def _runner_message(summary: dict[str, Any] | None) -> str:
-    if summary and summary.get("message"):
-        return str(summary["message"])[:1024]
-    return ""
+def _runner_message(summary: TerminationMessage | None) -> str:
+    return summary.message if isinstance(summary, RunnerFailed) else ""
+
+
+def invalid_runner_output(error: InvalidRunnerOutput, start_time: str | None = None,
+                          completion_time: str | None = None) -> Assessment:
+    return Assessment(
+        FAILED, INVALID_RUNNER_OUTPUT,
+        f"The runner's output breaks the runner contract, so its scores cannot be trusted: "
+        f"{error}. Check the runner image (spec.framework.image, or the operator's default) "
+        "against docs/runner-contract.md, then create a new task.",
+        scheduled=True, start_time=start_time, completion_time=completion_time)
 
 
 # What to check for each failure reason the runner reports (runner contract, section 3).
@@ -170,8 +177,12 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
         succeeded = next((p for p in reversed(pods)
                           if (p.get("status") or {}).get("phase") == "Succeeded"), None)
         terminated = _terminated(succeeded) if succeeded else None
-        summary = parse_termination_message((terminated or {}).get("message"))
         completion = job_status.get("completionTime") or (terminated or {}).get("finishedAt")
+        try:
+            summary = parse_termination_message((terminated or {}).get("message"))
+        except InvalidRunnerOutput as error:
+            return invalid_runner_output(error, first_run or _timestamp(start_time),
+                                         _timestamp(completion))
         return Assessment(
             COMPLETED, "Succeeded", "Evaluation finished; scores are in status.",
             scheduled=True, start_time=first_run or _timestamp(start_time),
@@ -213,8 +224,8 @@ def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskCont
             detail = _runner_message(summary) or (
                 f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
                 if code is not None else failure.get("message", "no detail"))
-            runner_reason = str((summary or {}).get("reason") or "")
-            hint = RUNNER_REASON_HINTS.get(runner_reason, "")
+            runner_reason = summary.reason if isinstance(summary, RunnerFailed) else None
+            hint = RUNNER_REASON_HINTS.get(runner_reason or "", "")
             logs = f"See `kubectl logs job/{ctx.job_name}`."
             if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
                 base.reason = "RetriesExhausted"
@@ -363,31 +374,6 @@ def merge_conditions(
     return merged
 
 
-def scores_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """overallScore and benchmarks for status, from a termination message or summary.json."""
-    benchmarks = []
-    for b in summary.get("benchmarks") or []:
-        entry: dict[str, Any] = {"name": b.get("name"), "score": b.get("score")}
-        if b.get("primaryMetric"):
-            entry["primaryMetric"] = b["primaryMetric"]
-        if isinstance(b.get("metrics"), dict):
-            entry["metrics"] = {k: v for k, v in b["metrics"].items()
-                                if isinstance(v, int | float)}
-        if b.get("samples") is not None:
-            entry["samples"] = int(b["samples"])
-        benchmarks.append(entry)
-    result: dict[str, Any] = {"benchmarks": benchmarks}
-    if summary.get("overallScore") is not None:
-        result["overallScore"] = float(summary["overallScore"])
-    return result
-
-
-def summary_is_complete(summary: dict[str, Any] | None) -> bool:
-    if not summary or summary.get("truncated"):
-        return False
-    return bool(summary.get("benchmarks")) and summary.get("overallScore") is not None
-
-
 def render_status(
     previous: dict[str, Any], a: Assessment, *, generation: int, now: str,
     job_name: str, configmap_name: str, results: dict[str, str],
@@ -414,11 +400,3 @@ def render_status(
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     return status
-
-
-def progress_status(progress: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        done, total = int(progress["samplesDone"]), int(progress["samplesTotal"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return {"samplesDone": done, "samplesTotal": total, "text": f"{done}/{total}"}

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from evaluation_operator.reconcile import purge_failed_status
-from evaluation_operator.status import TaskContext, assess, render_status, scores_from_summary
+from evaluation_operator.runner_output import RunnerSucceeded
+from evaluation_operator.status import TaskContext, assess, render_status
 
 CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
                   gpu_resource="nvidia.com/gpu", memory="16Gi")
@@ -62,8 +63,9 @@ def task(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
 def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1
             ) -> dict[str, Any]:
     assessment = assess(job, pods, CTX)
-    scores = scores_from_summary(assessment.runner_summary or {}) \
-        if assessment.phase == "Completed" else None
+    message = assessment.runner_summary
+    scores = message.scores.status_fields() if isinstance(message, RunnerSucceeded) and \
+        message.scores else None
     return render_status({}, assessment, generation=generation, now="2026-01-01T00:31:00Z",
                          job_name=CTX.job_name, configmap_name="llm-eval-config",
                          results=RESULTS, scores=scores)

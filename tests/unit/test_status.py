@@ -6,14 +6,18 @@ import datetime
 import json
 from typing import Any
 
+from evaluation_operator.runner_output import (
+    BenchmarkScore,
+    RunnerFailed,
+    RunnerSucceeded,
+    Scores,
+    parse_termination_message,
+)
 from evaluation_operator.status import (
     TaskContext,
     assess,
     merge_conditions,
-    parse_termination_message,
     render_status,
-    scores_from_summary,
-    summary_is_complete,
 )
 
 CTX = TaskContext(job_name="t-eval", timeout="2h", retries=2, gpus=2,
@@ -72,13 +76,13 @@ def test_success_reads_scores_from_the_termination_message() -> None:
                                         "finishedAt": "2026-01-01T01:00:00Z"})
     a = assess(job([{"type": "Complete", "status": "True"}]), [done], CTX)
     assert a.phase == "Completed"
-    assert a.runner_summary is not None and a.runner_summary["overallScore"] == 0.5
-    assert summary_is_complete(a.runner_summary)
+    assert a.runner_summary == RunnerSucceeded(Scores(0.5, (BenchmarkScore("a", 0.5),)))
 
 
-def test_truncated_summary_is_not_complete() -> None:
-    assert not summary_is_complete({"v": 1, "status": "Succeeded", "truncated": True})
-    assert not summary_is_complete(None)
+def test_truncated_summary_has_no_scores() -> None:
+    message = parse_termination_message('{"v": 1, "status": "Succeeded", "truncated": true}')
+    assert message == RunnerSucceeded(scores=None, truncated=True)
+    assert parse_termination_message("") is None
 
 
 def test_config_error_is_not_retried_and_quotes_the_runner() -> None:
@@ -137,10 +141,12 @@ def test_suspended_job_waits_for_kueue() -> None:
     assert a.reason == "Queued" and "team-a" in a.message
 
 
-def test_termination_message_must_be_ours() -> None:
-    assert parse_termination_message("panic: oops") is None
-    assert parse_termination_message('{"status": "Succeeded"}') is None
-    assert parse_termination_message('{"v": 1, "status": "Failed"}') == {"v": 1, "status": "Failed"}
+def test_a_failed_runner_without_a_contract_message_is_described_by_its_exit_code() -> None:
+    for text in ("panic: oops", '{"status": "Failed"}', '{"v": 1, "status": "Failed", "x": [[['):
+        a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+                   [failed(1, message=text)], CTX)
+        assert a.reason == "RetriesExhausted" and "exit code 1" in a.message, text
+    assert parse_termination_message('{"v": 1, "status": "Failed"}') == RunnerFailed(None, "")
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
@@ -235,15 +241,6 @@ def test_preempted_pod_is_replaced_without_counting_as_a_failure() -> None:
     assert (a.phase, a.reason) == ("Evaluating", "Scheduling")
 
 
-def test_scores_from_summary_keep_numbers_only() -> None:
-    scores = scores_from_summary({"overallScore": 0.5, "benchmarks": [
-        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "samples": 10,
-         "metrics": {"bleu": 50.0, "note": "text"}}]})
-    assert scores == {"overallScore": 0.5, "benchmarks": [
-        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "metrics": {"bleu": 50.0},
-         "samples": 10}]}
-
-
 def test_status_keeps_start_time_and_progress_across_updates() -> None:
     previous = {"startTime": "T0", "progress": {"samplesDone": 1, "samplesTotal": 2,
                                                 "text": "1/2"}}
@@ -261,6 +258,6 @@ def test_every_reason_in_the_operator_docs_exists_in_the_code() -> None:
     table = doc.split("## Status", 1)[1].split("## Deletion", 1)[0]
     documented = set(re.findall(r"`([A-Z][A-Za-z]+)`", table))
     code = "".join((root / "operator" / "evaluation_operator" / name).read_text()
-                   for name in ("status.py", "reconcile.py"))
+                   for name in ("status.py", "reconcile.py", "collecting.py"))
     assert documented, "the reasons table is gone"
     assert {r for r in documented if f'"{r}"' not in code} == set()

@@ -14,8 +14,7 @@ from functools import cache
 from typing import Any
 
 import yaml
-
-from tests.support.tools import REPO_ROOT
+from devcluster.tools import REPO_ROOT
 
 CRD = REPO_ROOT / "crds" / "evaluation.dev_evaluationtasks.yaml"
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")

@@ -3,6 +3,7 @@
 #   make run           a local control plane (etcd, apiserver, controller-manager, scheduler,
 #                      KWOK GPU nodes) with the CRD, a local S3, and the operator running
 #   make cluster-up    the local control plane alone; prints `export KUBECONFIG=...`
+#   make images        the runner, operator and pause images as tarballs, without Docker
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -33,7 +34,7 @@ K8S_LDFLAGS := -s -w $(foreach p,$(K8S_VERSION_PKGS),-X $(p).gitVersion=$(KUBERN
 
 .PHONY: help
 help:  ## list targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 # --- Python -------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -46,13 +47,23 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed  ## Python virtualenv with runtime, runner, test and dev dependencies
 
 # --- Control plane from the Go module proxy ----------------------------------------------
-$(K8S_BIN)/.built: hack/build/kubernetes/go.mod hack/build/kubernetes/go.sum
+# go.mod alone decides what is built (go.sum only records checksums), so adding go.sum lines
+# for a new command does not rebuild the control plane. A cold cache builds the kubelet in the
+# same `go build`; a cache built before the kubelet existed gets it from its own stamp below.
+$(K8S_BIN)/.built: hack/build/kubernetes/go.mod
 	mkdir -p $(K8S_BIN)
 	cd hack/build/kubernetes && go build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver \
 		k8s.io/kubernetes/cmd/kube-controller-manager \
-		k8s.io/kubernetes/cmd/kube-scheduler
+		k8s.io/kubernetes/cmd/kube-scheduler \
+		k8s.io/kubernetes/cmd/kubelet
 	$(K8S_BIN)/kube-apiserver --version | grep -qx 'Kubernetes $(KUBERNETES_VERSION)'
+	touch $@ $(K8S_BIN)/.kubelet-built
+
+$(K8S_BIN)/.kubelet-built: $(K8S_BIN)/.built
+	test -x $(K8S_BIN)/kubelet || (cd hack/build/kubernetes && \
+		go build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(K8S_BIN)/ k8s.io/kubernetes/cmd/kubelet)
+	$(K8S_BIN)/kubelet --version | grep -qx 'Kubernetes $(KUBERNETES_VERSION)'
 	touch $@
 
 $(ETCD_BIN)/.built: hack/build/etcd/go.mod hack/build/etcd/go.sum
@@ -74,18 +85,65 @@ $(HELM_BIN)/.built:
 .PHONY: tools
 tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.built  ## build kube-apiserver, controller-manager, scheduler, etcd, kwok, helm (cached)
 
+.PHONY: kubelet
+kubelet: $(K8S_BIN)/.kubelet-built  ## the kubelet for a real node (same Kubernetes version as the control plane; cached)
+
+# --- Real node (containerd + kubelet; see devcluster/node.py) ---------------------------------
+# Debian packages, installed only where missing. Needs root (apt-get), as does running the node.
+# iptables is here for the check that the node leaves no chains behind, not for the node itself.
+NODE_DEBS := containerd runc containernetworking-plugins iptables
+
+.PHONY: node-deps
+node-deps:  ## (root) containerd, runc, CNI plugins and iptables from Debian, where missing
+	@missing=$$(for p in $(NODE_DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		[ "$$(id -u)" = 0 ] || { echo "node-deps: installing" $$missing "needs root"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get \
+			-o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $$missing; \
+	fi
+
+.PHONY: e2e
+e2e: venv tools kubelet node-deps images  ## (root) the e2e tier: real pods on a real node joined to the local control plane
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+# --- Images without Docker (hack/images; docs/install.md) ---------------------------------
+# Tarballs and the debootstrap base live outside the clone, keyed by their inputs; the clone
+# gets the manifest .images/images.json. IMAGES=... builds some; REFRESH_ROOTFS=1 a new base.
+IMAGES_CACHE ?= $(HOME)/.cache/evaluation-operator/images
+ROOTFS_CACHE ?= $(HOME)/.cache/evaluation-operator/rootfs
+IMAGES ?=
+
+.PHONY: image-deps
+image-deps:  ## install debootstrap from Debian where missing (apt-get; needs root)
+	@command -v debootstrap >/dev/null || { \
+		[ "$$(id -u)" = 0 ] || { echo "image-deps: installing debootstrap needs root"; exit 1; }; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 \
+			install -y -q --no-install-recommends debootstrap; }
+
+.PHONY: images
+images: venv image-deps  ## runner, runner-lm-eval, operator and pause image tarballs (no Docker)
+	$(PY) -m images build --cache $(IMAGES_CACHE) --rootfs-cache $(ROOTFS_CACHE) \
+		$(if $(IMAGES),--only $(IMAGES)) $(if $(REFRESH_ROOTFS),--refresh-base)
+
+.PHONY: images-smoke
+images-smoke: images  ## (root, containerd) import the images into a throwaway containerd, run each once
+	$(PY) -m images smoke
+
 # --- Local cluster ------------------------------------------------------------------------
 .PHONY: cluster-up
 cluster-up: venv tools  ## start a local control plane with GPU nodes and the CRD
-	$(PY) -m tests.support.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
+	$(PY) -m devcluster.cluster up --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR) --install-crds
 
 .PHONY: run
-run: cluster-up  ## the operator against the local cluster, with a local S3 (Ctrl-C stops it)
+# A real evaluation: a real node with the project's images, S3 and a demo model on its bridge,
+# the operator in the foreground; `kubectl apply -f .cluster/demo.yaml` runs a real runner pod.
+run: cluster-up kubelet node-deps images  ## (root) the operator, a real node running the images, a local S3 and a demo model (Ctrl-C stops it)
 	$(PY) hack/run_local.py
 
 .PHONY: cluster-down
 cluster-down: venv  ## stop the local control plane and remove its state
-	$(PY) -m tests.support.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
+	$(PY) -m devcluster.cluster down --name $(CLUSTER_NAME) --dir $(CLUSTER_DIR)
 
 .PHONY: kind-test
 kind-test: venv tools  ## the same suite on a kind cluster (needs Docker and kind on PATH)
@@ -122,13 +180,24 @@ console-screenshots: venv tools browser  ## regenerate docs/console/*.png (the p
 	EVAL_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console $(PY) -m pytest tests/console/test_browser.py -q
 
 .PHONY: test
-test: venv tools browser  ## everything: lint, unit, runner, integration (real control plane), chart
+# The e2e tier runs in a session of its own (its operator and the integration tier's would both
+# handle every namespace). As root (CI) the node's packages, kubelet and images are built
+# first; elsewhere the tier skips with one reason, and .ci/run (CI=true) makes that a failure.
+E2E_PREREQS := $(if $(filter 0,$(shell id -u)),kubelet node-deps images)
+test: venv tools browser $(E2E_PREREQS)  ## everything: lint, unit, runner, integration (real control plane), chart, e2e (real node), console
 	$(MAKE) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: venv  ## benchmarks (print figures)
 	$(PY) bench/runner_throughput.py
+
+.PHONY: test-local-model
+test-local-model: venv  ## the transformers backend's CPU tests and figures (installs torch: ~5.6 GB)
+	$(PY) -m pip install --quiet -e ".[local-model]"
+	EVAL_REQUIRE_TORCH=1 $(PY) -m pytest tests/runner/test_local_model_batched.py -q
+	$(PY) bench/local_model_throughput.py
 
 .PHONY: clean
 clean:  ## remove the virtualenv and local cluster state (not the cached binaries)

@@ -16,15 +16,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devcluster.cluster import Cluster  # noqa: E402
+
 from tests.runner.fake_llm import FakeLLM  # noqa: E402
 from tests.support import play_runner  # noqa: E402
-from tests.support.cluster import Cluster  # noqa: E402
 
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
-S3_URL = "http://127.0.0.1:9000"
+DEMO = REPO / ".cluster" / "demo.yaml"
 DATA_BUCKET = "datasets"
 KEYS = {"AWS_ACCESS_KEY_ID": "local-dev", "AWS_SECRET_ACCESS_KEY": "local-dev-secret"}
 NAMESPACE = "default"
+
+
+def s3_url() -> str:
+    """`make run` binds S3 on port 9000 of the address its demo model listens on (the node
+    bridge's gateway), which it writes into .cluster/demo.yaml."""
+    import os
+    from urllib.parse import urlparse
+
+    import yaml
+
+    if os.environ.get("EVAL_DEMO_S3_ENDPOINT"):
+        return os.environ["EVAL_DEMO_S3_ENDPOINT"]
+    if DEMO.exists():
+        for doc in yaml.safe_load_all(DEMO.read_text()):
+            url = (((doc or {}).get("spec") or {}).get("model") or {}).get("endpoint", {})
+            host = urlparse(url.get("url", "")).hostname if isinstance(url, dict) else None
+            if host:
+                return f"http://{host}:9000"
+    return "http://127.0.0.1:9000"
 
 
 def main() -> int:
@@ -32,7 +52,9 @@ def main() -> int:
         sys.exit("no local cluster: run `make run` (in another terminal) first")
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=S3_URL, region_name="us-east-1",
+    endpoint = s3_url()
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"])
     try:
@@ -40,7 +62,7 @@ def main() -> int:
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
     except Exception as error:
-        sys.exit(f"the local S3 at {S3_URL} is not answering ({error}): is `make run` up?")
+        sys.exit(f"the local S3 at {endpoint} is not answering ({error}): is `make run` up?")
     play_runner.upload_datasets(s3, DATA_BUCKET)
     cluster = Cluster(name="evaluation-dev", kubeconfig=KUBECONFIG, flavour="kwok")
     llm = FakeLLM().start()

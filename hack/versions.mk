@@ -1,5 +1,5 @@
 # Pinned versions of everything the Makefile builds from the Go module proxy.
-# Read by the Makefile and by tests/support/tools.py (KEY := value lines only).
+# Read by the Makefile and by hack/devcluster/tools.py (KEY := value lines only).
 KUBERNETES_VERSION := v1.37.2
 ETCD_VERSION := v3.7.3
 KWOK_VERSION := v0.8.0

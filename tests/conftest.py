@@ -1,19 +1,20 @@
 """Session fixtures shared by every test tier.
 
-`cluster`: a real control plane (tests/support/cluster.py), started once per session and
+`cluster`: a real control plane (hack/devcluster/cluster.py), started once per session and
 stopped at the end, leaving no process behind. `s3_server`: moto's S3 HTTP server on loopback.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devcluster.cluster import Cluster, cluster_from_environment
 
-from tests.support.cluster import Cluster, cluster_from_environment
 from tests.support.s3 import S3Endpoint, start_s3
 
 
@@ -27,6 +28,7 @@ def cluster() -> Iterator[Cluster]:
     finally:
         if owner is not None and not os.environ.get("EVAL_TEST_KEEP_CLUSTER"):
             owner.stop()
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import sys
 import kopf.cli
 
 from evaluation_operator.config import OperatorSettings, SettingsError, apply_flags
+from evaluation_operator.logsafety import quiet_credential_loggers
 
 
 def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"evaluation-operator: bad configuration: {error}")
     # The handlers module reads its settings from the environment when Kopf imports it.
     os.environ.update(env)
+    quiet_credential_loggers()
     kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
                   standalone_mode=True)
 

@@ -17,6 +17,15 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_PURGE_RETRY_MAX_SECONDS | --purge-retry-max | longest back-off between purge attempts |
 | EVAL_START_FAILURE_GRACE_SECONDS | --start-failure-grace | image pull / Secret error grace |
 | EVAL_METRICS_PORT | --metrics-port | Prometheus port; 0: off |
+| EVAL_API_TIMEOUT_SECONDS | --api-timeout | longest wait for one API answer |
+| EVAL_API_CONNECT_TIMEOUT_SECONDS | --api-connect-timeout | longest wait to connect (TCP+TLS) |
+| EVAL_WATCH_TIMEOUT_SECONDS | --watch-timeout | one watch request's length (server side) |
+| EVAL_RESULTS_TIMEOUT_SECONDS | --results-timeout | scores unreadable this long: Failed |
+| EVAL_API_WORKERS | --api-workers | threads making API and S3 calls (bounds calls in flight) |
+| EVAL_API_QPS | --api-qps | API calls per second, on average, across all workers |
+| EVAL_API_BURST | --api-burst | API calls allowed at once above that rate |
+| EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
+| EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
 
 The operator's own S3 credentials come from the standard AWS variables or files
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE...).
@@ -47,6 +56,15 @@ FLAGS: dict[str, str] = {
     "--purge-retry-max": "EVAL_PURGE_RETRY_MAX_SECONDS",
     "--start-failure-grace": "EVAL_START_FAILURE_GRACE_SECONDS",
     "--metrics-port": "EVAL_METRICS_PORT",
+    "--results-timeout": "EVAL_RESULTS_TIMEOUT_SECONDS",
+    "--api-timeout": "EVAL_API_TIMEOUT_SECONDS",
+    "--api-connect-timeout": "EVAL_API_CONNECT_TIMEOUT_SECONDS",
+    "--watch-timeout": "EVAL_WATCH_TIMEOUT_SECONDS",
+    "--api-workers": "EVAL_API_WORKERS",
+    "--api-qps": "EVAL_API_QPS",
+    "--api-burst": "EVAL_API_BURST",
+    "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
+    "--job-ttl": "EVAL_JOB_TTL_SECONDS",
 }
 
 
@@ -85,6 +103,33 @@ class OperatorSettings:
     # image pull or container config error fails the task only after lasting this long.
     start_failure_grace_seconds: int = 180
     metrics_port: int = 0
+    # A runner uploads summary.json before it exits, so missing scores after this long mean
+    # they will not come (an unreachable S3 does not count: that is waited out).
+    results_timeout_seconds: int = 300
+    # Deadlines against silent network partitions (apiclient.py): with these defaults every
+    # watch and request recovers within a minute of the network healing.
+    api_timeout_seconds: int = 30
+    api_connect_timeout_seconds: int = 5
+    watch_timeout_seconds: int = 30
+
+    # Concurrency by design: a fixed pool of threads makes every blocking call (API and S3),
+    # so calls in flight never exceed api_workers, and a token bucket caps their rate (a
+    # sweep of 1,000 tasks costs ~3,000 calls: at 400/s they take seconds, not minutes).
+    api_workers: int = 16
+    api_qps: int = 400
+    api_burst: int = 800
+    # Pod Pending -> Scheduled -> Running often happens within a second: one write, not three.
+    status_debounce_ms: int = 500
+    # A day: long enough to read the pods' logs; the task's status and results stay anyway.
+    job_ttl_seconds: int = 86400
+    # Cap on remembered per-task facts (last status written, Jobs just created): entries
+    # also go when their task goes; the cap only bounds what a leak could cost.
+    memory_tasks: int = 20000
+
+    @property
+    def watch_client_timeout_seconds(self) -> int:
+        """A watch still open this long after the server should have ended it is dead."""
+        return self.watch_timeout_seconds + 2 * self.api_connect_timeout_seconds
 
     @property
     def pod_s3_endpoint(self) -> str | None:
@@ -116,6 +161,16 @@ class OperatorSettings:
             purge_retry_max_seconds=_int(env, "EVAL_PURGE_RETRY_MAX_SECONDS", 300, minimum=1),
             start_failure_grace_seconds=_int(env, "EVAL_START_FAILURE_GRACE_SECONDS", 180),
             metrics_port=_int(env, "EVAL_METRICS_PORT", 0),
+            results_timeout_seconds=_int(env, "EVAL_RESULTS_TIMEOUT_SECONDS", 300, minimum=1),
+            api_timeout_seconds=_int(env, "EVAL_API_TIMEOUT_SECONDS", 30, minimum=1),
+            api_connect_timeout_seconds=_int(env, "EVAL_API_CONNECT_TIMEOUT_SECONDS", 5,
+                                             minimum=1),
+            watch_timeout_seconds=_int(env, "EVAL_WATCH_TIMEOUT_SECONDS", 30, minimum=1),
+            api_workers=_int(env, "EVAL_API_WORKERS", 16, minimum=1),
+            api_qps=_int(env, "EVAL_API_QPS", 400, minimum=1),
+            api_burst=_int(env, "EVAL_API_BURST", 800, minimum=1),
+            status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 500),
+            job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
         )
 
 

@@ -1,26 +1,60 @@
-"""Kopf handlers: only decorators, each delegating to `reconcile`."""
+"""Kopf handlers: the edge. Each turns what Kopf delivers into typed values and hands them on.
+
+| what arrives | what it does | API calls |
+| --- | --- | --- |
+| any task event | index the parsed `Task`; first sight: create ConfigMap + Job | 2 POST, once |
+| Job or pod event | index a compact copy; mark the task changed | none |
+| (a marked task) | status from the indexes, written if it changed | 0-1 PATCH |
+| Job deleted | never started: create again; started: `JobDeleted` | 0-2 |
+| timer, running tasks only | read progress.json (jittered), written if it changed | 0-1 PATCH |
+| task deleted | stop the runner, purge S3 | 0-1 DELETE |
+
+All handlers are async and never block: API and S3 calls run on `api_workers` threads.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import kopf
 
-from evaluation_operator import metrics, naming, reconcile
+from evaluation_operator import apiclient, deletion, metrics, naming
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.kube import Api, Kube
+from evaluation_operator.reconcile import Reconciler, RetryLater
+from evaluation_operator.s3 import shared_client
+from evaluation_operator.states import Reason, reason_of
+from evaluation_operator.task import Task
+from evaluation_operator.world import World, compact_job, compact_pod, task_uid_of
 
 SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 TASK = (naming.GROUP, naming.VERSION, naming.PLURAL)
-_kube: reconcile.Kube | None = None
+JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
+_reconciler: Reconciler | None = None
 
 
-def kube() -> reconcile.Kube:
-    global _kube
-    if _kube is None:
-        _kube = reconcile.Kube(reconcile.api_client_from_environment())
-    return _kube
+def reconciler() -> Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        kube = Kube(apiclient.api_client(SETTINGS), SETTINGS)
+        _reconciler = Reconciler(SETTINGS, Api(kube, SETTINGS.api_workers),
+                                 s3=lambda: shared_client(SETTINGS))
+    return _reconciler
+
+
+class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """No on.create/on.update handlers, so no diff base to keep: Kopf would otherwise patch
+    every new task once just to store it (one API write per task for nothing)."""
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        return self.build(body=body)
+
+    def store(self, **_: Any) -> None:
+        return None
 
 
 @kopf.on.startup()
@@ -29,11 +63,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix="evaluation.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = NoDiffBase(
         prefix="evaluation.dev", key="last-handled-configuration")
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
+    # Deadlines on every watch and request: a silent partition must not stop the operator.
+    apiclient.configure_kopf(settings, SETTINGS)
+    settings.execution.max_workers = SETTINGS.api_workers
     # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
     ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
     settings.watching.label_selectors["batch", "v1", "jobs"] = ours
@@ -47,43 +83,112 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         metrics.start_metrics_server(SETTINGS.metrics_port)
 
 
-@kopf.on.create(*TASK)
-@kopf.on.resume(*TASK)
-def task_created(body: kopf.Body, **_: Any) -> None:
-    # On resume (operator restart) the gauges start empty: count the task as it stands.
-    metrics.observe_task(str(body.metadata.namespace), str(body.metadata.name),
-                         dict(body.get("status") or {}))
-    try:
-        reconcile.ensure_children(dict(body), SETTINGS, kube())
-    except reconcile.RetryLater as later:
-        raise kopf.TemporaryError(str(later), delay=later.delay) from later
+@kopf.on.cleanup()
+async def shut_down(**_: Any) -> None:
+    if _reconciler is not None:
+        _reconciler.api.close()
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-def job_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile.refresh_status_of_owner(dict(body), SETTINGS, kube())
+# --- indexes: what the watches delivered, by task uid ----------------------------------------
 
 
-@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
-def pod_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile.refresh_status_of_owner(dict(body), SETTINGS, kube())
+@kopf.index(*TASK)
+async def tasks_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Task]:
+    return {uid: Task.from_body(body, SETTINGS)}
 
 
-def _is_evaluating(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in ("Completed", "Failed")
+@kopf.index(*JOBS, labels=CHILD_LABELS)
+async def jobs_by_task(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str, Any] | None:
+    uid = task_uid_of(meta)
+    return {uid: compact_job(body)} if uid else None
 
 
-@kopf.timer(*TASK, interval=SETTINGS.progress_interval_seconds, idle=None,
-            when=_is_evaluating)
-def resync(body: kopf.Body, **_: Any) -> None:
-    reconcile.resync(str(body.metadata.namespace), str(body.metadata.name), SETTINGS, kube())
+@kopf.index(*PODS, labels=CHILD_LABELS)
+async def pods_by_task(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str, Any] | None:
+    uid = task_uid_of(meta)
+    return {uid: compact_pod(body)} if uid else None
+
+
+def _world(kwargs: dict[str, Any]) -> Reconciler:
+    r = reconciler()
+    r.bind(World(kwargs["tasks_by_uid"], kwargs["jobs_by_task"], kwargs["pods_by_task"]))
+    return r
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@kopf.on.event(*TASK)
+async def task_event(type: str, uid: str, **kwargs: Any) -> None:
+    r = _world(kwargs)
+    if type == "DELETED":
+        r.forget(uid)
+        return
+    task = r.world.task(uid)
+    if task is None:
+        return
+    if type is None or type == "ADDED":  # (re)listed: the gauges start empty after a restart
+        metrics.observe_task(task.namespace, task.name, dict(task.status))
+    await r.task_seen(task)
+
+
+@kopf.on.event(*JOBS, labels=CHILD_LABELS)
+async def job_event(type: str, meta: kopf.Meta, **kwargs: Any) -> None:
+    uid = task_uid_of(meta)
+    if not uid:
+        return
+    r = _world(kwargs)
+    if type == "DELETED":
+        await r.job_gone(uid)
+    else:
+        r.mark(uid)
+
+
+@kopf.on.event(*PODS, labels=CHILD_LABELS)
+async def pod_event(meta: kopf.Meta, **kwargs: Any) -> None:
+    uid = task_uid_of(meta)
+    if uid:
+        _world(kwargs).mark(uid)
+
+
+# --- S3 reads, only while a runner runs or its scores are missing ---------------------------
+
+
+def _reads_s3(status: kopf.Status, **_: Any) -> bool:
+    reason = reason_of(status.get("reason"))
+    return reason is not None and reason.reads_s3
+
+
+def _jittered_start(**_: Any) -> float:
+    """Tasks that started running together do not read S3 together (nor at start-up)."""
+    return SETTINGS.progress_interval_seconds * random.uniform(0.5, 1.5)
+
+
+@kopf.timer(*TASK, interval=SETTINGS.progress_interval_seconds, initial_delay=_jittered_start,
+            when=_reads_s3)
+async def poll_s3(uid: str, **kwargs: Any) -> None:
+    r = _world(kwargs)
+    task = r.world.task(uid)
+    if task is None or task.deleting:
+        return
+    if task.reason is Reason.COLLECTING_RESULTS:
+        r.mark(uid)  # the status write reads summary.json again
+    else:
+        await r.read_progress(task)
+
+
+# --- deletion --------------------------------------------------------------------------------
 
 
 # retries=None: the purge is retried until it succeeds. Never PermanentError, which would
 # remove the finalizer and leave the results behind.
 @kopf.on.delete(*TASK, retries=None)
-def task_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+async def task_deleted(body: kopf.Body, uid: str, retry: int, **kwargs: Any) -> None:
+    r = _world(kwargs)
+    task = Task.from_body(body, SETTINGS)
     try:
-        reconcile.delete_task(dict(body), retry, SETTINGS, kube())
-    except reconcile.RetryLater as later:
+        await deletion.delete_task(task, r.world.job(uid), r.world.pods(uid), retry, SETTINGS,
+                                   r.api, r.s3() if r.s3 else None)
+    except RetryLater as later:
         raise kopf.TemporaryError(str(later), delay=later.delay) from later
+    r.forget(uid)

@@ -15,6 +15,7 @@ from evaluation_operator.runner_config import (
     dataset_mount_dir,
 )
 from evaluation_operator.spec import TaskSpec
+from evaluation_operator.task import Task
 
 RUNNER_CONTAINER = "runner"
 RUNNER_UID = 65532
@@ -23,33 +24,32 @@ EXIT_TRANSIENT_ERROR = 75
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 
-def owner_reference(task: dict[str, Any]) -> dict[str, Any]:
+def owner_reference(task: Task) -> dict[str, Any]:
     return {
         "apiVersion": f"{naming.GROUP}/{naming.VERSION}",
         "kind": naming.KIND,
-        "name": task["metadata"]["name"],
-        "uid": task["metadata"]["uid"],
+        "name": task.name,
+        "uid": task.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
 
 
-def _metadata(task: dict[str, Any], name: str) -> dict[str, Any]:
-    meta = task["metadata"]
+def _metadata(task: Task, name: str) -> dict[str, Any]:
     return {
         "name": name,
-        "namespace": meta["namespace"],
-        "labels": naming.child_labels(meta["name"], meta["uid"]),
-        "annotations": naming.child_annotations(meta["name"]),
+        "namespace": task.namespace,
+        "labels": naming.child_labels(task.name, task.uid),
+        "annotations": naming.child_annotations(task.name),
         "ownerReferences": [owner_reference(task)],
     }
 
 
-def build_configmap(task: dict[str, Any], runner_config: dict[str, Any]) -> dict[str, Any]:
+def build_configmap(task: Task, runner_config: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(task, naming.configmap_name(task["metadata"]["name"])),
+        "metadata": _metadata(task, task.configmap_name),
         "data": {CONFIG_KEY: json.dumps(runner_config, indent=2, sort_keys=True)},
     }
 
@@ -101,10 +101,10 @@ def _data_volumes(spec: TaskSpec) -> tuple[list[dict[str, Any]], list[dict[str, 
     return volumes, mounts
 
 
-def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) -> dict[str, Any]:
-    task_name = task["metadata"]["name"]
-    labels = naming.child_labels(task_name, task["metadata"]["uid"])
-    metadata = _metadata(task, naming.job_name(task_name))
+def build_job(task: Task, spec: TaskSpec, settings: OperatorSettings) -> dict[str, Any]:
+    task_name = task.name
+    labels = naming.child_labels(task_name, task.uid)
+    metadata = _metadata(task, task.job_name)
     resources: dict[str, Any] = {
         "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
         "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
@@ -172,6 +172,9 @@ def build_job(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings) 
                 "values": [EXIT_CONFIGURATION_ERROR]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
         ]},
+        # Once the status holds the outcome, finished Jobs and pods need not fill the cluster.
+        **({"ttlSecondsAfterFinished": settings.job_ttl_seconds}
+           if settings.job_ttl_seconds else {}),
         "template": {"metadata": {"labels": labels,
                                   "annotations": naming.child_annotations(task_name)},
                      "spec": pod_spec},

@@ -1,48 +1,57 @@
-"""What the handlers do, against the Kubernetes API and S3.
+"""Creation and status: what the operator does while a task lives.
+
+Event-driven. Every watch event of a task, its Job or a pod (handlers.py) only marks the task
+as changed; the status is then computed from what the watches delivered (`World`), never by
+reading the Job and pods again, and written only when it differs from the last one written.
+Per task at most one write is in flight; changes that arrive meanwhile are folded into the
+next write, and in-progress changes (Scheduling, Starting, Running...) wait
+`status_debounce_ms` to be merged, while a finished run is written at once.
 
 Every step is idempotent and derived from what exists, so a restarted operator converges:
-children have deterministic names (409 AlreadyExists means "already made"), status is
-recomputed from the Job and its pods, and terminal phases are final.
+children have deterministic names (409 means "already made", checked against the owner uid),
+and terminal phases are final.
+
+Bounded state only: `_pending` holds tasks with a write scheduled or in flight, `_overrides`,
+`_progress` and `_retry` tasks in a particular state; `_written` and `_created` are capped
+LRUs. All of it is dropped when the task goes (`forget`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
-import json
 import logging
-import threading
-import time
-from collections import defaultdict
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import events, metrics, naming
+from evaluation_operator import events, metrics, runner_output
+from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.kube import Api, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.s3 import ResultsLocation, purge, read_json, results_location, s3_client
-from evaluation_operator.spec import SpecError, TaskSpec, parse_task_spec
+from evaluation_operator.s3 import ResultsLocation, read_capped
+from evaluation_operator.states import Phase, Reason
 from evaluation_operator.status import (
-    COMPLETED,
-    EVALUATING,
-    FAILED,
-    TERMINAL_PHASES,
     Assessment,
     TaskContext,
     assess,
-    merge_conditions,
-    progress_status,
+    has_scores,
     render_status,
-    scores_from_summary,
-    summary_is_complete,
 )
+from evaluation_operator.task import Task
+from evaluation_operator.world import EMPTY, World
 
 log = logging.getLogger(__name__)
-# Job events, pod events and the timer may refresh one task at once, from different threads.
-_locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
-FINISHED_POD_PHASES = ("Succeeded", "Failed")
+K = TypeVar("K")
+V = TypeVar("V")
+FOREIGN_CHILD_RETRY_SECONDS = 3.0
+FAILED_WRITE_RETRY_SECONDS = 5.0
 
 
 class RetryLater(Exception):
@@ -66,499 +75,382 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _owner_uid(obj: dict[str, Any]) -> str | None:
-    for owner in obj.get("metadata", {}).get("ownerReferences") or []:
-        if owner.get("kind") == naming.KIND:
-            return str(owner.get("uid"))
-    return None
+class LRU(Generic[K, V]):
+    """A dict that forgets its oldest entries beyond `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        return self.items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+    def pop(self, key: K) -> V | None:
+        return self.items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
-def api_client_from_environment() -> client.ApiClient:
-    """In-cluster credentials (the operator's ServiceAccount), else the kubeconfig."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
-
-
-class Kube:
-    """The few API calls the operator makes."""
-
-    def __init__(self, api_client: Any | None = None) -> None:
-        self.custom = client.CustomObjectsApi(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
-
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.core.api_client.sanitize_for_serialization(obj)
-        return result
-
-    def get_task(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            task: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name)
-            return task
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name, {"status": status})
-
-    def create(self, manifest: dict[str, Any]) -> bool:
-        """Create; True if created now, False if an object of that name already exists."""
-        namespace = manifest["metadata"]["namespace"]
-        try:
-            if manifest["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, manifest)
-            else:
-                self.core.create_namespaced_config_map(namespace, manifest)
-        except ApiException as error:
-            if error.status == 409:
-                return False
-            raise
-        return True
-
-    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._plain(self.core.read_namespaced_config_map(name, namespace))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._plain(self.batch.read_namespaced_job(name, namespace))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def delete_job(self, namespace: str, name: str) -> None:
-        try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as error:
-            if error.status != 404:
-                raise
-
-    def job_pods(self, namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
-        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
-        items: list[dict[str, Any]] = self._plain(
-            self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
-        return items
-
-    def task_pods(self, namespace: str, task_uid: str) -> list[dict[str, Any]]:
-        selector = f"{naming.LABEL_TASK_UID}={task_uid}"
-        items: list[dict[str, Any]] = self._plain(
-            self.core.list_namespaced_pod(namespace, label_selector=selector))["items"]
-        return items
-
-
-def _task_context(task: dict[str, Any], spec: TaskSpec, settings: OperatorSettings
-                  ) -> TaskContext:
-    raw = task.get("spec") or {}
+def task_context(task: Task, settings: OperatorSettings) -> TaskContext:
+    spec = task.spec
+    assert spec is not None
     return TaskContext(
-        job_name=naming.job_name(task["metadata"]["name"]),
-        timeout=str(raw.get("timeout", "2h")),
-        retries=spec.retries,
-        gpus=spec.resources.gpu,
-        gpu_resource=spec.resources.gpu_resource,
-        memory=spec.resources.memory,
-        queue_name=spec.scheduling.queue_name,
+        job_name=task.job_name, timeout=task.timeout_text, retries=spec.retries,
+        gpus=spec.resources.gpu, gpu_resource=spec.resources.gpu_resource,
+        memory=spec.resources.memory, queue_name=spec.scheduling.queue_name,
         start_failure_grace_seconds=settings.start_failure_grace_seconds,
     )
 
 
-def task_location(task: dict[str, Any], spec: TaskSpec) -> ResultsLocation:
-    meta = task["metadata"]
-    return results_location(spec.output.bucket, spec.output.prefix, meta["namespace"],
-                            meta["name"], meta["uid"])
+def invalid_spec(message: str) -> Assessment:
+    return Assessment(Reason.INVALID_SPEC,
+                      f"Invalid spec: {message}. Fix it and create a new task.")
 
 
-def _results_field(location: ResultsLocation) -> dict[str, str]:
-    return {"uri": location.uri, "bundle": location.bundle_uri}
+def job_deleted(task: Task) -> Assessment:
+    return Assessment(
+        Reason.JOB_DELETED,
+        f"The Job {task.job_name} was deleted before the run finished; anything it wrote is "
+        f"under {task.results_uri}. Create a new task (or delete and re-create this one) to "
+        "run again.", scheduled=True)
 
 
-# --- creation -----------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """A task with a status write scheduled or in flight."""
+
+    dirty: bool = True
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _create_owned(kube: Kube, task: dict[str, Any], manifest: dict[str, Any]) -> bool:
-    """Create a child; True if created now. An existing one is ours (a restart) unless it
-    belongs to an older task of the same name."""
-    if kube.create(manifest):
-        return True
-    meta = manifest["metadata"]
-    try:
-        existing = (kube.get_job if manifest["kind"] == "Job" else kube.get_configmap)(
-            meta["namespace"], meta["name"])
-    except ApiException as error:
-        if error.status != 403:
-            raise
-        log.warning("cannot read %s %s/%s to check its owner (RBAC); assuming it is ours",
-                    manifest["kind"], meta["namespace"], meta["name"])
-        return False
-    if existing is not None and _owner_uid(existing) not in (None, task["metadata"]["uid"]):
-        raise ForeignChildError(
-            f"{manifest['kind']} {meta['name']} still belongs to a deleted task of the same "
-            "name; waiting for the garbage collector to remove it", delay=3)
-    if existing is None:
-        raise RetryLater(f"{manifest['kind']} {meta['name']} vanished while being created",
-                         delay=1)
-    return False
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, api: Api,
+                 s3: Callable[[], Any] | None = None,
+                 clock: Callable[[], datetime.datetime] | None = None) -> None:
+        self.settings = settings
+        self.api = api
+        self.s3 = s3  # the shared client's factory; None: no S3 (unit tests)
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
+        self.world = EMPTY
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._written: LRU[str, dict[str, Any]] = LRU(settings.memory_tasks)
+        self._created: LRU[str, bool] = LRU(settings.memory_tasks)
+        self._creating: set[str] = set()
+        self._overrides: dict[str, Assessment] = {}
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._retry: dict[str, asyncio.TimerHandle] = {}
 
+    def bind(self, world: World) -> None:
+        """The indexes are the same objects for the operator's whole life; handlers hand
+        them over on every call (Kopf passes them only to handlers)."""
+        self.world = world
 
-def _create_children(task: dict[str, Any], spec: TaskSpec, location: ResultsLocation,
-                     settings: OperatorSettings, kube: Kube) -> bool:
-    """Create the ConfigMap and the Job unless they exist; True if the Job was created now.
+    # --- what the handlers call -------------------------------------------------------------
 
-    Raises ForeignChildError while an older task's children are in the way, and
-    RejectedSpecError when the API server refuses what the spec asks for (e.g. a toleration).
-    """
-    meta = task["metadata"]
-    config = build_runner_config(spec, name=meta["name"], namespace=meta["namespace"],
-                                 uid=meta["uid"], location=location, settings=settings)
-    try:
-        _create_owned(kube, task, build_configmap(task, config))
-        created = _create_owned(kube, task, build_job(task, spec, settings))
-    except ApiException as error:
-        if error.status != 422:
-            raise
-        raise RejectedSpecError(_api_message(error)) from error
-    if created:
-        events.normal(task, "JobCreated", f"Created Job {naming.job_name(meta['name'])}; "
-                                          f"results will go to {location.uri}")
-    return created
+    async def task_seen(self, task: Task) -> None:
+        """Any event of a task: make its children once, or recompute its status once after
+        a restart. A task's own status writes come back here and cost nothing."""
+        if task.deleting or self._is_final(task):
+            return
+        if task.spec is None:
+            self._override(task.uid, invalid_spec(task.spec_error or "unreadable"))
+            return
+        if self.world.job(task.uid) is not None or self._created.get(task.uid):
+            if self._written.get(task.uid) is None and task.uid not in self._pending:
+                self.mark(task.uid)  # first sight since start: bring status in line
+            return
+        await self.create_children(task)
 
+    def mark(self, uid: str) -> None:
+        """Something about this task changed: write its status soon (at once if the run
+        ended), folding further changes into the same write."""
+        pending = self._pending.get(uid)
+        if pending is not None:
+            pending.dirty = True
+            if self._decide_now(uid):
+                pending.wake.set()
+            return
+        pending = _Pending()
+        self._pending[uid] = pending
+        self._spawn(self._write_loop(uid, pending))
 
-def ensure_children(task: dict[str, Any], settings: OperatorSettings, kube: Kube) -> None:
-    """Create the ConfigMap and Job of a task that is not finished yet.
+    async def job_gone(self, uid: str) -> None:
+        """The task's Job was deleted: by the TTL or with the task (nothing to do), by
+        someone mid-run (the task fails), or before any runner started (made again)."""
+        task = self.world.task(uid)
+        if task is None or task.deleting or self._is_final(task):
+            return
+        self._created.pop(uid)
+        if self._status(task).get("startTime"):
+            self._override(uid, job_deleted(task))
+        else:
+            await self.create_children(task)
 
-    Raises RetryLater while an older task's children are in the way.
-    """
-    meta = task["metadata"]
-    status = task.get("status") or {}
-    if status.get("phase") in TERMINAL_PHASES:
-        return
-    try:
-        spec = parse_task_spec(task.get("spec") or {}, settings)
-        location = task_location(task, spec)
-    except (SpecError, ValueError) as error:
-        fail_invalid_spec(task, str(error), kube)
-        return
-    try:
-        _create_children(task, spec, location, settings, kube)
-    except ForeignChildError as waiting:
-        _report_waiting(task, "PreviousRunCleanup", f"{waiting}.", kube)
-        raise
-    except RejectedSpecError as error:
-        fail_invalid_spec(task, str(error), kube)
-        return
-    refresh_status(meta["namespace"], meta["name"], settings, kube)
+    def set_progress(self, uid: str, progress: dict[str, Any]) -> None:
+        task = self.world.task(uid)
+        if task is None or self._status(task).get("progress") == progress:
+            return
+        self._progress[uid] = progress
+        self.mark(uid)
 
+    def forget(self, uid: str) -> None:
+        """The task is gone: so is everything remembered about it."""
+        for table in (self._overrides, self._progress):
+            table.pop(uid, None)
+        self._written.pop(uid)
+        self._created.pop(uid)
+        handle = self._retry.pop(uid, None)
+        if handle is not None:
+            handle.cancel()
 
-def _report_waiting(task: dict[str, Any], reason: str, message: str, kube: Kube) -> None:
-    meta = task["metadata"]
-    previous = task.get("status") or {}
-    if previous.get("reason") == reason:
-        return
-    status = render_status(
-        previous, Assessment(EVALUATING, reason, message),
-        generation=int(meta.get("generation", 1)), now=now_iso(),
-        job_name=naming.job_name(meta["name"]), configmap_name=naming.configmap_name(meta["name"]),
-        results=previous.get("results") or {})
-    kube.patch_task_status(meta["namespace"], meta["name"], status)
+    def state_sizes(self) -> dict[str, int]:
+        """For tests and the bench: every per-task table, to show none of them leaks."""
+        return {"pending": len(self._pending), "written": len(self._written),
+                "created": len(self._created), "creating": len(self._creating),
+                "overrides": len(self._overrides), "progress": len(self._progress),
+                "retry": len(self._retry), "tasks": len(self._tasks)}
 
+    async def drain(self, timeout: float = 10) -> None:
+        """Wait for the scheduled writes (tests; shutdown)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)
-    except ValueError:
-        return str(error.reason)
+    # --- creation ---------------------------------------------------------------------------
 
-
-def fail_invalid_spec(task: dict[str, Any], message: str, kube: Kube) -> None:
-    meta = task["metadata"]
-    previous = task.get("status") or {}
-    assessment = Assessment(FAILED, "InvalidSpec",
-                            f"Invalid spec: {message}. Fix it and create a new task.")
-    status = render_status(
-        previous, assessment, generation=int(meta.get("generation", 1)), now=now_iso(),
-        job_name="", configmap_name="", results=previous.get("results") or {},
-    )
-    kube.patch_task_status(meta["namespace"], meta["name"], status)
-    metrics.record_failure(meta["namespace"], "InvalidSpec")
-    events.warning(task, "InvalidSpec", message)
-
-
-# --- status -------------------------------------------------------------------------------
-
-
-def refresh_status(
-    namespace: str, name: str, settings: OperatorSettings, kube: Kube, s3: Any | None = None,
-) -> dict[str, Any] | None:
-    """Recompute the task's status from its Job and pods and write it if it changed."""
-    with _locks[f"{namespace}/{name}"]:
-        task = kube.get_task(namespace, name)  # always fresh: another thread may have written
-        if task is None or task["metadata"].get("deletionTimestamp"):
-            return None
-        previous = task.get("status") or {}
-        if previous.get("phase") in TERMINAL_PHASES:
-            return previous
+    async def create_children(self, task: Task) -> None:
+        """Create the ConfigMap and the Job unless they exist."""
+        if task.uid in self._creating or task.spec is None or task.location is None:
+            return
+        self._creating.add(task.uid)
         try:
-            spec = parse_task_spec(task.get("spec") or {}, settings)
-            location = task_location(task, spec)
-        except (SpecError, ValueError) as error:
-            fail_invalid_spec(task, str(error), kube)
-            return None
-        job_name = naming.job_name(name)
-        job = kube.get_job(namespace, job_name)
-        if job is not None and _owner_uid(job) != task["metadata"]["uid"]:
-            job = None  # a Job of an older task with the same name, on its way out
-        assessment: Assessment | None = None
-        if job is None and previous.get("startTime"):
-            assessment = job_deleted(job_name, location)
-        elif job is None:
-            # No runner ever started, so (re)creating is safe: a create that was lost, or
-            # an older task's Job that has gone now.
-            try:
-                if _create_children(task, spec, location, settings, kube):
-                    job = kube.get_job(namespace, job_name)
-            except ForeignChildError as waiting:
-                assessment = Assessment(EVALUATING, "PreviousRunCleanup", f"{waiting}.")
-            except RejectedSpecError as error:
-                fail_invalid_spec(task, str(error), kube)
-                return None
-        if assessment is None:
-            pods = kube.job_pods(namespace, job) if job else []
-            assessment = assess(job, pods, _task_context(task, spec, settings),
-                                now=datetime.datetime.now(datetime.UTC))
-        scores = None
-        if assessment.phase == COMPLETED:
-            summary = assessment.runner_summary
-            if not summary_is_complete(summary):
+            await self._create_owned(task, build_configmap(task, build_runner_config(
+                task.spec, name=task.name, namespace=task.namespace, uid=task.uid,
+                location=task.location, settings=self.settings)))
+            await self._create_owned(task, build_job(task, task.spec, self.settings))
+            self._created.put(task.uid, True)
+            if self._overrides.get(task.uid) is not None:
+                self._overrides.pop(task.uid, None)
+                self.mark(task.uid)
+        except ForeignChildError as waiting:
+            self._override(task.uid, Assessment(Reason.PREVIOUS_RUN_CLEANUP, f"{waiting}."))
+            self._retry_later(task.uid, waiting.delay)
+        except RejectedSpecError as error:
+            self._override(task.uid, invalid_spec(str(error)))
+        except Exception as error:  # API unreachable, timeouts: try again, never give up
+            log.warning("creating the children of %s failed: %s", task.key, error)
+            self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
+        finally:
+            self._creating.discard(task.uid)
+
+    async def _create_owned(self, task: Task, manifest: dict[str, Any]) -> None:
+        """Create a child. An existing one is ours (a restart) unless it belongs to an older
+        task of the same name."""
+        try:
+            if await self.api.call(self.api.kube.create, manifest):
+                return
+            meta = manifest["metadata"]
+            owner = await self.api.call(self.api.kube.owner_uid, manifest["kind"],
+                                        meta["namespace"], meta["name"])
+        except ApiException as error:
+            if error.status == 422:
+                raise RejectedSpecError(api_message(error)) from error
+            if error.status == 403:
+                log.warning("cannot read %s %s to check its owner (RBAC); assuming it is ours",
+                            manifest["kind"], manifest["metadata"]["name"])
+                return
+            raise
+        if owner == "":
+            raise RetryLater(f"{manifest['kind']} {meta['name']} vanished while being created",
+                             delay=1)
+        if owner not in (None, task.uid):
+            raise ForeignChildError(
+                f"{manifest['kind']} {meta['name']} still belongs to a deleted task of the same "
+                "name; waiting for the garbage collector to remove it",
+                delay=FOREIGN_CHILD_RETRY_SECONDS)
+
+    def _retry_later(self, uid: str, delay: float) -> None:
+        if uid in self._retry:
+            return
+
+        def again() -> None:
+            self._retry.pop(uid, None)
+            task = self.world.task(uid)
+            if task is not None:
+                self._spawn(self.task_seen(task))
+
+        self._retry[uid] = asyncio.get_running_loop().call_later(delay, again)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def _status(self, task: Task) -> dict[str, Any]:
+        """The newest status known: the one written last, else the one watched."""
+        return self._written.get(task.uid) or dict(task.status)
+
+    def _is_final(self, task: Task) -> bool:
+        phase = self._status(task).get("phase")
+        return phase in (Phase.COMPLETED.value, Phase.FAILED.value)
+
+    def _override(self, uid: str, assessment: Assessment) -> None:
+        self._overrides[uid] = assessment
+        self.mark(uid)
+
+    def _assess(self, task: Task) -> Assessment | None:
+        override = self._overrides.get(task.uid)
+        job = self.world.job(task.uid)
+        if override is not None and (job is None or override.phase.terminal):
+            return override
+        if task.spec is None:
+            return invalid_spec(task.spec_error or "unreadable")
+        if job is None:
+            return None  # its Job event follows: nothing new to say before
+        return assess(job, self.world.pods(task.uid), task_context(task, self.settings),
+                      now=self.clock())
+
+    def _decide_now(self, uid: str) -> bool:
+        task = self.world.task(uid)
+        if task is None:
+            return True
+        assessment = self._assess(task)
+        return assessment is None or assessment.phase.terminal
+
+    def _spawn(self, work: Any) -> None:
+        job: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(job)
+        job.add_done_callback(self._tasks.discard)
+
+    async def _write_loop(self, uid: str, pending: _Pending) -> None:
+        debounce = self.settings.status_debounce_ms / 1000
+        try:
+            while pending.dirty:
+                if debounce and not self._decide_now(uid):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(pending.wake.wait(), debounce)
+                pending.dirty = False
+                pending.wake.clear()
                 try:
-                    summary = read_json(s3 or s3_client(settings), location, "summary.json")
+                    await self.write_status(uid)
                 except Exception as error:
-                    summary = None
-                    log.warning("reading summary.json for %s/%s: %s", namespace, name, error)
-                if not summary_is_complete(summary):
-                    assessment = Assessment(
-                        EVALUATING, "CollectingResults",
-                        f"The runner finished, but its scores could not be read yet (neither "
-                        f"the termination message nor {location.uri}summary.json); retrying. "
-                        "If this lasts, check that summary.json exists and that the "
-                        "operator's S3 endpoint and credentials can read it.",
-                        scheduled=True, start_time=assessment.start_time)
-            if summary_is_complete(summary):
-                scores = scores_from_summary(summary or {})
+                    log.warning("writing the status of task %s failed: %s", uid, error)
+                    asyncio.get_running_loop().call_later(FAILED_WRITE_RETRY_SECONDS,
+                                                          self.mark, uid)
+        finally:
+            self._pending.pop(uid, None)
+
+    async def write_status(self, uid: str) -> dict[str, Any] | None:
+        """Compute the task's status from the world and write it if it changed."""
+        task = self.world.task(uid)
+        if task is None or task.deleting or self._is_final(task):
+            return None
+        assessment = self._assess(task)
+        if assessment is None:
+            return None
+        previous = self._status(task)
+        scores = None
+        if assessment.reason is Reason.SUCCEEDED:
+            assessment, scores = await self._scores(task, assessment)
         status = render_status(
-            previous, assessment, generation=int(task["metadata"].get("generation", 1)),
-            now=now_iso(), job_name=job_name, configmap_name=naming.configmap_name(name),
-            results=_results_field(location), scores=scores,
-        )
-        if previous == status:
+            previous, assessment, generation=task.generation, now=now_iso(),
+            job_name="" if assessment.reason is Reason.INVALID_SPEC else task.job_name,
+            configmap_name="" if assessment.reason is Reason.INVALID_SPEC
+            else task.configmap_name,
+            results=_results_field(task), scores=scores)
+        progress = self._progress.pop(uid, None)
+        if progress and not assessment.phase.terminal:
+            status["progress"] = progress
+        self._recheck(uid, assessment)
+        if status == previous:
             return previous
-        kube.patch_task_status(namespace, name, status)
-        _after_transition(task, previous, status, kube)
+        await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
+        self._written.put(uid, status)
+        if assessment.phase.terminal:
+            self._overrides.pop(uid, None)
+        await self._after_transition(task, previous, status, assessment)
         return status
 
+    async def _scores(self, task: Task, assessment: Assessment
+                      ) -> tuple[Assessment, dict[str, Any] | None]:
+        """The scores from the termination message, else from summary.json (collecting.py:
+        CollectingResults while it is missing, failed past `results_timeout_seconds`)."""
+        message = assessment.runner_summary
+        location = task.location
+        assert location is not None
+        summary: bytes | None = None
+        error: Exception | None = None
+        if not has_scores(message):
+            try:
+                if self.s3 is None:
+                    raise RuntimeError("no S3 client")
+                summary = await self.api.call(read_capped, self.s3(), location, "summary.json",
+                                              runner_output.MAX_SUMMARY_BYTES)
+            except Exception as failure:
+                error = failure
 
-def job_deleted(job_name: str, location: ResultsLocation) -> Assessment:
-    return Assessment(
-        FAILED, "JobDeleted",
-        f"The Job {job_name} was deleted before the run finished; anything it wrote is under "
-        f"{location.uri}. Create a new task (or delete and re-create this one) to run again.",
-        scheduled=True)
+        def read_summary() -> bytes | None:
+            if error is not None:
+                raise error
+            return summary
 
+        return collect_scores(assessment, read_summary, location,
+                              limit_seconds=self.settings.results_timeout_seconds,
+                              now=self.clock(), s3_endpoint=self.settings.s3_endpoint)
 
-def refresh_status_of_owner(child: dict[str, Any], settings: OperatorSettings, kube: Kube
-                            ) -> None:
-    """A Job or pod of ours changed: refresh its task (named by the child's annotation)."""
-    meta = child.get("metadata") or {}
-    task_name = (meta.get("annotations") or {}).get(naming.ANNOTATION_TASK_NAME) or (
-        meta.get("labels") or {}).get(naming.LABEL_TASK)
-    if task_name:
-        refresh_status(str(meta["namespace"]), str(task_name), settings, kube)
+    def _recheck(self, uid: str, assessment: Assessment) -> None:
+        """A start failure turns into a failure when its grace period ends, with no event
+        to say so: look again then."""
+        if assessment.recheck_seconds is not None and uid not in self._retry:
+            def again() -> None:
+                self._retry.pop(uid, None)
+                self.mark(uid)
+            self._retry[uid] = asyncio.get_running_loop().call_later(
+                assessment.recheck_seconds + 1, again)
 
+    async def _after_transition(self, task: Task, previous: dict[str, Any],
+                                status: dict[str, Any], assessment: Assessment) -> None:
+        reason = assessment.reason
+        if (previous.get("phase"), previous.get("reason")) == (status["phase"], reason.value):
+            return
+        metrics.observe_transition(task.namespace, task.name, previous, status,
+                                   created=task.created)
+        if reason.posts_event:
+            post = events.warning if reason.warning else events.normal
+            post(task, reason.value, status["message"])
+        if assessment.phase is Phase.FAILED:
+            metrics.record_failure(task.namespace, reason.value)
+        if reason.stops_job:
+            await self.api.call(self.api.kube.delete_job, task.namespace, task.job_name)
+        if assessment.phase is Phase.COMPLETED:
+            metrics.record_scores(task.namespace, task.name, status)
 
-def _after_transition(task: dict[str, Any], previous: dict[str, Any], status: dict[str, Any],
-                      kube: Kube) -> None:
-    meta = task["metadata"]
-    if (previous.get("phase"), previous.get("reason")) == (status["phase"], status["reason"]):
-        return
-    if status["phase"] == FAILED or status["reason"] in (
-            "Unschedulable", "CollectingResults", "ImagePullBackOff", "ContainerConfigPending"):
-        events.warning(task, status["reason"], status["message"])
-    else:
-        events.normal(task, status["reason"], status["message"])
-    metrics.observe_transition(meta["namespace"], meta["name"], previous, status,
-                               created=meta.get("creationTimestamp"))
-    if status["phase"] == FAILED:
-        metrics.record_failure(meta["namespace"], status["reason"])
-        if status["reason"] in ("ImagePullError", "ContainerConfigError"):
-            # The Job would wait until its deadline holding a GPU: stop it now.
-            kube.delete_job(meta["namespace"], naming.job_name(meta["name"]))
-    if status["phase"] == COMPLETED:
-        metrics.record_scores(meta["namespace"], meta["name"], status)
+    # --- progress ---------------------------------------------------------------------------
 
-
-def refresh_progress(task: dict[str, Any], settings: OperatorSettings, kube: Kube,
-                     s3: Any | None = None) -> None:
-    meta = task["metadata"]
-    status = task.get("status") or {}
-    if status.get("phase") != EVALUATING or not status.get("startTime"):
-        return
-    try:
-        location = ResultsLocation.from_uri(status["results"]["uri"])
-        progress = read_json(s3 or s3_client(settings), location, "progress.json")
-    except Exception as error:
-        log.info("progress for %s/%s not readable: %s", meta["namespace"], meta["name"], error)
-        return
-    value = progress_status(progress or {})
-    if value and value != status.get("progress"):
-        kube.patch_task_status(meta["namespace"], meta["name"], {"progress": value})
-
-
-def resync(namespace: str, name: str, settings: OperatorSettings, kube: Kube) -> None:
-    """Periodic: catches anything the watches missed, and mirrors progress.json."""
-    # Held across both writes, so a status refresh never puts back an older progress.
-    with _locks[f"{namespace}/{name}"]:
-        status = refresh_status(namespace, name, settings, kube)
-        if status is not None:
-            task = kube.get_task(namespace, name)
-            if task is not None:
-                refresh_progress(task, settings, kube)
-
-
-# --- deletion -----------------------------------------------------------------------------
-
-
-def runner_never_started(status: dict[str, Any], job: dict[str, Any] | None,
-                         pods: list[dict[str, Any]]) -> bool:
-    """True only when it is certain that no runner ever ran, so nothing can be in S3.
-
-    Unsure means False: the purge then runs (and waits for S3 if it must).
-    """
-    if status.get("startTime") or status.get("phase") == COMPLETED:
-        return False
-    if status.get("reason") == "InvalidSpec" and job is None and not pods:
-        return True  # the operator never created a Job for it
-    if job is None:
-        return False  # gone already (or never seen): cannot tell
-    job_status = job.get("status") or {}
-    if job_status.get("succeeded") or job_status.get("failed"):
-        return False
-    return not any((p.get("spec") or {}).get("nodeName") for p in pods)
+    async def read_progress(self, task: Task) -> None:
+        """Mirror progress.json into status (only ever called for a running task)."""
+        uri = task.results_uri
+        if not uri or self.s3 is None:
+            return
+        try:
+            data = await self.api.call(read_capped, self.s3(), ResultsLocation.from_uri(uri),
+                                       "progress.json", runner_output.MAX_PROGRESS_BYTES)
+            if data is None:
+                return
+            value = runner_output.parse_progress(data).status_field()
+        except Exception as error:
+            # Progress is informational: a bad progress.json is not shown, and the run goes on.
+            log.warning("progress.json of %s not shown: %s", task.key, error)
+            return
+        self.set_progress(task.uid, value)
 
 
-# A pod on a node that died never confirms its deletion; waiting for it would keep the task
-# (and its results) forever. Past its grace period and this much more, it counts as stopped.
-UNCONFIRMED_STOP_SECONDS = 300
-
-
-def _deletion_overdue(pod: dict[str, Any], now: datetime.datetime) -> bool:
-    meta = pod.get("metadata") or {}
-    deleted = meta.get("deletionTimestamp")
-    if not deleted:
-        return False
-    since = datetime.datetime.fromisoformat(str(deleted).replace("Z", "+00:00"))
-    grace = int(meta.get("deletionGracePeriodSeconds") or 30)
-    return (now - since).total_seconds() > grace + UNCONFIRMED_STOP_SECONDS
-
-
-def pods_still_running(pods: list[dict[str, Any]], now: datetime.datetime
-                       ) -> tuple[list[str], list[str]]:
-    """(pods whose runner may still write to S3, pods past their deletion deadline that
-    never confirmed they stopped)."""
-    active = [p for p in pods
-              if (p.get("status") or {}).get("phase") not in FINISHED_POD_PHASES]
-    overdue = [p["metadata"]["name"] for p in active if _deletion_overdue(p, now)]
-    running = [p["metadata"]["name"] for p in active if p["metadata"]["name"] not in overdue]
-    return running, overdue
-
-
-def purge_retry_delay(retry: int, maximum: float) -> float:
-    return float(min(5 * 2 ** min(retry, 10), maximum))
-
-
-def delete_task(task: dict[str, Any], retry: int, settings: OperatorSettings, kube: Kube,
-                s3: Any | None = None) -> None:
-    """Stop the runner, then delete every object version under the task's prefix.
-
-    The order matters: a runner still going after the purge would write its progress or
-    results again, and they would stay behind. Raises RetryLater until both are done; the
-    task (with its finalizer) stays meanwhile, saying why in its status and events.
-    """
-    meta = task["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    status = task.get("status") or {}
-    job = kube.get_job(namespace, naming.job_name(name))
-    if job is not None and _owner_uid(job) != uid:
-        job = None
-    pods = kube.task_pods(namespace, uid)
-    if runner_never_started(status, job, pods):
-        log.info("no runner of %s/%s ever started: nothing to purge", namespace, name)
-        metrics.forget_task(namespace, name)
-        return
-    if job is not None:
-        kube.delete_job(namespace, job["metadata"]["name"])
-    running, overdue = pods_still_running(pods, datetime.datetime.now(datetime.UTC))
-    if running:
-        raise RetryLater(f"waiting for runner pod(s) {', '.join(running)} to stop before "
-                         "deleting the results", delay=2)
-    if overdue:
-        events.warning(task, "RunnerStopUnconfirmed", (
-            f"Pod(s) {', '.join(overdue)} never confirmed they stopped (is the node down?); "
-            f"deleting the results anyway. Check {purge_location_uri(task, settings)} later: a "
-            "runner still alive on that node could write there again."))
-    started = time.monotonic()
-    try:
-        deleted = purge_task_results(task, settings, s3)
-    except Exception as error:
-        delay = purge_retry_delay(retry, settings.purge_retry_max_seconds)
-        metrics.record_purge("failed", time.monotonic() - started)
-        kube.patch_task_status(namespace, name, purge_failed_status(task, error, delay))
-        events.warning(task, "PurgeFailed",
-                       f"Deleting the results failed ({error}); retrying in {int(delay)}s")
-        raise RetryLater(f"purge failed: {error}", delay=delay) from error
-    metrics.record_purge("succeeded", time.monotonic() - started, deleted)
-    metrics.forget_task(namespace, name)
-    _locks.pop(f"{namespace}/{name}", None)
-    events.normal(task, "ResultsPurged", f"Deleted {deleted} object versions")
-
-
-def _purge_location(task: dict[str, Any], settings: OperatorSettings) -> ResultsLocation:
-    uri = ((task.get("status") or {}).get("results") or {}).get("uri")
-    if uri:
-        return ResultsLocation.from_uri(uri)
-    return task_location(task, parse_task_spec(task.get("spec") or {}, settings))
-
-
-def purge_location_uri(task: dict[str, Any], settings: OperatorSettings) -> str:
-    return _purge_location(task, settings).uri
-
-
-def purge_task_results(task: dict[str, Any], settings: OperatorSettings, s3: Any | None = None
-                       ) -> int:
-    """Delete every object and version under the task's prefix. Raises when S3 fails."""
-    return purge(s3 or s3_client(settings), _purge_location(task, settings))
-
-
-def purge_failed_status(task: dict[str, Any], error: Exception, retry_in: float
-                        ) -> dict[str, Any]:
-    meta = task["metadata"]
-    status = task.get("status") or {}
-    message = (f"Deleting the results failed: {error}. The task stays until they are gone; "
-               f"retrying in {int(retry_in)}s. Check the operator's S3 endpoint and "
-               "credentials.")
-    conditions = merge_conditions(
-        status.get("conditions") or [],
-        {"ResultsPurged": ("False", "PurgeFailed", message)},
-        int(meta.get("generation", 1)), now_iso(),
-    )
-    return {"conditions": conditions, "message": message}
+def _results_field(task: Task) -> dict[str, str]:
+    if task.location is None:
+        return dict(task.status.get("results") or {})
+    return {"uri": task.location.uri, "bundle": task.location.bundle_uri}

@@ -7,7 +7,6 @@ prefix before it is deleted, so nothing outside a task's own results is ever tou
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +68,18 @@ def results_location(bucket: str, base_prefix: str, namespace: str, name: str, u
     return ResultsLocation(bucket=bucket, prefix=prefix)
 
 
+_shared: dict[OperatorSettings, Any] = {}
+
+
+def shared_client(settings: OperatorSettings) -> Any:
+    """One client for the whole operator (boto3 clients are thread-safe; making one costs
+    ~0.1 s and ~0.2 MiB, which per call added up to most of the operator's CPU and memory)."""
+    client = _shared.get(settings)
+    if client is None:
+        client = _shared[settings] = s3_client(settings)
+    return client
+
+
 def s3_client(settings: OperatorSettings) -> Any:
     import boto3
     from botocore.config import Config
@@ -79,25 +90,76 @@ def s3_client(settings: OperatorSettings) -> Any:
         response_checksum_validation="when_required",
         retries={"max_attempts": 3, "mode": "standard"},
         connect_timeout=5, read_timeout=30,
+        max_pool_connections=settings.api_workers,
     )
     return boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
                         config=config)
 
 
-def read_json(client: Any, location: ResultsLocation, key: str) -> Any | None:
-    """The JSON object at `<prefix><key>`, or None when it does not exist."""
+class ObjectTooLargeError(ValueError):
+    """An object is bigger than the caller is willing to hold in memory."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, more than the limit of {limit} bytes")
+        self.key, self.size, self.limit = key, size, limit
+
+
+def read_capped(client: Any, location: ResultsLocation, key: str, limit: int) -> bytes | None:
+    """The object at `<prefix><key>`, or None when it does not exist; never more than
+    `limit` bytes in memory. One ranged GET: an object over the limit is refused from its
+    size (Content-Range or Content-Length) without reading its body.
+
+    Raises ObjectTooLargeError when it is bigger, and S3's own errors otherwise.
+    """
     try:
-        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key)
-    except client.exceptions.NoSuchKey:
-        return None
+        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key,
+                                     Range=f"bytes=0-{limit}")
     except Exception as error:
-        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
+        code = _error_code(error)
+        if code in ("NoSuchKey", "404", "NotFound"):
             return None
+        if code in ("InvalidRange", "416"):
+            return b""  # a range of an empty object
         raise
-    return json.loads(response["Body"].read())
+    body = response["Body"]
+    try:
+        size = _object_size(response)
+        if size is not None and size > limit:
+            raise ObjectTooLargeError(key, size, limit)
+        data: bytes = body.read(limit + 1)
+        if len(data) > limit:
+            raise ObjectTooLargeError(key, len(data), limit)
+        return data
+    finally:
+        body.close()  # unread bytes are dropped with the connection, not downloaded
 
 
-def _error_code(error: Exception) -> str:
+def _object_size(response: dict[str, Any]) -> int | None:
+    """The whole object's size: from `Content-Range: bytes 0-N/SIZE` of a ranged answer, or
+    Content-Length when the server ignored the range."""
+    content_range = str(response.get("ContentRange") or "")
+    match = re.match(r"^bytes \d+-\d+/(\d+)$", content_range)
+    if match:
+        return int(match.group(1))
+    length = response.get("ContentLength")
+    return int(length) if isinstance(length, int) else None
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when S3 itself cannot be reached or is failing (connection errors, timeouts,
+    5xx): worth waiting for. False when S3 answered (missing object, access denied...)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    if isinstance(error, BotoConnectionError | HTTPClientError | OSError | TimeoutError):
+        return True
+    response = getattr(error, "response", None) or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return (isinstance(status, int) and status >= 500) or _error_code(error) in (
+        "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+
+
+def _error_code(error: BaseException) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
 
@@ -127,15 +189,21 @@ def purge(client: Any, location: ResultsLocation) -> int:
         deleted += len(batch)
 
 
+# The folders a runner writes one level of subfolders into (evaluation_runner.storage.
+# RUNNER_DIRECTORIES is the source; tests/runner/test_layout.py checks both against a run).
+RUNNER_DIRECTORIES = ("benchmarks", "checkpoints")
+
+
 def is_task_key(relative: str) -> bool:
     """Whether a key below a task's prefix can be the task's own.
 
-    A runner writes at most `benchmarks/<name>/<file>` below its prefix. Deeper keys belong
-    to another task whose prefix nests inside this one (a custom spec.output.s3.prefix such
-    as `runs/team-a/<task>/<uid>` can arrange that), so a purge must leave them alone.
+    A runner writes at most `benchmarks/<name>/<file>` or `checkpoints/<name>/<file>` below
+    its prefix. Deeper keys belong to another task whose prefix nests inside this one (a
+    custom spec.output.s3.prefix such as `runs/team-a/<task>/<uid>` can arrange that), so a
+    purge must leave them alone.
     """
     parts = relative.split("/")
-    return len(parts) <= 2 or (len(parts) == 3 and parts[0] == "benchmarks")
+    return len(parts) <= 2 or (len(parts) == 3 and parts[0] in RUNNER_DIRECTORIES)
 
 
 def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:

@@ -13,7 +13,10 @@ from typing import Any
 from evaluation_operator.config import OperatorSettings
 
 TASK_TYPES = ("multiple-choice", "generation", "classification")
-METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")
+# The runner's metric registry (evaluation_runner.metrics.REGISTRY) is the source; a test
+# checks this copy, the CRD's enum and the docs against it.
+METRICS = ("accuracy", "acc-norm", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2",
+           "rouge-l", "rouge-lsum")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
 _URL_WITH_CREDENTIALS = re.compile(r"^https?://[^/?#]*@")
@@ -71,6 +74,9 @@ class Benchmark:
     few_shot: int = 0
     labels: tuple[str, ...] | None = None
     weight: float = 1.0
+    language: str | None = None
+    # Passed to the runner as given (the CRD's schema checks it; the runner parses it).
+    metric_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,35 @@ class TaskSpec:
     timeout_seconds: int
     retries: int
     output: Output
+
+
+# Bucket and prefix rules, mirrored one for one by the CRD's CEL rules on spec.output.s3
+# (tests/integration/test_admission_s3_rules.py runs both on one table of values).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_BAD_DOTS = re.compile(r"[.][.]|[.]-|-[.]")
+_BUCKET_IP = re.compile(r"^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$")
+_PREFIX_DOTDOT = re.compile(r"(^|/)[.][.](/|$)")
+_PREFIX_EMPTY_SEGMENT = re.compile(r"//+[^/]")
+_PREFIX_CHARS = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """Why `bucket` is not a usable S3 bucket name, or None."""
+    if (not _BUCKET.search(bucket) or _BUCKET_BAD_DOTS.search(bucket)
+            or _BUCKET_IP.search(bucket) or bucket.startswith("xn--")
+            or bucket.endswith("-s3alias")):
+        return (f"{bucket!r} is not a valid bucket name: 3-63 lowercase letters, digits, '.' "
+                "and '-', starting and ending with a letter or digit, no '..', not an IP address")
+    return None
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` is not a usable key prefix, or None."""
+    if (prefix.startswith("/") or _PREFIX_DOTDOT.search(prefix)
+            or _PREFIX_EMPTY_SEGMENT.search(prefix) or not _PREFIX_CHARS.search(prefix)):
+        return (f"{prefix!r} is not a valid key prefix: relative, no '..' or empty segments, "
+                "letters, digits and ! - _ . * ' ( ) /")
+    return None
 
 
 def parse_duration(value: str, field_path: str = "spec.timeout") -> int:
@@ -229,6 +264,8 @@ def _parse_benchmarks(raw: Any) -> tuple[Benchmark, ...]:
             metrics=metrics, limit=item.get("limit"), few_shot=int(item.get("fewShot", 0)),
             labels=tuple(str(x) for x in labels) if labels else None,
             weight=float(item.get("weight", 1)),
+            language=str(item["language"]) if item.get("language") else None,
+            metric_options=dict(item.get("metricOptions") or {}),
         ))
     return tuple(benchmarks)
 
@@ -242,9 +279,11 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
     if not bucket:
         raise SpecError("spec.output.s3.bucket",
                         "no bucket given and the operator has no default (EVAL_S3_BUCKET)")
+    if s3.get("bucket") and (problem := bucket_problem(str(bucket))):
+        raise SpecError("spec.output.s3.bucket", problem)
     prefix = str(s3.get("prefix") if s3.get("prefix") is not None else settings.s3_prefix)
-    if ".." in prefix.split("/") or prefix.startswith("/"):
-        raise SpecError("spec.output.s3.prefix", "must be a relative prefix without '..'")
+    if problem := prefix_problem(prefix):
+        raise SpecError("spec.output.s3.prefix", problem)
     gpu = int(resources.get("gpu", 1))
     if gpu < 0:
         raise SpecError("spec.resources.gpu", "must be >= 0")

@@ -1,21 +1,28 @@
 """From the Job and its pods to the task's status: phase, conditions, message.
 
-Pure functions. `assess` reads what Kubernetes reports and decides what is going on;
-`render_status` turns that into the status object, keeping condition transition times stable
-so that tools (kstatus, Argo CD, `kubectl wait`) see real transitions only.
+Pure functions. `assess` reads what Kubernetes reports and decides what is going on (a chain
+of small rules, the first that applies wins); `render_status` turns that into the status
+object, keeping condition transition times stable so that tools (kstatus, Argo CD,
+`kubectl wait`) see real transitions only.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
+from evaluation_operator.runner_output import (
+    InvalidRunnerOutput,
+    RunnerFailed,
+    RunnerSucceeded,
+    TerminationMessage,
+    failure_report,
+    parse_termination_message,
+)
+from evaluation_operator.states import Phase, Reason
 
-EVALUATING, COMPLETED, FAILED = "Evaluating", "Completed", "Failed"
-TERMINAL_PHASES = (COMPLETED, FAILED)
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Scheduled", "Running", "Succeeded",
@@ -39,15 +46,20 @@ class TaskContext:
 
 @dataclass
 class Assessment:
-    phase: str
-    reason: str
+    reason: Reason
     message: str
     scheduled: bool | None = None  # None: not known yet
     scheduled_reason: str = ""
     running: bool = False
     start_time: str | None = None
     completion_time: str | None = None
-    runner_summary: dict[str, Any] | None = None
+    runner_summary: TerminationMessage | None = None
+    # Look again this many seconds on even if nothing changes (a grace period ends).
+    recheck_seconds: int | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return self.reason.phase
 
 
 def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -70,19 +82,6 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return dict(state) if state else None
 
 
-def parse_termination_message(text: str | None) -> dict[str, Any] | None:
-    """The runner's compact JSON summary, or None when absent or not ours."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(value, dict) or value.get("v") != 1 or "status" not in value:
-        return None
-    return value
-
-
 def _timestamp(value: Any) -> str | None:
     """RFC 3339 with a Z, whatever form the client returned."""
     if not value:
@@ -95,26 +94,45 @@ def _created(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
-def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any] | None]:
-    """Exit code, kubelet reason and the runner's summary of a failed pod."""
+def _pod_phase(pod: dict[str, Any]) -> str:
+    return str((pod.get("status") or {}).get("phase") or "")
+
+
+def _failure_detail(pod: dict[str, Any] | None) -> tuple[int | None, str, RunnerFailed | None]:
+    """Exit code, kubelet reason and the runner's own account of a failed pod."""
     if pod is None:
         return None, "", None
     terminated = _terminated(pod) or {}
     code = terminated.get("exitCode")
-    summary = parse_termination_message(terminated.get("message"))
+    summary = failure_report(terminated.get("message"))
     return (int(code) if code is not None else None), str(terminated.get("reason") or ""), summary
 
 
-def _runner_message(summary: dict[str, Any] | None) -> str:
-    if summary and summary.get("message"):
-        return str(summary["message"])[:1024]
-    return ""
+def _runner_message(summary: TerminationMessage | None) -> str:
+    return summary.message if isinstance(summary, RunnerFailed) else ""
+
+
+def has_scores(message: TerminationMessage | None) -> bool:
+    """The runner's message holds the full scores (not truncated)."""
+    return isinstance(message, RunnerSucceeded) and message.scores is not None
+
+
+def invalid_runner_output(error: InvalidRunnerOutput, start_time: str | None = None,
+                          completion_time: str | None = None) -> Assessment:
+    return Assessment(
+        Reason.INVALID_RUNNER_OUTPUT,
+        f"The runner's output breaks the runner contract, so its scores cannot be trusted: "
+        f"{error}. Check the runner image (spec.framework.image, or the operator's default) "
+        "against docs/runner-contract.md, then create a new task.",
+        scheduled=True, start_time=start_time, completion_time=completion_time)
 
 
 # What to check for each failure reason the runner reports (runner contract, section 3).
 RUNNER_REASON_HINTS = {
     "ModelUnreachable": "Check that the model server at spec.model.endpoint.url is up and "
                         "reachable from this namespace (NetworkPolicies included).",
+    "DatasetUnreachable": "Check that the dataset URL in spec.benchmarks[].dataset.uri is "
+                          "reachable from this namespace.",
     "UploadFailed": "Check the S3 endpoint, the bucket and the credentials Secret "
                     "(spec.output.s3.credentialsSecretRef).",
 }
@@ -151,135 +169,199 @@ def _grace_left(pod: dict[str, Any], ctx: TaskContext, now: datetime.datetime | 
     return max(0, ctx.start_failure_grace_seconds - int((now - since).total_seconds()))
 
 
+# --- assess: one small rule per situation, the first that applies wins --------------------
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The Job and its pods, sorted out once for the rules below."""
+
+    job: dict[str, Any]
+    conditions: dict[str, dict[str, Any]]
+    pods: list[dict[str, Any]]  # oldest first
+    failed_pods: list[dict[str, Any]]
+    first_run: str | None  # when a runner first started
+    ctx: TaskContext
+    now: datetime.datetime | None
+
+    @classmethod
+    def of(cls, job: dict[str, Any], pods: list[dict[str, Any]], ctx: TaskContext,
+           now: datetime.datetime | None) -> Observed:
+        pods = sorted(pods, key=_created)
+        ran = [p for p in pods if _pod_phase(p) in ("Running", "Succeeded", "Failed")
+               and (p.get("status") or {}).get("startTime")]
+        first = _timestamp(min((str(p["status"]["startTime"]) for p in ran), default=None))
+        return cls(job=job, conditions=_conditions(job), pods=pods,
+                   failed_pods=[p for p in pods if _pod_phase(p) == "Failed"], first_run=first,
+                   ctx=ctx, now=now)
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        return self.pods[-1] if self.pods else None
+
+    @property
+    def job_status(self) -> dict[str, Any]:
+        return dict(self.job.get("status") or {})
+
+    @property
+    def retry_note(self) -> str:
+        if not self.failed_pods:
+            return ""
+        code, kubelet_reason, summary = _failure_detail(self.failed_pods[-1])
+        what = _runner_message(summary) or f"exit code {code} {kubelet_reason}".strip()
+        return (f" Attempt {len(self.failed_pods) + 1} of {self.ctx.retries + 1}; the previous "
+                f"one failed: {what}.")
+
+
 def assess(job: dict[str, Any] | None, pods: list[dict[str, Any]], ctx: TaskContext,
            now: datetime.datetime | None = None) -> Assessment:
-    """`now` is needed only for the grace period of start failures."""
+    """What is going on, from the Job and its pods. `now` only times start failures."""
     if job is None:
-        return Assessment(EVALUATING, "JobPending", "Creating the evaluation Job.")
-    job_status = job.get("status") or {}
-    conditions = _conditions(job)
-    pods = sorted(pods, key=_created)
-    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-    current = pods[-1] if pods else None
-    start_time = job_status.get("startTime")
-    ran = [p for p in pods if (p.get("status") or {}).get("startTime")
-           and (p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")]
-    first_run = _timestamp(min((str(p["status"]["startTime"]) for p in ran), default=None))
+        return Assessment(Reason.JOB_PENDING, "Creating the evaluation Job.")
+    seen = Observed.of(job, pods, ctx, now)
+    for rule in _RULES:
+        found = rule(seen)
+        if found is not None:
+            return found
+    raise AssertionError("the last rule always decides")  # pragma: no cover
 
-    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
-        succeeded = next((p for p in reversed(pods)
-                          if (p.get("status") or {}).get("phase") == "Succeeded"), None)
-        terminated = _terminated(succeeded) if succeeded else None
-        summary = parse_termination_message((terminated or {}).get("message"))
-        completion = job_status.get("completionTime") or (terminated or {}).get("finishedAt")
-        return Assessment(
-            COMPLETED, "Succeeded", "Evaluation finished; scores are in status.",
-            scheduled=True, start_time=first_run or _timestamp(start_time),
-            completion_time=_timestamp(completion),
-            runner_summary=summary,
-        )
 
-    failure = conditions.get("Failed") or conditions.get("FailureTarget")
-    if failure:
-        last_failed = failed_pods[-1] if failed_pods else current
-        code, kubelet_reason, summary = _failure_detail(last_failed)
-        completion = _timestamp(failure.get("lastTransitionTime")) if "Failed" in conditions \
-            else None
-        base = Assessment(FAILED, "", "", scheduled=bool(ran), start_time=first_run,
-                          completion_time=completion, runner_summary=summary)
-        job_reason = failure.get("reason", "")
-        if job_reason == "DeadlineExceeded":
-            base.reason = "DeadlineExceeded"
-            base.message = (
-                f"The run exceeded spec.timeout ({ctx.timeout}) and was stopped. Raise "
-                "spec.timeout, lower benchmarks[].limit, or raise parameters.concurrency, "
-                "then create a new task."
-            )
-        elif code == EXIT_CONFIGURATION_ERROR or job_reason == "PodFailurePolicy":
-            detail = _runner_message(summary) or "see the runner's log"
-            base.reason = "ConfigurationError"
-            base.message = (
-                f"Runner configuration error: {detail}. Retrying cannot help: fix the spec "
-                "and create a new task."
-            )
-        elif kubelet_reason == "OOMKilled":
-            base.reason = "OOMKilled"
-            base.message = (
-                f"The runner ran out of memory (OOMKilled) and retries are exhausted "
-                f"({len(failed_pods)} attempt(s)). Raise spec.resources.memory (now "
-                f"{ctx.memory}) or lower parameters.concurrency."
-            )
-        else:
-            detail = _runner_message(summary) or (
-                f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
-                if code is not None else failure.get("message", "no detail"))
-            runner_reason = str((summary or {}).get("reason") or "")
-            hint = RUNNER_REASON_HINTS.get(runner_reason, "")
-            logs = f"See `kubectl logs job/{ctx.job_name}`."
-            if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
-                base.reason = "RetriesExhausted"
-                base.message = (
-                    f"The runner failed {len(failed_pods)} time(s) and retries are exhausted "
-                    f"(spec.retries={ctx.retries}); last failure: {detail}. {hint} {logs}")
-            else:
-                base.reason = "RunnerFailed" if job_reason in ("", "BackoffLimitExceeded") \
-                    else job_reason
-                retry = " (spec.retries=0: no retry)" if ctx.retries == 0 else ""
-                base.message = f"The runner failed{retry}: {detail}. {hint} {logs}"
-            base.message = " ".join(base.message.split())
-        return base
+def _succeeded(seen: Observed) -> Assessment | None:
+    """The Job says Complete, or its pod succeeded: a real kubelet reports the pod seconds
+    before the Job controller catches up, and the runner exits 0 only after uploading its
+    results (scores come from the message, else from summary.json)."""
+    pod = next((p for p in reversed(seen.pods) if _pod_phase(p) == "Succeeded"), None)
+    terminated = (_terminated(pod) if pod else None) or {}
+    job_done = "Complete" in seen.conditions or "SuccessCriteriaMet" in seen.conditions
+    if not job_done and pod is None:
+        return None
+    completion = _timestamp(seen.job_status.get("completionTime") or terminated.get("finishedAt"))
+    start = seen.first_run or _timestamp(seen.job_status.get("startTime"))
+    try:
+        summary = parse_termination_message(terminated.get("message"))
+    except InvalidRunnerOutput as error:
+        return invalid_runner_output(error, start, completion)
+    return Assessment(
+        Reason.SUCCEEDED, "Evaluation finished; scores are in status.",
+        scheduled=True, start_time=start, completion_time=completion, runner_summary=summary,
+    )
 
-    # The Job is still going: describe the current pod.
-    retry_note = ""
-    if failed_pods:
-        code, kubelet_reason, summary = _failure_detail(failed_pods[-1])
-        what = _runner_message(summary) or f"exit code {code} {kubelet_reason}".strip()
-        retry_note = (f" Attempt {len(failed_pods) + 1} of {ctx.retries + 1}; the previous one "
-                      f"failed: {what}.")
-    if job.get("spec", {}).get("suspend"):
-        queue = f" in queue {ctx.queue_name}" if ctx.queue_name else ""
-        return Assessment(EVALUATING, "Queued",
-                          f"Waiting for Kueue to admit the Job{queue}.",
-                          scheduled=False, scheduled_reason="Queued")
-    if current is None or (current.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
-        return Assessment(EVALUATING, "PodPending",
-                          "Waiting for the Job controller to create the runner pod." + retry_note,
-                          start_time=first_run)
-    pod_status = current.get("status") or {}
-    for condition in pod_status.get("conditions") or []:
+
+def _job_failed(seen: Observed) -> Assessment | None:
+    failure = seen.conditions.get("Failed") or seen.conditions.get("FailureTarget")
+    if not failure:
+        return None
+    last_failed = seen.failed_pods[-1] if seen.failed_pods else seen.current
+    code, kubelet_reason, summary = _failure_detail(last_failed)
+    reason, message = _failure_reason(seen, str(failure.get("reason") or ""), code,
+                                      kubelet_reason, summary, failure)
+    completion = (_timestamp(failure.get("lastTransitionTime")) if "Failed" in seen.conditions
+                  else None)
+    return Assessment(reason, " ".join(message.split()), scheduled=bool(seen.first_run),
+                      start_time=seen.first_run, completion_time=completion,
+                      runner_summary=summary)
+
+
+def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_reason: str,
+                    summary: RunnerFailed | None, failure: dict[str, Any]
+                    ) -> tuple[Reason, str]:
+    ctx = seen.ctx
+    if job_reason == "DeadlineExceeded":
+        return Reason.DEADLINE_EXCEEDED, (
+            f"The run exceeded spec.timeout ({ctx.timeout}) and was stopped. Raise "
+            "spec.timeout, lower benchmarks[].limit, or raise parameters.concurrency, "
+            "then create a new task.")
+    if code == EXIT_CONFIGURATION_ERROR or job_reason == "PodFailurePolicy":
+        detail = _runner_message(summary) or "see the runner's log"
+        return Reason.CONFIGURATION_ERROR, (
+            f"Runner configuration error: {detail}. Retrying cannot help: fix the spec "
+            "and create a new task.")
+    if kubelet_reason == "OOMKilled":
+        return Reason.OOM_KILLED, (
+            f"The runner ran out of memory (OOMKilled) and retries are exhausted "
+            f"({len(seen.failed_pods)} attempt(s)). Raise spec.resources.memory (now "
+            f"{ctx.memory}) or lower parameters.concurrency.")
+    detail = _runner_message(summary) or (
+        f"exit code {code}" + (f" ({kubelet_reason})" if kubelet_reason else "")
+        if code is not None else str(failure.get("message") or "no detail"))
+    runner_reason = summary.reason if isinstance(summary, RunnerFailed) else None
+    hint = RUNNER_REASON_HINTS.get(runner_reason or "", "")
+    logs = f"See `kubectl logs job/{ctx.job_name}`."
+    if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
+        return Reason.RETRIES_EXHAUSTED, (
+            f"The runner failed {len(seen.failed_pods)} time(s) and retries are exhausted "
+            f"(spec.retries={ctx.retries}); last failure: {detail}. {hint} {logs}")
+    retry = " (spec.retries=0: no retry)" if ctx.retries == 0 else ""
+    other = f" (Job: {job_reason})" if job_reason not in ("", "BackoffLimitExceeded") else ""
+    return Reason.RUNNER_FAILED, f"The runner failed{retry}{other}: {detail}. {hint} {logs}"
+
+
+def _queued(seen: Observed) -> Assessment | None:
+    if not (seen.job.get("spec") or {}).get("suspend"):
+        return None
+    queue = f" in queue {seen.ctx.queue_name}" if seen.ctx.queue_name else ""
+    return Assessment(Reason.QUEUED, f"Waiting for Kueue to admit the Job{queue}.",
+                      scheduled=False, scheduled_reason="Queued")
+
+
+def _no_pod(seen: Observed) -> Assessment | None:
+    """No pod yet, or the last one failed and the Job controller has not replaced it yet."""
+    current = seen.current
+    if current is not None and _pod_phase(current) != "Failed":
+        return None
+    return Assessment(Reason.POD_PENDING, "Waiting for the Job controller to create the "
+                      "runner pod." + seen.retry_note, start_time=seen.first_run)
+
+
+def _unschedulable(seen: Observed) -> Assessment | None:
+    current = seen.current or {}
+    for condition in (current.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            ctx = seen.ctx
             what = (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
                     else "a node with enough CPU and memory")
             return Assessment(
-                EVALUATING, "Unschedulable",
+                Reason.UNSCHEDULABLE,
                 f"Waiting for {what}: {condition.get('message') or condition.get('reason')}. "
                 f"The run starts when capacity frees up and fails if it has not finished "
-                f"within spec.timeout ({ctx.timeout})." + retry_note,
+                f"within spec.timeout ({ctx.timeout})." + seen.retry_note,
                 scheduled=False, scheduled_reason=str(condition.get("reason") or "Unschedulable"),
-                start_time=first_run,
+                start_time=seen.first_run,
             )
-    waiting = (_runner_status(current).get("state") or {}).get("waiting") or {}
-    waiting_reason = str(waiting.get("reason") or "")
-    grace_left = _grace_left(current, ctx, now) if waiting_reason in (
-        *IMAGE_PULL_REASONS, *CONFIG_REASONS) else 0
-    if waiting_reason in (*IMAGE_PULL_REASONS, *CONFIG_REASONS):
-        return _start_failure(waiting, _runner_status(current).get("image"), grace_left,
-                              first_run)
-    node = current.get("spec", {}).get("nodeName")
+    return None
+
+
+def _cannot_start(seen: Observed) -> Assessment | None:
+    current = seen.current or {}
+    runner = _runner_status(current)
+    waiting = (runner.get("state") or {}).get("waiting") or {}
+    if str(waiting.get("reason") or "") not in (*IMAGE_PULL_REASONS, *CONFIG_REASONS):
+        return None
+    return _start_failure(waiting, runner.get("image"), _grace_left(current, seen.ctx, seen.now),
+                          seen.first_run)
+
+
+def _on_the_way(seen: Observed) -> Assessment:
+    current = seen.current or {}
+    pod_status = current.get("status") or {}
+    node = (current.get("spec") or {}).get("nodeName")
     if pod_status.get("phase") == "Running":
         return Assessment(
-            EVALUATING, "Running", f"Evaluating on node {node}." + retry_note,
+            Reason.RUNNING, f"Evaluating on node {node}." + seen.retry_note,
             scheduled=True, running=True,
-            start_time=first_run or _timestamp(pod_status.get("startTime")),
+            start_time=seen.first_run or _timestamp(pod_status.get("startTime")),
         )
     if not node:
-        return Assessment(EVALUATING, "Scheduling", "Waiting for the scheduler." + retry_note,
-                          start_time=first_run)
+        return Assessment(Reason.SCHEDULING, "Waiting for the scheduler." + seen.retry_note,
+                          start_time=seen.first_run)
     return Assessment(
-        EVALUATING, "Starting", f"Scheduled on node {node}; starting the runner." + retry_note,
-        scheduled=True, start_time=first_run,
+        Reason.STARTING, f"Scheduled on node {node}; starting the runner." + seen.retry_note,
+        scheduled=True, start_time=seen.first_run,
     )
 
+
+_RULES = (_succeeded, _job_failed, _queued, _no_pod, _unschedulable,
+          _cannot_start, _on_the_way)
 
 
 def _start_failure(waiting: dict[str, Any], image: str | None, grace_left: int,
@@ -292,48 +374,46 @@ def _start_failure(waiting: dict[str, Any], image: str | None, grace_left: int,
         what = (f"The runner image {image or 'the runner image'} cannot be pulled{yet} "
                 f"({reason}: {waiting.get('message', '')}).")
         fix = "spec.framework.image, the operator's runner image and its pull secret"
-        pending, failed = "ImagePullBackOff", "ImagePullError"
+        pending, failed = Reason.IMAGE_PULL_BACKOFF, Reason.IMAGE_PULL_ERROR
     else:
         what = f"The runner cannot start{yet}: {waiting.get('message', reason)}."
         fix = ("the Secrets named in spec.output.s3.credentialsSecretRef and "
                "spec.model.endpoint.apiKeySecretRef: they must exist in this namespace with "
                "the expected keys")
-        pending, failed = "ContainerConfigPending", "ContainerConfigError"
+        pending, failed = Reason.CONTAINER_CONFIG_PENDING, Reason.CONTAINER_CONFIG_ERROR
     if grace_left:
         return Assessment(
-            EVALUATING, pending,
-            f"{what} The task fails if this lasts {grace_left}s more: check {fix}.",
-            scheduled=True, start_time=first_run)
-    return Assessment(FAILED, failed, f"{what} Check {fix}, then create a new task.",
-                      scheduled=True)
+            pending, f"{what} The task fails if this lasts {grace_left}s more: check {fix}.",
+            scheduled=True, start_time=first_run, recheck_seconds=grace_left)
+    return Assessment(failed, f"{what} Check {fix}, then create a new task.", scheduled=True)
 
 
 def _condition_states(a: Assessment) -> dict[str, tuple[str, str, str]]:
     """type -> (status, reason, message)."""
     states: dict[str, tuple[str, str, str]] = {}
-    if a.phase == COMPLETED:
+    if a.phase is Phase.COMPLETED:
         states["Ready"] = ("True", "Succeeded", a.message)
         states["Reconciling"] = ("False", "Succeeded", "")
         states["Stalled"] = ("False", "Succeeded", "")
-        states["Succeeded"] = ("True", a.reason, a.message)
+        states["Succeeded"] = ("True", a.reason.value, a.message)
         states["Failed"] = ("False", "Succeeded", "")
         states["Running"] = ("False", "Finished", "")
-    elif a.phase == FAILED:
-        states["Ready"] = ("False", a.reason, a.message)
-        states["Reconciling"] = ("False", a.reason, "")
-        states["Stalled"] = ("True", a.reason, a.message)
-        states["Succeeded"] = ("False", a.reason, "")
-        states["Failed"] = ("True", a.reason, a.message)
+    elif a.phase is Phase.FAILED:
+        states["Ready"] = ("False", a.reason.value, a.message)
+        states["Reconciling"] = ("False", a.reason.value, "")
+        states["Stalled"] = ("True", a.reason.value, a.message)
+        states["Succeeded"] = ("False", a.reason.value, "")
+        states["Failed"] = ("True", a.reason.value, a.message)
         states["Running"] = ("False", "Finished", "")
     else:
-        states["Ready"] = ("False", a.reason, a.message)
-        states["Reconciling"] = ("True", a.reason, a.message)
-        states["Stalled"] = ("False", a.reason, "")
-        states["Running"] = ("True" if a.running else "False", a.reason, "")
+        states["Ready"] = ("False", a.reason.value, a.message)
+        states["Reconciling"] = ("True", a.reason.value, a.message)
+        states["Stalled"] = ("False", a.reason.value, "")
+        states["Running"] = ("True" if a.running else "False", a.reason.value, "")
     if a.scheduled is not None:
         states["Scheduled"] = (
             "True" if a.scheduled else "False",
-            "Scheduled" if a.scheduled else (a.scheduled_reason or a.reason),
+            "Scheduled" if a.scheduled else (a.scheduled_reason or a.reason.value),
             "" if a.scheduled else a.message,
         )
     return states
@@ -363,39 +443,14 @@ def merge_conditions(
     return merged
 
 
-def scores_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """overallScore and benchmarks for status, from a termination message or summary.json."""
-    benchmarks = []
-    for b in summary.get("benchmarks") or []:
-        entry: dict[str, Any] = {"name": b.get("name"), "score": b.get("score")}
-        if b.get("primaryMetric"):
-            entry["primaryMetric"] = b["primaryMetric"]
-        if isinstance(b.get("metrics"), dict):
-            entry["metrics"] = {k: v for k, v in b["metrics"].items()
-                                if isinstance(v, int | float)}
-        if b.get("samples") is not None:
-            entry["samples"] = int(b["samples"])
-        benchmarks.append(entry)
-    result: dict[str, Any] = {"benchmarks": benchmarks}
-    if summary.get("overallScore") is not None:
-        result["overallScore"] = float(summary["overallScore"])
-    return result
-
-
-def summary_is_complete(summary: dict[str, Any] | None) -> bool:
-    if not summary or summary.get("truncated"):
-        return False
-    return bool(summary.get("benchmarks")) and summary.get("overallScore") is not None
-
-
 def render_status(
     previous: dict[str, Any], a: Assessment, *, generation: int, now: str,
     job_name: str, configmap_name: str, results: dict[str, str],
     scores: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {
-        "phase": a.phase,
-        "reason": a.reason,
+        "phase": a.phase.value,
+        "reason": a.reason.value,
         "message": a.message,
         "observedGeneration": generation,
         "jobName": job_name,
@@ -407,18 +462,10 @@ def render_status(
     start = previous.get("startTime") or a.start_time
     if start:
         status["startTime"] = start
-    if a.phase in TERMINAL_PHASES:
+    if a.phase.terminal:
         status["completionTime"] = previous.get("completionTime") or a.completion_time or now
     if scores:
         status.update(scores)
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     return status
-
-
-def progress_status(progress: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        done, total = int(progress["samplesDone"]), int(progress["samplesTotal"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return {"samplesDone": done, "samplesTotal": total, "text": f"{done}/{total}"}

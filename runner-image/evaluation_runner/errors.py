@@ -5,6 +5,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: worth a retry (Job backoffLimit)
 EXIT_CONFIGURATION = 78  # EX_CONFIG: never retried (podFailurePolicy FailJob)
+# Every `reason` a failure termination message carries (docs/runner-contract.md, section 3).
+REASONS = ("ConfigurationError", "ModelUnreachable", "DatasetUnreachable", "UploadFailed",
+           "RunnerError")
 
 
 class RunnerError(Exception):
@@ -25,5 +28,7 @@ class TransientError(RunnerError):
     exit_code = EXIT_TRANSIENT
 
     def __init__(self, message: str, reason: str = "ModelUnreachable") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"{reason!r} is not a runner failure reason ({', '.join(REASONS)})")
         super().__init__(message)
         self.reason = reason

@@ -13,6 +13,11 @@ RESULTS_ZIP = "results.zip"
 PROGRESS_JSON = "progress.json"
 RUNNER_LOG = "runner.log"
 BENCHMARKS_DIR = "benchmarks"
+CHECKPOINTS_DIR = "checkpoints"
+# Every file directly below the prefix, and the folders with one level of per-benchmark
+# folders below them: what the operator's purge must cover (storage.RUNNER_FILES).
+FILES = (SUMMARY_JSON, SUMMARY_CSV, RESULTS_ZIP, PROGRESS_JSON, RUNNER_LOG)
+DIRECTORIES = (BENCHMARKS_DIR, CHECKPOINTS_DIR)
 
 
 def metrics_key(benchmark: str) -> str:

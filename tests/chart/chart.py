@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from tests.support.tools import REPO_ROOT, toolchain
+from devcluster.tools import REPO_ROOT, toolchain
 
 CHART = REPO_ROOT / "charts" / "evaluation-operator"
 KUBE_VERSION = toolchain().kubernetes_version

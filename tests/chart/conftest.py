@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from devcluster.cluster import Cluster
 
 from tests.chart.chart import helm_path
-from tests.support.cluster import Cluster
 from tests.support.requirements import require
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from evaluation_operator.reconcile import purge_failed_status
-from evaluation_operator.status import TaskContext, assess, render_status, scores_from_summary
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.deletion import purge_failed_status
+from evaluation_operator.runner_output import RunnerSucceeded
+from evaluation_operator.status import TaskContext, assess, render_status
+from evaluation_operator.task import Task
 
 CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
                   gpu_resource="nvidia.com/gpu", memory="16Gi")
@@ -62,8 +65,9 @@ def task(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
 def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1
             ) -> dict[str, Any]:
     assessment = assess(job, pods, CTX)
-    scores = scores_from_summary(assessment.runner_summary or {}) \
-        if assessment.phase == "Completed" else None
+    message = assessment.runner_summary
+    scores = message.scores.status_fields() if isinstance(message, RunnerSucceeded) and \
+        message.scores else None
     return render_status({}, assessment, generation=generation, now="2026-01-01T00:31:00Z",
                          job_name=CTX.job_name, configmap_name="llm-eval-config",
                          results=RESULTS, scores=scores)
@@ -77,7 +81,7 @@ def statuses() -> dict[str, tuple[dict[str, Any], str]]:
     completed = _render(_job([{"type": "Complete", "status": "True"}]),
                         [_pod("Succeeded", state=_terminated(0, SUMMARY, "Completed"))])
     deleting = task({**completed, **purge_failed_status(
-        task(completed), RuntimeError("AccessDenied"), 60)})
+        Task.from_body(task(completed), OperatorSettings()), RuntimeError("AccessDenied"), 60)})
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
     running = _render(_job(), [_pod("Running", state={"running": {}})])
     return {

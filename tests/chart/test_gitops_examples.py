@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
+from devcluster.tools import REPO_ROOT
 
 from tests.chart.chart import CHART, env_of, one, render
 from tests.chart.conftest import new_namespace
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
-from tests.support.tools import REPO_ROOT
 
 GITOPS = REPO_ROOT / "gitops"
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
 from kubernetes import client
 
 from tests.chart.chart import CHART, helm, render_text, set_args
@@ -33,8 +34,7 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support.cluster import Cluster
-from tests.support.kwok import finish_pod, unpullable_image
+from tests.support.kwok import UNPULLABLE_REGISTRY, finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint, free_port
 
 pytestmark = pytest.mark.cluster
@@ -310,6 +310,8 @@ def test_operator_runs_a_whole_task_lifecycle_as_the_charts_serviceaccount(
         "runner": {"image": "registry.example/evaluation-runner:chart-test",
                    "progressIntervalSeconds": 2, "startFailureGraceSeconds": 0},
         "purgeRetryMaxSeconds": 4,
+        # The task with an unpullable image below passes the chart's admission policy.
+        "admissionPolicy": {"allowedImages": [UNPULLABLE_REGISTRY]},
         "health": {"port": health_port},
         "metrics": {"port": metrics_port},
     }
@@ -388,9 +390,6 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
                          lambda s: s.get("phase") == "Completed", timeout=120)
     assert status["overallScore"] == pytest.approx(0.3333), log()
     assert condition(status, "Ready")["status"] == "True"
-    events = cluster.kubectl("get", "events", "-n", team, "--field-selector",
-                             "involvedObject.name=rbac-ok").stdout
-    assert "JobCreated" in events, "the operator could not post events"
     assert cluster.kubectl("get", "configmap", "rbac-ok-config", "-n", team,
                            check=False).returncode == 0
     code, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -404,6 +403,9 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
     status = wait_status(cluster, team, "rbac-bad-image", "Failed",
                          lambda s: s.get("phase") == "Failed", timeout=120)
     assert status["reason"] == "ImagePullError", log()
+    events = cluster.kubectl("get", "events", "-n", team, "--field-selector",
+                             "involvedObject.name=rbac-bad-image").stdout
+    assert "ImagePullError" in events, "the operator could not post events"
     cluster.wait_until("the failed task's Job deleted", lambda: cluster.kubectl(
         "get", "job", "rbac-bad-image-eval", "-n", team, check=False).returncode != 0,
         timeout=120)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.tools import REPO_ROOT
 from evaluation_operator import config
 
 from tests.chart.chart import (
@@ -24,7 +25,6 @@ from tests.chart.chart import (
     render_text,
     set_args,
 )
-from tests.support.tools import REPO_ROOT
 
 SA = "system:serviceaccount"
 NAMESPACED_RESOURCES = {"evaluationtasks", "evaluationtasks/status", "jobs", "pods",

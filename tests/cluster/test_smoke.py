@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from devcluster.cluster import CPU_NODES, GPU_NODES, Cluster
 from kubernetes import client
 
-from tests.support.cluster import CPU_NODES, GPU_NODES, Cluster
 from tests.support.kwok import COMPLETE_DELAY, finish_pod, unpullable_image
 
 pytestmark = pytest.mark.cluster

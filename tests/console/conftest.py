@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 
 from tests.integration.conftest import OperatorProcess
 from tests.runner.fake_llm import FakeLLM
 from tests.support import play_runner
-from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 RESULTS_BUCKET = "console-results"

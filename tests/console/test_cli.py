@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
 from evaluation_runner import layout
 
 from tests.console.conftest import RESULTS_BUCKET, Completed, Plugin, run_task_with_runner
 from tests.runner.fake_llm import FakeLLM
-from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.cluster import Cluster
 from kubernetes import client
 
-from tests.support.cluster import Cluster
 from tests.support.s3 import S3Endpoint
 
 BUCKET = "eval-results"
 START_FAILURE_GRACE_SECONDS = 4
+RESULTS_TIMEOUT_SECONDS = 15
 
 
 class OperatorProcess:
@@ -46,6 +47,7 @@ class OperatorProcess:
             "EVAL_PROGRESS_INTERVAL_SECONDS": "2",
             "EVAL_PURGE_RETRY_MAX_SECONDS": "4",
             "EVAL_START_FAILURE_GRACE_SECONDS": str(START_FAILURE_GRACE_SECONDS),
+            "EVAL_RESULTS_TIMEOUT_SECONDS": str(RESULTS_TIMEOUT_SECONDS),
             "EVAL_RUNNER_IMAGE": "registry.example/evaluation-runner:test",
         }
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import GPU_NODES, Cluster
 
 from tests.integration.conftest import (
     BUCKET,
@@ -26,7 +27,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.cluster import GPU_NODES, Cluster
 from tests.support.kwok import finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint
 
@@ -119,7 +119,8 @@ def test_task_runs_on_a_gpu_node_and_completes_with_scores(
                     "--timeout=5s")
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.name=llm-eval").stdout
-    assert "JobCreated" in events and "Succeeded" in events
+    # Events are for what needs attention; progress is in the status, not repeated as Events.
+    assert "JobCreated" not in events and "PodPending" not in events
 
 
 def test_scores_come_from_summary_json_when_the_message_was_truncated(

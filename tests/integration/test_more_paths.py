@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.cluster import GPU_NODES, Cluster
 
 from tests.integration.conftest import (
     BUCKET,
@@ -23,7 +24,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.cluster import GPU_NODES, Cluster
 from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint
 

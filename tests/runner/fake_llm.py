@@ -3,6 +3,8 @@
 Answers come from `answers` (prompt substring -> text); a prompt not found gets "I don't know".
 `logprobs` gives each choice's log-probability for the completions API with echo.
 `faults` is a list of HTTP statuses to return first (e.g. [429, 500]) before answering.
+`trickle_seconds`: instead of answering, send the headers and then one byte every 0.2 s for
+that long (a hung server that a socket timeout never notices); bounded so tests end.
 """
 
 from __future__ import annotations
@@ -15,23 +17,27 @@ from typing import Any
 
 
 class FakeLLM:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """`host`: the address to serve on (the e2e tier and `make run` bind the node bridge's
+        gateway, which pods reach); `port` 0 picks a free one."""
         self.answers: dict[str, str] = {}
         self.choice_logprobs: dict[str, float] = {}
         self.faults: list[int] = []
         self.delay_seconds = 0.0
+        self.trickle_seconds = 0.0
         self.require_key: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
 
     def start(self) -> FakeLLM:
         self.thread.start()
@@ -80,13 +86,16 @@ class FakeLLM:
                             f"Bearer {fake.require_key}":
                         self._send(401, {"error": {"message": "invalid api key"}})
                         return
+                    if fake.trickle_seconds:
+                        self._trickle(fake.trickle_seconds)
+                        return
                     if fault:
                         self._send(fault, {"error": {"message": f"scripted {fault}"}},
                                    {"Retry-After": "0"} if fault == 429 else None)
                         return
                     if self.path.endswith("/chat/completions"):
                         prompt = payload["messages"][-1]["content"]
-                        self._send(200, {"choices": [{"message": {
+                        self._send(200, {"choices": [{"index": 0, "message": {
                             "role": "assistant", "content": fake.answer_for(prompt)}}]})
                     elif self.path.endswith("/completions"):
                         self._send(200, self._completion(payload))
@@ -96,15 +105,29 @@ class FakeLLM:
                     with fake._lock:
                         fake.in_flight -= 1
 
+            def _trickle(self, seconds: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                deadline = time.monotonic() + seconds
+                try:
+                    while time.monotonic() < deadline:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass  # the client went away
+
             def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
                 prompt = payload["prompt"]
                 if not payload.get("echo"):
-                    return {"choices": [{"text": fake.answer_for(prompt)}]}
+                    return {"choices": [{"index": 0, "text": fake.answer_for(prompt)}]}
                 # Echo: the prompt as two "tokens" (context, then the choice), with logprobs.
                 split = prompt.rfind("Answer:") + len("Answer:")
                 choice = prompt[split:].strip()
                 value = fake.choice_logprobs.get(choice, -10.0)
-                return {"choices": [{"text": prompt, "logprobs": {
+                return {"choices": [{"index": 0, "text": prompt, "logprobs": {
                     "tokens": [prompt[:split], prompt[split:], "x"],
                     "text_offset": [0, split, len(prompt)],
                     "token_logprobs": [None, value, -0.1]}}]}

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devcluster.cluster import Cluster
+
 from tests.runner.fake_llm import FakeLLM
-from tests.support.cluster import Cluster
 from tests.support.kwok import EXIT_CODE, finish_pod
 
 MC_ROWS = [

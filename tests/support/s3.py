@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -48,14 +48,15 @@ class S3Endpoint:
 def _start_on(url: str) -> Any:
     from moto.server import ThreadedMotoServer
 
-    port = int(url.rsplit(":", 1)[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    server = ThreadedMotoServer(ip_address=host, port=int(port), verbose=False)
     server.start()
     return server
 
 
-def start_s3() -> S3Endpoint:
-    url = f"http://127.0.0.1:{free_port()}"
+def start_s3(host: str = "127.0.0.1") -> S3Endpoint:
+    """`host`: the address to serve on (the e2e tier binds the node bridge's gateway)."""
+    url = f"http://{host}:{free_port(host)}"
     endpoint = S3Endpoint(endpoint_url=url)
     endpoint.server = _start_on(url)
     return endpoint

@@ -13,6 +13,7 @@ import yaml
 from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.spec import parse_task_spec
+from evaluation_operator.states import Reason
 from evaluation_operator.status import Assessment, render_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def test_everything_the_operator_writes_to_status_is_declared() -> None:
          "samples": 3}]}
     previous = {"progress": {"samplesDone": 1, "samplesTotal": 2, "text": "1/2"}}
     status = render_status(
-        previous, Assessment("Completed", "Succeeded", "done", scheduled=True,
+        previous, Assessment(Reason.SUCCEEDED, "done", scheduled=True,
                              start_time="2026-01-01T00:00:00Z"),
         generation=1, now="2026-01-01T00:00:01Z", job_name="j", configmap_name="c",
         results={"uri": "s3://b/p/", "bundle": "s3://b/p/results.zip"}, scores=scores)

@@ -12,6 +12,7 @@ from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
 from evaluation_operator.s3 import results_location
 from evaluation_operator.spec import SpecError, parse_task_spec
+from evaluation_operator.task import Task
 
 SETTINGS = OperatorSettings(s3_bucket="eval-results", runner_image="runner:1",
                             s3_endpoint="http://minio:9000")
@@ -32,7 +33,7 @@ def task(**spec: Any) -> dict[str, Any]:
 
 def job_for(**spec: Any) -> dict[str, Any]:
     t = task(**spec)
-    return build_job(t, parse_task_spec(t["spec"], SETTINGS), SETTINGS)
+    return build_job(Task.from_body(t, SETTINGS), parse_task_spec(t["spec"], SETTINGS), SETTINGS)
 
 
 def test_gpu_limit_retries_and_deadline() -> None:
@@ -130,7 +131,7 @@ def test_configmap_holds_the_runner_config_without_secrets() -> None:
     location = results_location("eval-results", "runs", "team-a", "t", UID)
     config = build_runner_config(spec, name="t", namespace="team-a", uid=UID,
                                  location=location, settings=SETTINGS)
-    cm = build_configmap(t, config)
+    cm = build_configmap(Task.from_body(t, SETTINGS), config)
     data = json.loads(cm["data"]["config.json"])
     assert data["output"]["s3"] == {"bucket": "eval-results",
                                     "prefix": f"runs/team-a/t/{UID}/",
@@ -140,7 +141,7 @@ def test_configmap_holds_the_runner_config_without_secrets() -> None:
     assert data["benchmarks"][1]["dataset"]["uri"] == "/datasets/boolq/boolq/v.csv"
     assert data["model"]["endpoint"]["apiKeyEnv"] == "EVAL_MODEL_API_KEY"
     assert "token" not in cm["data"]["config.json"]
-    job = build_job(t, spec, SETTINGS)
+    job = build_job(Task.from_body(t, SETTINGS), spec, SETTINGS)
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dataset-0"]["configMap"]["name"] == "squad"
     assert volumes["dataset-1"]["persistentVolumeClaim"] == {"claimName": "data",
@@ -168,7 +169,7 @@ def test_model_weights_on_a_pvc_are_mounted_read_only_and_named_in_the_config() 
     t = task(model={"name": "m", "source": {"pvc": {"claimName": "weights",
                                                     "path": "llama3-8b/"}}})
     spec = parse_task_spec(t["spec"], SETTINGS)
-    job = build_job(t, spec, SETTINGS)
+    job = build_job(Task.from_body(t, SETTINGS), spec, SETTINGS)
     pod = job["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "weights",
@@ -186,3 +187,11 @@ def test_model_from_s3_needs_no_volume() -> None:
     pod = job_for(model={"name": "m", "source": {"uri": "s3://models/m/"}})[
         "spec"]["template"]["spec"]
     assert "model" not in {v["name"] for v in pod["volumes"]}
+
+
+def test_finished_jobs_are_removed_after_the_configured_ttl() -> None:
+    assert job_for()["spec"]["ttlSecondsAfterFinished"] == SETTINGS.job_ttl_seconds
+    t = task()
+    kept = OperatorSettings(s3_bucket="eval-results", job_ttl_seconds=0)
+    job = build_job(Task.from_body(t, kept), parse_task_spec(t["spec"], kept), kept)
+    assert "ttlSecondsAfterFinished" not in job["spec"]

@@ -1,22 +1,36 @@
 """Decisions the operator takes against the API, with a recording fake of the few calls it
-makes: deleting in the right order, children of an older task, API refusals."""
+makes (`KubeApi`) and the watched world as plain dicts: creating once, writing status only
+on change, deleting in the right order, children of an older task, API refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from typing import Any, cast
+import json
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
-from evaluation_operator import reconcile
+from evaluation_operator import deletion
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.kube import Api, Throttle
+from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
+from evaluation_operator.task import Task
+from evaluation_operator.world import World, compact_job, compact_pod
 from kubernetes.client.exceptions import ApiException
 
 UID = "0b6c4f5e-1111-2222-3333-444455556666"
 OLD_UID = "99999999-1111-2222-3333-444455556666"
-SETTINGS = OperatorSettings(s3_bucket="eval-results", purge_retry_max_seconds=60)
+SETTINGS = OperatorSettings(s3_bucket="eval-results", purge_retry_max_seconds=60,
+                            status_debounce_ms=0)
+T = TypeVar("T")
 
 
-def task(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]:
+def run(work: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(work)
+
+
+def body(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]:
     return {
         "apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
         "metadata": {"name": "t", "namespace": "team-a", "uid": uid, "generation": 1},
@@ -27,71 +41,108 @@ def task(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]
     }
 
 
-def owned(kind: str, name: str, uid: str = UID) -> dict[str, Any]:
-    return {"kind": kind, "metadata": {"name": name, "namespace": "team-a", "uid": f"{kind}-1",
-                                       "ownerReferences": [{"kind": "EvaluationTask",
-                                                            "uid": uid}]},
-            "status": {}}
+def task(status: dict[str, Any] | None = None, uid: str = UID) -> Task:
+    return Task.from_body(body(status, uid), SETTINGS)
 
 
-def pod(phase: str, node: str | None = "gpu-node-0") -> dict[str, Any]:
-    return {"metadata": {"name": f"t-eval-{phase.lower()}"}, "spec": {"nodeName": node},
-            "status": {"phase": phase}}
+def job(conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return compact_job({"metadata": {"name": "t-eval", "uid": "job-1"}, "spec": {},
+                        "status": {"conditions": conditions or []}})
+
+
+def pod(phase: str, node: str | None = "gpu-node-0", name: str = "",
+        terminated: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = {"terminated": terminated} if terminated else {}
+    return compact_pod({
+        "metadata": {"name": name or f"t-eval-{phase.lower()}",
+                     "creationTimestamp": "2026-01-01T00:00:01Z"},
+        "spec": {"nodeName": node},
+        "status": {"phase": phase, "startTime": "2026-01-01T00:00:01Z" if node else None,
+                   "containerStatuses": [{"name": "runner", "image": "img", "state": state}]}})
 
 
 class FakeKube:
-    def __init__(self, task: dict[str, Any], job: dict[str, Any] | None = None,
-                 pods: list[dict[str, Any]] | None = None,
-                 configmap: dict[str, Any] | None = None) -> None:
-        self.task = task
-        self.job = job
-        self.configmap = configmap
-        self.pods = pods or []
+    """`KubeApi`, recording every call; `owners` says who owns existing children."""
+
+    def __init__(self) -> None:
         self.calls: list[str] = []
+        self.existing: dict[str, str] = {}  # kind -> owner uid
         self.status_patches: list[dict[str, Any]] = []
         self.refuse_with: ApiException | None = None
-
-    def get_task(self, namespace: str, name: str) -> dict[str, Any]:
-        return self.task
-
-    def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.status_patches.append(status)
-        self.task["status"] = {**self.task.get("status", {}), **status}
 
     def create(self, manifest: dict[str, Any]) -> bool:
         self.calls.append(f"create {manifest['kind']}")
         if self.refuse_with is not None and manifest["kind"] == "Job":
             raise self.refuse_with
-        existing = self.job if manifest["kind"] == "Job" else self.configmap
-        if existing is not None:
+        if manifest["kind"] in self.existing:
             return False
-        if manifest["kind"] == "Job":
-            self.job = {**manifest, "metadata": {**manifest["metadata"], "uid": "job-1"},
-                        "status": {}}
-        else:
-            self.configmap = manifest
+        self.existing[manifest["kind"]] = manifest["metadata"]["ownerReferences"][0]["uid"]
         return True
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.job
+    def owner_uid(self, kind: str, namespace: str, name: str) -> str | None:
+        self.calls.append(f"get {kind}")
+        return self.existing.get(kind, "")
 
-    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.configmap
+    def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.calls.append("patch status")
+        self.status_patches.append(status)
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.calls.append("delete Job")
 
-    def job_pods(self, namespace: str, job: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.pods
 
-    def task_pods(self, namespace: str, uid: str) -> list[dict[str, Any]]:
-        return self.pods
+class Cluster:
+    """The watched world the handlers would hand over, and a reconciler on a fake API."""
+
+    def __init__(self, t: Task, s3: Any = None) -> None:
+        self.tasks: dict[str, list[Task]] = {t.uid: [t]}
+        self.jobs: dict[str, list[dict[str, Any]]] = {}
+        self.pods: dict[str, list[dict[str, Any]]] = {}
+        self.kube = FakeKube()
+        self.reconciler = Reconciler(SETTINGS, Api(self.kube, 2),
+                                     s3=(lambda: s3) if s3 is not None else None)
+        self.reconciler.bind(World(self.tasks, self.jobs, self.pods))
+
+    def set(self, job_: dict[str, Any] | None = None,
+            pods: list[dict[str, Any]] | None = None) -> None:
+        if job_ is not None:
+            self.jobs[UID] = [job_]
+        if pods is not None:
+            self.pods[UID] = pods
+
+    async def changed(self) -> None:
+        self.reconciler.mark(UID)
+        await self.reconciler.drain()
 
 
-class RecordingS3:
-    def __init__(self, fail: bool = False) -> None:
+class FakeS3:
+    def __init__(self, objects: dict[str, Any] | None = None, fail: bool = False) -> None:
+        self.objects = objects or {}
         self.fail = fail
         self.purged: list[str] = []
+
+        class Exceptions:
+            class NoSuchKey(Exception):
+                pass
+
+        self.exceptions = Exceptions
+
+    def get_object(self, Bucket: str, Key: str, Range: str = "") -> dict[str, Any]:
+        name = Key.rsplit("/", 1)[-1]
+        if name not in self.objects:
+            error = self.exceptions.NoSuchKey(Key)
+            error.response = {"Error": {"Code": "NoSuchKey"}}  # type: ignore[attr-defined]
+            raise error
+        data = json.dumps(self.objects[name]).encode()
+
+        class Body:
+            def read(self, *args: Any) -> bytes:
+                return data
+
+            def close(self) -> None:
+                pass
+
+        return {"Body": Body(), "ContentLength": len(data)}
 
     def get_paginator(self, name: str) -> Any:
         s3 = self
@@ -106,131 +157,312 @@ class RecordingS3:
         return Paginator()
 
 
-def as_kube(fake: FakeKube) -> reconcile.Kube:
-    return cast(reconcile.Kube, fake)
+# --- creation -----------------------------------------------------------------------------
+
+
+def test_a_new_task_gets_its_configmap_and_job_once() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task())
+        await c.reconciler.task_seen(task())
+        # Its own status writes and Kopf's finalizer come back as task events before the
+        # Job's watch event: no second create.
+        await c.reconciler.task_seen(task())
+        await c.reconciler.drain()
+        return c.kube.calls
+
+    assert run(scenario()) == ["create ConfigMap", "create Job"]
+
+
+def test_existing_children_of_this_task_are_reused_after_a_restart() -> None:
+    async def scenario() -> Cluster:
+        c = Cluster(task())
+        c.kube.existing = {"ConfigMap": UID, "Job": UID}
+        await c.reconciler.task_seen(task())
+        await c.reconciler.drain()
+        return c
+
+    assert run(scenario()).kube.calls == ["create ConfigMap", "get ConfigMap", "create Job",
+                                          "get Job"]
+
+
+def test_a_restart_with_the_job_in_the_index_makes_no_create_and_no_write() -> None:
+    running = task({"phase": "Evaluating", "reason": "Running"})
+
+    async def scenario() -> list[str]:
+        c = Cluster(running)
+        c.set(job(), [pod("Running")])
+        await c.reconciler.task_seen(running)
+        await c.reconciler.drain()
+        return c.kube.calls
+
+    # The status differs from the stored one only if something changed while down: here it
+    # is written once (it had no conditions yet), and never a create.
+    assert "create Job" not in run(scenario())
+
+
+def test_children_of_an_older_task_with_the_same_name_are_waited_out() -> None:
+    async def scenario() -> Cluster:
+        c = Cluster(task())
+        c.kube.existing = {"ConfigMap": OLD_UID}
+        await c.reconciler.task_seen(task())
+        await c.reconciler.drain()
+        c.reconciler.forget(UID)  # cancels the retry timer
+        return c
+
+    c = run(scenario())
+    assert "create Job" not in c.kube.calls
+    assert (c.kube.status_patches[-1]["phase"], c.kube.status_patches[-1]["reason"]) == (
+        "Evaluating", "PreviousRunCleanup")
+
+
+def test_a_job_the_api_server_refuses_fails_the_task_with_its_message() -> None:
+    async def scenario() -> dict[str, Any]:
+        c = Cluster(task())
+        c.kube.refuse_with = ApiException(status=422, reason="Unprocessable Entity")
+        c.kube.refuse_with.body = '{"message": "Job.batch \\"t-eval\\" is invalid: tolerations"}'
+        await c.reconciler.task_seen(task())
+        await c.reconciler.drain()
+        return c.kube.status_patches[-1]
+
+    status = run(scenario())
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
+    assert "tolerations" in status["message"]
+
+
+def test_finished_tasks_are_left_alone() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task({"phase": "Completed"}))
+        await c.reconciler.task_seen(task({"phase": "Completed"}))
+        await c.reconciler.drain()
+        return c.kube.calls
+
+    assert run(scenario()) == []
+
+
+# --- status from the world ----------------------------------------------------------------
+
+
+def test_status_is_written_only_when_it_changes() -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        c = Cluster(task())
+        c.set(job(), [pod("Running")])
+        for _ in range(3):  # e.g. three pod events that change nothing the user sees
+            await c.changed()
+        return c.kube.status_patches
+
+    patches = run(scenario())
+    assert len(patches) == 1 and patches[0]["reason"] == "Running"
+
+
+def test_changes_arriving_during_the_debounce_are_written_once() -> None:
+    settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=200)
+
+    async def scenario() -> list[dict[str, Any]]:
+        c = Cluster(task())
+        c.reconciler.settings = settings
+        c.set(job(), [pod("Pending", node=None)])
+        c.reconciler.mark(UID)
+        await asyncio.sleep(0.05)
+        c.set(pods=[pod("Pending")])
+        c.reconciler.mark(UID)
+        await asyncio.sleep(0.05)
+        c.set(pods=[pod("Running")])
+        c.reconciler.mark(UID)
+        await c.reconciler.drain()
+        return c.kube.status_patches
+
+    patches = run(scenario())
+    assert [p["reason"] for p in patches] == ["Running"]
+
+
+def test_success_is_written_at_once_with_the_scores_of_the_message() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=60_000)
+
+    async def scenario() -> list[dict[str, Any]]:
+        c = Cluster(task())
+        c.reconciler.settings = settings
+        c.set(job(), [pod("Succeeded", terminated={"exitCode": 0, "message": message})])
+        await asyncio.wait_for(c.changed(), timeout=5)  # no 60 s debounce for the end
+        return c.kube.status_patches
+
+    patches = run(scenario())
+    assert [(p["phase"], p.get("overallScore")) for p in patches] == [("Completed", 0.5)]
+
+
+def test_scores_come_from_summary_json_when_the_message_is_truncated() -> None:
+    summary = {"overallScore": 0.25, "benchmarks": [{"name": "a", "score": 0.25}]}
+    truncated = {"exitCode": 0, "message": '{"v": 1, "status": "Succeeded", "truncated": true}'}
+
+    async def scenario(s3: FakeS3) -> dict[str, Any]:
+        c = Cluster(task(), s3=s3)
+        c.set(job(), [pod("Succeeded", terminated=truncated)])
+        await c.changed()
+        return c.kube.status_patches[-1]
+
+    assert run(scenario(FakeS3({"summary.json": summary})))["overallScore"] == 0.25
+    missing = run(scenario(FakeS3()))
+    assert (missing["phase"], missing["reason"]) == ("Evaluating", "CollectingResults")
+
+
+def test_a_lost_job_of_a_task_that_never_started_is_created_again() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task({"phase": "Evaluating", "reason": "PodPending"}))
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.drain()
+        return c.kube.calls
+
+    assert run(scenario()) == ["create ConfigMap", "create Job"]
+
+
+def test_a_job_deleted_mid_run_fails_the_task_instead_of_running_again() -> None:
+    async def scenario() -> Cluster:
+        c = Cluster(task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z"}))
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert "create Job" not in c.kube.calls
+    status = c.kube.status_patches[-1]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted")
+    assert f"s3://eval-results/runs/team-a/t/{UID}/" in status["message"]
+
+
+def test_a_job_removed_by_its_ttl_after_the_end_changes_nothing() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z"}))
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.drain()
+        return c.kube.calls
+
+    assert run(scenario()) == []
+
+
+def test_an_image_that_cannot_be_pulled_stops_the_job_after_the_grace_period() -> None:
+    pulling = compact_pod({"metadata": {"name": "p", "creationTimestamp": "2020-01-01T00:00:00Z"},
+                           "spec": {"nodeName": "n"},
+                           "status": {"phase": "Pending", "containerStatuses": [{
+                               "name": "runner", "image": "img",
+                               "state": {"waiting": {"reason": "ErrImagePull"}}}]}})
+
+    async def scenario() -> Cluster:
+        c = Cluster(task())
+        c.set(job(), [pulling])
+        await c.changed()
+        return c
+
+    c = run(scenario())
+    assert c.kube.status_patches[-1]["reason"] == "ImagePullError"
+    assert c.kube.calls[-1] == "delete Job"
+
+
+def test_progress_is_mirrored_and_nothing_is_kept_after_the_task_goes() -> None:
+    async def scenario() -> tuple[Cluster, dict[str, int]]:
+        t = task({"phase": "Evaluating", "reason": "Running",
+                  "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+        c = Cluster(t, s3=FakeS3({"progress.json": {"samplesDone": 3, "samplesTotal": 8}}))
+        c.set(job(), [pod("Running")])
+        await c.reconciler.read_progress(t)
+        await c.reconciler.drain()
+        c.reconciler.forget(UID)
+        return c, c.reconciler.state_sizes()
+
+    c, sizes = run(scenario())
+    assert c.kube.status_patches[-1]["progress"] == {"samplesDone": 3, "samplesTotal": 8,
+                                                     "text": "3/8"}
+    assert set(sizes.values()) == {0}
+
+
+def test_lru_and_throttle_are_bounded() -> None:
+    lru: LRU[int, int] = LRU(3)
+    for i in range(10):
+        lru.put(i, i)
+    assert len(lru) == 3 and lru.get(0) is None and lru.get(9) == 9
+    now = [0.0]
+    throttle = Throttle(qps=10, burst=2, clock=lambda: now[0])
+    assert [throttle.delay() for _ in range(4)] == [0, 0, pytest.approx(0.1),
+                                                    pytest.approx(0.2)]
+    now[0] = 10.0
+    assert throttle.delay() == 0
 
 
 # --- deletion -----------------------------------------------------------------------------
 
 
+def delete(t: Task, job_: dict[str, Any] | None, pods: list[dict[str, Any]], retry: int,
+           s3: FakeS3) -> FakeKube:
+    kube = FakeKube()
+    run(deletion.delete_task(t, job_, pods, retry, SETTINGS, Api(kube, 1), s3))
+    return kube
+
+
 def test_never_started_needs_proof() -> None:
     unscheduled = pod("Pending", node=None)
-    assert reconcile.runner_never_started({}, owned("Job", "t-eval"), [unscheduled])
-    assert reconcile.runner_never_started({"reason": "InvalidSpec"}, None, [])
+    assert deletion.runner_never_started({}, job(), [unscheduled])
+    assert deletion.runner_never_started({"reason": "InvalidSpec"}, None, [])
     # Anything that hints at a run, or a Job that is gone, means: purge.
-    assert not reconcile.runner_never_started({"startTime": "x"}, owned("Job", "t-eval"), [])
-    assert not reconcile.runner_never_started({"phase": "Completed"}, None, [])
-    assert not reconcile.runner_never_started({}, None, [])
-    assert not reconcile.runner_never_started({}, owned("Job", "t-eval"), [pod("Running")])
-    failed_job = {**owned("Job", "t-eval"), "status": {"failed": 1}}
-    assert not reconcile.runner_never_started({}, failed_job, [])
+    assert not deletion.runner_never_started({"startTime": "x"}, job(), [])
+    assert not deletion.runner_never_started({"phase": "Completed"}, None, [])
+    assert not deletion.runner_never_started({}, None, [])
+    assert not deletion.runner_never_started({}, job(), [pod("Running")])
+    failed_job = {**job(), "status": {"failed": 1}}
+    assert not deletion.runner_never_started({}, failed_job, [])
 
 
 def test_task_that_never_ran_is_deleted_without_touching_s3() -> None:
-    fake = FakeKube(task(), job=owned("Job", "t-eval"), pods=[pod("Pending", node=None)])
-    s3 = RecordingS3(fail=True)
-    reconcile.delete_task(fake.task, 0, SETTINGS, as_kube(fake), s3=s3)
+    s3 = FakeS3(fail=True)
+    delete(task(), job(), [pod("Pending", node=None)], 0, s3)
     assert s3.purged == []
 
 
 def test_a_running_runner_is_stopped_before_the_purge() -> None:
-    started = {"startTime": "2026-01-01T00:00:00Z",
-               "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}}
-    fake = FakeKube(task(started), job=owned("Job", "t-eval"), pods=[pod("Running")])
-    s3 = RecordingS3()
-    with pytest.raises(reconcile.RetryLater, match="to stop before deleting the results"):
-        reconcile.delete_task(fake.task, 0, SETTINGS, as_kube(fake), s3=s3)
-    assert fake.calls == ["delete Job"]
+    started = task({"startTime": "2026-01-01T00:00:00Z",
+                    "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    s3 = FakeS3()
+    kube = FakeKube()
+    with pytest.raises(RetryLater, match="to stop before deleting the results"):
+        run(deletion.delete_task(started, job(), [pod("Running")], 0, SETTINGS,
+                                 Api(kube, 1), s3))
+    assert kube.calls == ["delete Job"]
     assert s3.purged == [], "purging while the runner still writes would leave data behind"
     # Next attempt: the Job and its pod are gone.
-    fake.job, fake.pods = None, []
-    reconcile.delete_task(fake.task, 1, SETTINGS, as_kube(fake), s3=s3)
+    delete(started, None, [], 1, s3)
     assert s3.purged == [f"runs/team-a/t/{UID}/"]
 
 
+def test_a_finished_job_is_left_to_the_garbage_collector() -> None:
+    done = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
+                 "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    kube = delete(done, job([{"type": "Complete", "status": "True"}]), [pod("Succeeded")], 0,
+                  FakeS3())
+    assert kube.calls == []
+
+
 def test_purge_failure_keeps_the_task_and_says_why() -> None:
-    started = {"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
-               "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}}
-    fake = FakeKube(task(started), job=owned("Job", "t-eval"), pods=[pod("Succeeded")])
-    with pytest.raises(reconcile.RetryLater) as later:
-        reconcile.delete_task(fake.task, 3, SETTINGS, as_kube(fake), s3=RecordingS3(fail=True))
+    started = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
+                    "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    kube = FakeKube()
+    with pytest.raises(RetryLater) as later:
+        run(deletion.delete_task(started, job(), [pod("Succeeded")], 3, SETTINGS,
+                                 Api(kube, 1), FakeS3(fail=True)))
     assert later.value.delay == 40
-    condition = next(c for c in fake.task["status"]["conditions"]
+    condition = next(c for c in kube.status_patches[-1]["conditions"]
                      if c["type"] == "ResultsPurged")
     assert (condition["status"], condition["reason"]) == ("False", "PurgeFailed")
     assert "S3 endpoint unreachable" in condition["message"]
 
 
 def test_purge_backoff_grows_to_the_maximum() -> None:
-    delays = [reconcile.purge_retry_delay(r, 300) for r in range(8)]
+    delays = [deletion.purge_retry_delay(r, 300) for r in range(8)]
     assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
 
 
 def test_prefix_comes_from_the_spec_when_status_has_none() -> None:
-    fake = FakeKube(task({}), job=None, pods=[])
-    s3 = RecordingS3()
-    reconcile.delete_task(fake.task, 0, SETTINGS, as_kube(fake), s3=s3)
+    s3 = FakeS3()
+    delete(task({}), None, [], 0, s3)
     assert s3.purged == [f"runs/team-a/t/{UID}/"]
-
-
-# --- creation -----------------------------------------------------------------------------
-
-
-def test_children_of_an_older_task_with_the_same_name_are_waited_out() -> None:
-    fake = FakeKube(task(), configmap=owned("ConfigMap", "t-config", uid=OLD_UID))
-    with pytest.raises(reconcile.ForeignChildError, match="deleted task of the same name"):
-        reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
-    assert "create Job" not in fake.calls
-    assert fake.task["status"]["phase"] == "Evaluating"
-    assert fake.task["status"]["reason"] == "PreviousRunCleanup"
-
-
-def test_existing_children_of_this_task_are_reused_after_a_restart() -> None:
-    fake = FakeKube(task(), job=owned("Job", "t-eval"), configmap=owned("ConfigMap", "t-config"))
-    reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
-    assert fake.calls == ["create ConfigMap", "create Job"]
-    assert fake.task["status"]["phase"] == "Evaluating"
-
-
-def test_a_job_the_api_server_refuses_fails_the_task_with_its_message() -> None:
-    fake = FakeKube(task())
-    fake.refuse_with = ApiException(status=422, reason="Unprocessable Entity")
-    fake.refuse_with.body = '{"message": "Job.batch \\"t-eval\\" is invalid: tolerations"}'
-    reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
-    status = fake.task["status"]
-    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
-    assert "tolerations" in status["message"]
-
-
-def test_finished_tasks_are_left_alone() -> None:
-    fake = FakeKube(task({"phase": "Completed"}))
-    reconcile.ensure_children(fake.task, SETTINGS, as_kube(fake))
-    assert fake.calls == []
-
-
-# --- status refresh -----------------------------------------------------------------------
-
-
-def test_a_lost_job_of_a_task_that_never_started_is_created_again() -> None:
-    fake = FakeKube(task({"phase": "Evaluating", "reason": "JobPending"}))
-    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
-    assert fake.calls == ["create ConfigMap", "create Job"]
-    assert status is not None and status["phase"] == "Evaluating"
-
-
-def test_a_job_deleted_mid_run_fails_the_task_instead_of_running_again() -> None:
-    fake = FakeKube(task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z"}))
-    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
-    assert fake.calls == []
-    assert status is not None and (status["phase"], status["reason"]) == ("Failed", "JobDeleted")
-    assert f"s3://eval-results/runs/team-a/t/{UID}/" in status["message"]
-
-
-def test_refresh_waits_while_an_older_tasks_job_is_in_the_way() -> None:
-    fake = FakeKube(task(), job=owned("Job", "t-eval", uid=OLD_UID),
-                    configmap=owned("ConfigMap", "t-config", uid=OLD_UID))
-    status = reconcile.refresh_status("team-a", "t", SETTINGS, as_kube(fake))
-    assert status is not None and status["reason"] == "PreviousRunCleanup"
 
 
 def test_a_pod_that_never_confirms_its_deletion_stops_blocking_after_a_deadline() -> None:
@@ -242,5 +474,28 @@ def test_a_pod_that_never_confirms_its_deletion_stops_blocking_after_a_deadline(
         "name": "t-eval-stopping", "deletionTimestamp": "2026-01-01T00:59:00Z",
         "deletionGracePeriodSeconds": 30}}
     done = pod("Succeeded")
-    assert reconcile.pods_still_running([stuck, stopping, done], now) == (
+    assert deletion.pods_still_running([stuck, stopping, done], now) == (
         ["t-eval-stopping"], ["t-eval-stuck"])
+
+
+def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    full = {"metadata": {"name": "p", "namespace": "team-a", "uid": "x",
+                         "labels": {"evaluation.dev/task-uid": UID}, "managedFields": [{}] * 50,
+                         "creationTimestamp": "T0", "deletionTimestamp": "T1"},
+            "spec": {"nodeName": "n", "containers": [{"env": [{}] * 50}]},
+            "status": {"phase": "Succeeded", "startTime": "T0", "containerStatuses": [
+                {"name": "runner", "image": "img", "imageID": "sha", "state": {
+                    "terminated": {"exitCode": 0, "message": message}}}]}}
+    compact = compact_pod(full)
+    assert "managedFields" not in compact["metadata"] and "containers" not in compact["spec"]
+    assert compact["metadata"]["deletionTimestamp"] == "T1"
+    # The same assessment from the projection as from the full pod.
+    from evaluation_operator.status import TaskContext, assess
+    ctx = TaskContext(job_name="t-eval", timeout="2h", retries=2, gpus=1,
+                      gpu_resource="nvidia.com/gpu", memory="1Gi")
+    assert assess(job(), [compact], ctx) == assess(job(), [full], ctx)
+    world = World({UID: [task()]}, {UID: [job()]}, {UID: [compact]})
+    assert world.task(UID) == task() and world.job(UID) == job()
+    assert world.pods(UID) == [compact] and world.pods("other") == []

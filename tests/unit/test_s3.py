@@ -111,3 +111,36 @@ def test_purge_never_touches_a_task_nested_below_this_prefix(bucket: Any) -> Non
     assert purge(bucket, team_a) == 3
     assert count(bucket, team_b.prefix) == 3
     assert count(bucket, team_a.prefix) == 3  # exactly team B's objects remain
+
+
+def test_capped_reads_refuse_big_objects_from_their_size(bucket: Any) -> None:
+    from evaluation_operator.s3 import ObjectTooLargeError, read_capped
+
+    where = results_location("purge-unit", "capped", "team-a", "t", UID)
+    bucket.put_object(Bucket="purge-unit", Key=where.prefix + "small.json", Body=b"{}")
+    bucket.put_object(Bucket="purge-unit", Key=where.prefix + "empty.json", Body=b"")
+    bucket.put_object(Bucket="purge-unit", Key=where.prefix + "big.json", Body=b"x" * 5000)
+    bucket.put_object(Bucket="purge-unit", Key=where.prefix + "edge.json", Body=b"x" * 1000)
+    assert read_capped(bucket, where, "small.json", 1000) == b"{}"
+    assert read_capped(bucket, where, "empty.json", 1000) == b""
+    assert read_capped(bucket, where, "edge.json", 1000) == b"x" * 1000
+    assert read_capped(bucket, where, "missing.json", 1000) is None
+    with pytest.raises(ObjectTooLargeError) as caught:
+        read_capped(bucket, where, "big.json", 1000)
+    assert (caught.value.size, caught.value.limit) == (5000, 1000)
+
+
+def test_unreachable_means_s3_did_not_answer_or_failed() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+    from evaluation_operator.s3 import is_unreachable
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    assert is_unreachable(EndpointConnectionError(endpoint_url="http://s3"))
+    assert is_unreachable(ReadTimeoutError(endpoint_url="http://s3"))
+    assert is_unreachable(client_error("InternalError", 500))
+    assert is_unreachable(client_error("SlowDown", 503))
+    assert not is_unreachable(client_error("AccessDenied", 403))
+    assert not is_unreachable(client_error("NoSuchBucket", 404))

@@ -6,14 +6,20 @@ import datetime
 import json
 from typing import Any
 
+from evaluation_operator.runner_output import (
+    BenchmarkScore,
+    RunnerFailed,
+    RunnerSucceeded,
+    Scores,
+    parse_termination_message,
+)
+from evaluation_operator.states import Phase, Reason
 from evaluation_operator.status import (
     TaskContext,
     assess,
+    has_scores,
     merge_conditions,
-    parse_termination_message,
     render_status,
-    scores_from_summary,
-    summary_is_complete,
 )
 
 CTX = TaskContext(job_name="t-eval", timeout="2h", retries=2, gpus=2,
@@ -72,13 +78,13 @@ def test_success_reads_scores_from_the_termination_message() -> None:
                                         "finishedAt": "2026-01-01T01:00:00Z"})
     a = assess(job([{"type": "Complete", "status": "True"}]), [done], CTX)
     assert a.phase == "Completed"
-    assert a.runner_summary is not None and a.runner_summary["overallScore"] == 0.5
-    assert summary_is_complete(a.runner_summary)
+    assert a.runner_summary == RunnerSucceeded(Scores(0.5, (BenchmarkScore("a", 0.5),)))
 
 
-def test_truncated_summary_is_not_complete() -> None:
-    assert not summary_is_complete({"v": 1, "status": "Succeeded", "truncated": True})
-    assert not summary_is_complete(None)
+def test_truncated_summary_has_no_scores() -> None:
+    message = parse_termination_message('{"v": 1, "status": "Succeeded", "truncated": true}')
+    assert message == RunnerSucceeded(scores=None, truncated=True)
+    assert parse_termination_message("") is None
 
 
 def test_config_error_is_not_retried_and_quotes_the_runner() -> None:
@@ -137,10 +143,12 @@ def test_suspended_job_waits_for_kueue() -> None:
     assert a.reason == "Queued" and "team-a" in a.message
 
 
-def test_termination_message_must_be_ours() -> None:
-    assert parse_termination_message("panic: oops") is None
-    assert parse_termination_message('{"status": "Succeeded"}') is None
-    assert parse_termination_message('{"v": 1, "status": "Failed"}') == {"v": 1, "status": "Failed"}
+def test_a_failed_runner_without_a_contract_message_is_described_by_its_exit_code() -> None:
+    for text in ("panic: oops", '{"status": "Failed"}', '{"v": 1, "status": "Failed", "x": [[['):
+        a = assess(job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+                   [failed(1, message=text)], CTX)
+        assert a.reason == "RetriesExhausted" and "exit code 1" in a.message, text
+    assert parse_termination_message('{"v": 1, "status": "Failed"}') == RunnerFailed(None, "")
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
@@ -235,15 +243,6 @@ def test_preempted_pod_is_replaced_without_counting_as_a_failure() -> None:
     assert (a.phase, a.reason) == ("Evaluating", "Scheduling")
 
 
-def test_scores_from_summary_keep_numbers_only() -> None:
-    scores = scores_from_summary({"overallScore": 0.5, "benchmarks": [
-        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "samples": 10,
-         "metrics": {"bleu": 50.0, "note": "text"}}]})
-    assert scores == {"overallScore": 0.5, "benchmarks": [
-        {"name": "a", "score": 0.5, "primaryMetric": "bleu", "metrics": {"bleu": 50.0},
-         "samples": 10}]}
-
-
 def test_status_keeps_start_time_and_progress_across_updates() -> None:
     previous = {"startTime": "T0", "progress": {"samplesDone": 1, "samplesTotal": 2,
                                                 "text": "1/2"}}
@@ -252,15 +251,58 @@ def test_status_keeps_start_time_and_progress_across_updates() -> None:
     assert status["startTime"] == "T0" and status["progress"]["text"] == "1/2"
 
 
-def test_every_reason_in_the_operator_docs_exists_in_the_code() -> None:
+def test_the_docs_status_table_lists_exactly_the_reasons_in_the_code() -> None:
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     doc = (root / "docs" / "operator.md").read_text()
     table = doc.split("## Status", 1)[1].split("## Deletion", 1)[0]
-    documented = set(re.findall(r"`([A-Z][A-Za-z]+)`", table))
-    code = "".join((root / "operator" / "evaluation_operator" / name).read_text()
-                   for name in ("status.py", "reconcile.py"))
-    assert documented, "the reasons table is gone"
-    assert {r for r in documented if f'"{r}"' not in code} == set()
+    rows = [line for line in table.splitlines() if line.startswith("| ")][2:]
+    documented: dict[str, str] = {}
+    for row in rows:
+        phase = row.split("|")[1].strip()
+        for reason in re.findall(r"`([A-Z][A-Za-z]+)`", row.split("|")[2]):
+            documented[reason] = phase
+    assert documented == {r.value: r.phase.value for r in Reason}
+
+
+def test_a_succeeded_pod_with_full_scores_completes_before_the_job_does() -> None:
+    """A real kubelet reports the pod seconds before the Job controller marks the Job."""
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    done = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message,
+                                        "finishedAt": "2026-01-01T01:00:00Z"})
+    a = assess(job(), [done], CTX)
+    assert (a.phase, a.reason) == ("Completed", "Succeeded")
+    assert a.completion_time == "2026-01-01T01:00:00Z"
+    assert has_scores(a.runner_summary)
+
+
+def test_a_succeeded_pod_never_reads_as_waiting_for_a_pod() -> None:
+    truncated = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed",
+                                             "message": '{"v": 1, "status": "Succeeded", '
+                                                        '"truncated": true}'})
+    a = assess(job(), [truncated], CTX)
+    assert a.reason is Reason.SUCCEEDED and a.reason is not Reason.POD_PENDING
+    assert not has_scores(a.runner_summary)  # the reconciler reads summary.json
+
+
+def test_what_each_reason_implies() -> None:
+    assert Reason.SUCCEEDED.phase is Phase.COMPLETED and Phase.COMPLETED.terminal
+    assert Reason.RUNNING.phase is Phase.EVALUATING and not Phase.EVALUATING.terminal
+    assert {r for r in Reason if r.stops_job} == {Reason.IMAGE_PULL_ERROR,
+                                                 Reason.CONTAINER_CONFIG_ERROR}
+    # Progress in between is in the status only; warnings and failures are Events too.
+    assert not Reason.POD_PENDING.posts_event and not Reason.RUNNING.posts_event
+    assert not Reason.SUCCEEDED.posts_event
+    assert Reason.UNSCHEDULABLE.warning and Reason.OOM_KILLED.warning
+    assert {r for r in Reason if r.reads_s3} == {Reason.RUNNING, Reason.COLLECTING_RESULTS}
+    assert Reason("Running") is Reason.RUNNING and str(Reason.RUNNING) == "Running"
+
+
+def test_a_start_failure_in_its_grace_period_asks_to_be_looked_at_again() -> None:
+    pulling = pod("Pending", created="2026-01-01T00:00:00Z", conditions=SCHEDULED_AT,
+                  waiting={"reason": "ErrImagePull", "message": "429"})
+    a = assess(job(), [pulling], GRACE, now=at("2026-01-01T01:00:30Z"))
+    assert a.recheck_seconds == 90

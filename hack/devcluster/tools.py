@@ -32,6 +32,7 @@ class Toolchain:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubelet: Path
     etcd: Path
     kwok: Path
     kwokctl: Path
@@ -65,6 +66,7 @@ def toolchain() -> Toolchain:
         kube_apiserver=k8s / "kube-apiserver",
         kube_controller_manager=k8s / "kube-controller-manager",
         kube_scheduler=k8s / "kube-scheduler",
+        kubelet=k8s / "kubelet",
         etcd=base / f"etcd-{v['ETCD_VERSION']}" / "etcd",
         kwok=kwok / "kwok",
         kwokctl=kwok / "kwokctl",

@@ -13,8 +13,8 @@ Three ways to get one, all handing back the same `Cluster`:
 
 Command line, used by `make cluster-up` / `make cluster-down`:
 
-    python -m tests.support.cluster up --name NAME --dir DIR [--install-crds]
-    python -m tests.support.cluster down --name NAME --dir DIR
+    python -m devcluster.cluster up --name NAME --dir DIR [--install-crds]
+    python -m devcluster.cluster down --name NAME --dir DIR
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.tools import REPO_ROOT, Toolchain, find_kubectl, toolchain
+from devcluster.slots import all_slots
+from devcluster.tools import REPO_ROOT, Toolchain, find_kubectl, toolchain
 
 KWOK_DIR = REPO_ROOT / "hack" / "kwok"
 NODES_FILE = KWOK_DIR / "nodes.yaml"
@@ -45,6 +46,8 @@ GPU_NODES = ("gpu-node-0", "gpu-node-1")
 CPU_NODES = ("cpu-node-0",)
 GPUS_PER_NODE = 8
 CREATE_LOCK = Path("/tmp/evaluation-operator-kwokctl-create.lock")
+FAKE_NODE_SELECTOR = "kwok.x-k8s.io/node=fake"
+CREATE_ATTEMPTS = 3
 
 
 class ClusterError(RuntimeError):
@@ -126,7 +129,9 @@ class Cluster:
 # --- KWOK -------------------------------------------------------------------------------------
 
 
-def _kwokctl_config(tools: Toolchain) -> str:
+def _kwokctl_config(tools: Toolchain, pki: Path | None = None) -> str:
+    """kwokctl's configuration; `pki` is where kwokctl will write the cluster's certificates
+    (the API server presents the admin one to real kubelets, for `kubectl logs` and exec)."""
     options = {
         "runtime": "binary",
         "kubeVersion": tools.kubernetes_version,
@@ -140,12 +145,30 @@ def _kwokctl_config(tools: Toolchain) -> str:
         "kubeAuthorization": True,
         "kubeAdmission": True,
         "bindAddress": "127.0.0.1",
+        # Pods on a real node reach the API server through a forwarder on their bridge's
+        # gateway address (devcluster.node); the serving certificate must name it.
+        "kubeApiserverCertSANs": [str(slot.gateway) for slot in all_slots()],
     }
+    patches: list[dict[str, Any]] = [{"name": "kwok-controller", "extraArgs": [
+        {"key": "manage-all-nodes", "value": "false", "override": True},
+        {"key": "manage-nodes-with-annotation-selector", "value": FAKE_NODE_SELECTOR},
+    ]}]
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": options,
+        # KWOK plays only the fake nodes (hack/kwok/nodes.yaml annotates them): a real kubelet
+        # (devcluster.node) joins the same control plane without KWOK taking it over.
+        "componentsPatches": patches,
     }
+    if pki is not None:
+        # A real node has no resolvable hostname: reach its kubelet by its InternalIP, with a
+        # client certificate the kubelet checks against the cluster CA.
+        patches.append({"name": "kube-apiserver", "extraArgs": [
+            {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+            {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+            {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+        ]})
     return yaml.safe_dump(config) + "---\n" + STAGES_FILE.read_text()
 
 
@@ -189,22 +212,23 @@ class KwokCluster:
             # Left over from a run that was killed: start clean rather than half-reuse it.
             self.stop()
         config_path = self.state_dir / "kwokctl.yaml"
-        config_path.write_text(_kwokctl_config(tools))
+        config_path.write_text(
+            _kwokctl_config(tools, self.workdir / "clusters" / self.name / "pki"))
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
-        # kwokctl picks free ports without reserving them: two clusters created at the same
-        # moment get the same ports. One create at a time on this machine avoids that.
-        with open(CREATE_LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            result = subprocess.run(
-                [str(tools.kwokctl), "create", "cluster", "--name", self.name,
-                 "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
-                 "--wait", "3m"],
-                env=self._env(), capture_output=True, text=True, timeout=300, check=False,
-            )
-        if result.returncode != 0:
+        failures: list[str] = []
+        for _ in range(CREATE_ATTEMPTS):
+            failure = self._create(tools, config_path)
+            if failure is None:
+                break
+            failures.append(failure)
             self.stop()
-            raise ClusterError(f"kwokctl create cluster failed:\n{result.stdout}\n{result.stderr}")
+            if self.kubeconfig.exists():
+                self.kubeconfig.unlink()
+        else:
+            raise ClusterError(
+                f"kwokctl create cluster failed {CREATE_ATTEMPTS} times:\n" + "\n".join(failures)
+            )
         cluster = Cluster(name=self.name, kubeconfig=self.kubeconfig, flavour="kwok",
                           kubectl_path=tools.kubectl)
         try:
@@ -220,6 +244,58 @@ class KwokCluster:
             self.stop()
             raise
         return cluster
+
+    def _create(self, tools: Toolchain, config_path: Path) -> str | None:
+        """One `kwokctl create cluster`; None when it worked, else why it did not. A component
+        that exits while kwokctl waits for the cluster (two clusters picked the same ports:
+        "address already in use") ends the attempt at once instead of after the whole wait."""
+        # kwokctl picks free ports without reserving them: two clusters created at the same
+        # moment get the same ports. One create at a time on this machine avoids most of that;
+        # the watch below catches a port taken by something else in the meantime.
+        # Output to a file, not a pipe: components started by kwokctl may inherit it and keep
+        # a pipe open long after kwokctl is gone.
+        log_path = self.state_dir / "kwokctl-create.log"
+        with open(CREATE_LOCK, "w") as lock, open(log_path, "w") as log:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            create = subprocess.Popen(
+                [str(tools.kwokctl), "create", "cluster", "--name", self.name,
+                 "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
+                 "--wait", "3m"],
+                env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 300
+            dead: list[str] = []
+            while create.poll() is None and time.monotonic() < deadline:
+                dead = self._dead_components()
+                if dead:
+                    break
+                time.sleep(0.5)
+            if create.poll() is None:
+                create.kill()
+            create.wait()
+        output = log_path.read_text(errors="replace")
+        if dead:
+            return "component exited during start: " + "; ".join(
+                f"{name}: {self._log_tail(name)}" for name in dead)
+        if create.returncode != 0:
+            return f"kwokctl exited {create.returncode}:\n{output}"
+        return None
+
+    def _dead_components(self) -> list[str]:
+        dead = []
+        for pid_file in self._pid_files():
+            with contextlib.suppress(OSError, ValueError):
+                if not _alive(int(pid_file.read_text().strip())):
+                    dead.append(pid_file.stem)
+        return dead
+
+    def _log_tail(self, component: str) -> str:
+        log = self.workdir / "clusters" / self.name / "logs" / f"{component}.log"
+        try:
+            lines = log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-3:])
 
     def stop(self) -> None:
         pids = []
@@ -329,7 +405,7 @@ def cluster_from_environment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster")
+    parser = argparse.ArgumentParser(prog="python -m devcluster.cluster")
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--name", default="evaluation-dev")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".cluster")

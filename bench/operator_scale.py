@@ -1,0 +1,547 @@
+"""The operator at N tasks, against a bare client in the same run, on a private KWOK cluster.
+
+    .venv/bin/python bench/operator_scale.py --tasks 1000
+
+What it does (one private control plane, audit log on, extra fake GPU nodes so every task
+gets a GPU at once; moto's S3 server as its own process):
+
+1. Baseline: a bare Python client (16 threads, like the operator's default `api_workers`)
+   creates the same N ConfigMaps and Jobs the operator would (built by the operator's own
+   `manifests`; suspended, so no pods), timed from the first request to the N-th Job.
+2. The operator, started as `hack/run_local.py` starts it (`python -m evaluation_operator`),
+   gets N tasks (created by 16 threads): time from the first task to the N-th Job.
+3. Once every task is Running: RSS, and CPU and API reads over an idle window.
+4. Every pod finishes (exit 0 with a full termination message, as the runner writes it);
+   status latency = task seen Completed - pod seen Succeeded (whichever of pod Succeeded
+   and Job Complete the bench saw first), from the bench's own watches.
+5. SIGTERM with N tasks: shutdown time. Restart: time to settle, Jobs created twice (0).
+6. All tasks deleted: time until gone; RSS after.
+
+API calls are counted from the API server's audit log by user agent: the operator's are
+Kopf's (`kopf/...`) and the Kubernetes client's (`OpenAPI-Generator/...`); the bench's own
+client identifies itself as `operator-scale-bench`. "Writes" are create, update, patch and
+delete; per task = total / N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devcluster import cluster as cluster_module  # noqa: E402
+from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
+from evaluation_operator.config import OperatorSettings  # noqa: E402
+from evaluation_operator.manifests import build_configmap, build_job  # noqa: E402
+from evaluation_operator.runner_config import build_runner_config  # noqa: E402
+from evaluation_operator.task import Task  # noqa: E402
+from kubernetes import client, watch  # noqa: E402
+
+from tests.support.s3 import free_port  # noqa: E402
+
+BUCKET = "eval-results"
+AGENT = "operator-scale-bench"
+THREADS = 16
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+"""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
+    policy = state / "audit-policy.yaml"
+    state.mkdir(parents=True, exist_ok=True)
+    policy.write_text(AUDIT_POLICY)
+    plain = cluster_module._kwokctl_config
+
+    def with_audit(tools: Any) -> str:
+        text = plain(tools)
+        return text.replace("  runtime: binary\n",
+                            f"  runtime: binary\n  kubeAuditPolicy: {policy}\n", 1)
+
+    cluster_module._kwokctl_config = with_audit
+    owner = KwokCluster(name=f"eval-bench-{os.getpid()}", state_dir=state)
+    return owner, owner.start()
+
+
+def audit_log(owner: KwokCluster) -> Path:
+    found = sorted(owner.workdir.glob("clusters/*/logs/audit.log"))
+    if not found:
+        raise RuntimeError(f"no audit log under {owner.workdir}")
+    return found[0]
+
+
+def add_gpu_nodes(cluster: Cluster, count: int, gpus: int) -> None:
+    nodes = [{
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": f"bench-gpu-{i}",
+                     "annotations": {"kwok.x-k8s.io/node": "fake",
+                                     "node.alpha.kubernetes.io/ttl": "0"},
+                     "labels": {"kubernetes.io/hostname": f"bench-gpu-{i}", "type": "kwok",
+                                "kubernetes.io/os": "linux"}},
+        "status": {"capacity": {"cpu": "1000", "memory": "4Ti", "pods": str(gpus + 10),
+                                "nvidia.com/gpu": str(gpus)},
+                   "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": str(gpus + 10),
+                                   "nvidia.com/gpu": str(gpus)}},
+    } for i in range(count)]
+    cluster.apply(nodes)
+
+
+def start_s3() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            s3.create_bucket(Bucket=BUCKET)
+            return process, url
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def api(cluster: Cluster) -> client.ApiClient:
+    api_client = cluster.api_client()
+    api_client.user_agent = AGENT
+    api_client.configuration.connection_pool_maxsize = THREADS
+    # The pool is sized at construction: make a new client with the bigger pool.
+    fresh = client.ApiClient(api_client.configuration)
+    fresh.user_agent = AGENT
+    return fresh
+
+
+def in_parallel(work: Callable[[int], Any], count: int) -> None:
+    with ThreadPoolExecutor(THREADS) as pool:
+        for result in pool.map(work, range(count)):
+            del result
+
+
+# --- process figures --------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# --- the bench --------------------------------------------------------------------------------
+
+
+def spec(index: int) -> dict[str, Any]:
+    return {
+        "model": {"name": "tiny-llm", "endpoint": {"url": "http://tiny-llm.models.svc:8000/v1"}},
+        "benchmarks": [{"name": "arc-easy", "dataset": {"uri": "s3://datasets/arc-easy.jsonl"},
+                        "task": "multiple-choice", "metrics": ["accuracy"]}],
+        "resources": {"gpu": 1, "cpu": "1", "memory": "1Gi"},
+    }
+
+
+def baseline(cluster: Cluster, namespace: str, count: int) -> float:
+    """Seconds for a bare client to create `count` ConfigMaps and (suspended) Jobs."""
+    settings = OperatorSettings(s3_bucket=BUCKET)
+    core, batch = client.CoreV1Api(api(cluster)), client.BatchV1Api(api(cluster))
+    manifests = []
+    for i in range(count):
+        body = {"metadata": {"name": f"bare-{i}", "namespace": namespace,
+                             "uid": str(uuid.uuid4())}, "spec": spec(i)}
+        task = Task.from_body(body, settings)
+        assert task.spec is not None and task.location is not None
+        config = build_runner_config(task.spec, name=task.name, namespace=namespace,
+                                     uid=task.uid, location=task.location, settings=settings)
+        job = build_job(task, task.spec, settings)
+        job["spec"]["suspend"] = True  # the same request; no pods to load the cluster after
+        configmap = build_configmap(task, config)
+        for manifest in (configmap, job):  # no task object to own them
+            manifest["metadata"].pop("ownerReferences")
+        manifests.append((configmap, job))
+
+    def create(i: int) -> None:
+        configmap, job = manifests[i]
+        core.create_namespaced_config_map(namespace, configmap)
+        batch.create_namespaced_job(namespace, job)
+
+    started = time.monotonic()
+    in_parallel(create, count)
+    return time.monotonic() - started
+
+
+class Watcher:
+    """First time the bench sees each task's Job, pod Succeeded, Job Complete, task state."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.namespace = namespace
+        self.api = api(cluster)
+        self.jobs: dict[str, float] = {}
+        self.job_done: dict[str, float] = {}
+        self.pod_done: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+        self.phases: dict[str, str] = {}
+        self.results: dict[str, str] = {}
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(what,), daemon=True)
+                        for what in ("jobs", "pods", "tasks")]
+        for thread in self.threads:
+            thread.start()
+
+    def _stream(self, what: str) -> Iterator[dict[str, Any]]:
+        w = watch.Watch()
+        if what == "jobs":
+            function: Any = client.BatchV1Api(self.api).list_namespaced_job
+            args: tuple[Any, ...] = (self.namespace,)
+        elif what == "pods":
+            function, args = client.CoreV1Api(self.api).list_namespaced_pod, (self.namespace,)
+        else:
+            function = client.CustomObjectsApi(self.api).list_namespaced_custom_object
+            args = ("evaluation.dev", "v1alpha1", self.namespace, "evaluationtasks")
+        for event in w.stream(function, *args, timeout_seconds=60):
+            obj = event["object"]
+            yield obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+            if self.stop.is_set():
+                w.stop()
+
+    def _loop(self, what: str) -> None:
+        while not self.stop.is_set():
+            try:
+                for obj in self._stream(what):
+                    self._seen(what, obj, time.monotonic())
+            except Exception as error:  # a watch that expires or breaks: start again
+                if not self.stop.is_set():
+                    log(f"watch {what}: {error}")
+                    time.sleep(0.5)
+
+    def _seen(self, what: str, obj: dict[str, Any], now: float) -> None:
+        labels = obj["metadata"].get("labels") or {}
+        if what == "tasks":
+            name = obj["metadata"]["name"]
+            status = obj.get("status") or {}
+            self.phases[name] = str(status.get("reason") or "")
+            if status.get("results"):
+                self.results[name] = status["results"]["uri"]
+            if status.get("reason") == "Running":
+                self.running.setdefault(name, now)
+            if status.get("phase") in ("Completed", "Failed"):
+                self.finished.setdefault(name, now)
+            return
+        task = labels.get("evaluation.dev/task")
+        if not task:
+            return
+        if what == "jobs":
+            self.jobs.setdefault(task, now)
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Complete" and c["status"] == "True" for c in conditions):
+                self.job_done.setdefault(task, now)
+        elif (obj.get("status") or {}).get("phase") == "Succeeded":
+            self.pod_done.setdefault(task, now)
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def wait(what: str, predicate: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+class Operator:
+    def __init__(self, cluster: Cluster, s3_url: str, log_path: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+                    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                    "EVAL_S3_ENDPOINT": s3_url, "EVAL_S3_BUCKET": BUCKET,
+                    "EVAL_S3_REGION": "us-east-1", "PYTHONPATH": str(ROOT)}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> int:
+        out = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, "-m", "evaluation_operator"],
+                                        env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self.process.pid
+
+    def stop(self, timeout: float = 60) -> float:
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return time.monotonic() - started
+
+
+def audit_counts(path: Path, since: str, until: str) -> tuple[Counter[str], Counter[str]]:
+    """(operator writes, operator reads) by "verb resource[/subresource]" in [since, until)."""
+    writes: Counter[str] = Counter()
+    reads: Counter[str] = Counter()
+    with path.open() as lines:
+        for line in lines:
+            entry = json.loads(line)
+            stamp = entry.get("requestReceivedTimestamp", "")
+            if not since <= stamp < until:
+                continue
+            agent = entry.get("userAgent", "")
+            if not (agent.startswith("kopf/") or agent.startswith("OpenAPI-Generator")):
+                continue
+            ref = entry.get("objectRef") or {}
+            key = f"{entry['verb']} {ref.get('resource', '?')}"
+            if ref.get("subresource"):
+                key += f"/{ref['subresource']}"
+            (writes if entry["verb"] in WRITE_VERBS else reads)[key] += 1
+    return writes, reads
+
+
+def utc_now() -> str:
+    """As the audit log writes its timestamps (compared as strings)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
+    owner, cluster = start_cluster(state)
+    s3_process: subprocess.Popen[bytes] | None = None
+    operator: Operator | None = None
+    figures: dict[str, Any] = {"tasks": count, "load_before": load()}
+    try:
+        cluster.install_crds()
+        node_count = count // 100 + 1
+        add_gpu_nodes(cluster, node_count, 110)
+        cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
+            "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
+            timeout=120)
+        s3_process, s3_url = start_s3()
+        for namespace in ("bench-bare", "bench-op"):
+            cluster.kubectl("create", "namespace", namespace)
+        cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
+                        "bench-op", "--from-literal=AWS_ACCESS_KEY_ID=bench",
+                        "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
+
+        log(f"baseline: a bare client creates {count} ConfigMaps and Jobs")
+        figures["bare_seconds"] = baseline(cluster, "bench-bare", count)
+        cluster.kubectl("delete", "namespace", "bench-bare", "--timeout=300s")
+
+        operator = Operator(cluster, s3_url, state / "operator.log")
+        pid = operator.start()
+        time.sleep(10)
+        figures["rss_start_mib"] = rss_mib(pid)
+        watcher = Watcher(cluster, "bench-op")
+        custom = client.CustomObjectsApi(api(cluster))
+        audit = audit_log(owner)
+
+        log(f"operator: {count} tasks")
+        phase_start = utc_now()
+        started = time.monotonic()
+
+        def create(i: int) -> None:
+            custom.create_namespaced_custom_object(
+                "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks",
+                {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
+                 "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
+
+        in_parallel(create, count)
+        figures["create_tasks_seconds"] = time.monotonic() - started
+        wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))
+        figures["operator_seconds"] = max(watcher.jobs.values()) - started
+        wait("every task Running", lambda: len(watcher.running) >= count,
+             timeout=max(300, count))
+        figures["to_running_seconds"] = max(watcher.running.values()) - started
+        time.sleep(5)
+        figures["rss_running_mib"] = rss_mib(pid)
+
+        log(f"idle window: {idle_seconds:.0f}s with {count} running tasks")
+        idle_start, cpu0, t0 = utc_now(), cpu_seconds(pid), time.monotonic()
+        time.sleep(idle_seconds)
+        figures["idle_core"] = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        idle_end = utc_now()
+        figures["load_idle"] = load()
+
+        log("finishing every pod")
+        core = client.CoreV1Api(api(cluster))
+        pods = {p.metadata.labels["evaluation.dev/task"]: p.metadata.name
+                for p in core.list_namespaced_pod("bench-op").items
+                if p.status.phase == "Running"}
+
+        def finish(i: int) -> None:
+            name = f"t-{i}"
+            uri = watcher.results.get(name, "")
+            message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                                  "benchmarks": [{"name": "arc-easy", "score": 0.5,
+                                                  "metrics": {"accuracy": 0.5},
+                                                  "samples": 4}],
+                                  "results": {"uri": uri, "bundle": uri + "results.zip"}})
+            core.patch_namespaced_pod(pods[name], "bench-op", {"metadata": {"annotations": {
+                "kwok.evaluation.dev/exit-code": "0",
+                "kwok.evaluation.dev/message": message}}})
+
+        finish_start = time.monotonic()
+        in_parallel(finish, count)
+        wait("every task Completed", lambda: len(watcher.finished) >= count,
+             timeout=max(300, count))
+        figures["to_completed_seconds"] = max(watcher.finished.values()) - finish_start
+        latencies = []
+        for name, done in watcher.finished.items():
+            seen = [t for t in (watcher.pod_done.get(name), watcher.job_done.get(name)) if t]
+            if seen:
+                latencies.append(max(0.0, done - min(seen)))
+        figures["latency_p50"] = percentile(latencies, 0.5)
+        figures["latency_p99"] = percentile(latencies, 0.99)
+        figures["latency_samples"] = len(latencies)
+        figures["phases"] = dict(Counter(watcher.phases.values()))
+        time.sleep(3)
+        lifecycle_end = utc_now()
+
+        log("shutdown and restart")
+        figures["shutdown_seconds"] = operator.stop()
+        restart_start = utc_now()
+        pid = operator.start()
+        time.sleep(max(20.0, count / 50))
+        figures["rss_restarted_mib"] = rss_mib(pid)
+        restart_end = utc_now()
+
+        log("deleting every task")
+        delete_start = utc_now()
+        started = time.monotonic()
+        cluster.kubectl("delete", "evaluationtasks", "--all", "-n", "bench-op", "--wait=false",
+                        timeout=600)
+        wait("every task gone", lambda: not custom.list_namespaced_custom_object(
+            "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks",
+            limit=1)["items"], timeout=max(300, count))
+        figures["delete_seconds"] = time.monotonic() - started
+        time.sleep(10)
+        figures["rss_after_delete_mib"] = rss_mib(pid)
+        delete_end = utc_now()
+        watcher.close()
+        time.sleep(2)  # the audit log is flushed in batches
+
+        writes, _reads = audit_counts(audit, phase_start, lifecycle_end)
+        del_writes, _ = audit_counts(audit, delete_start, delete_end)
+        restart_writes, restart_reads = audit_counts(audit, restart_start, restart_end)
+        _, idle_reads = audit_counts(audit, idle_start, idle_end)
+        figures["writes"] = dict(writes)
+        figures["delete_writes"] = dict(del_writes)
+        figures["restart_writes"] = dict(restart_writes)
+        figures["restart_reads"] = dict(restart_reads)
+        figures["idle_reads_per_s"] = sum(idle_reads.values()) / idle_seconds
+        figures["idle_reads"] = dict(idle_reads)
+        figures["writes_per_task"] = (sum(writes.values()) + sum(del_writes.values())) / count
+        figures["duplicate_job_posts"] = writes["create jobs"] - count + restart_writes[
+            "create jobs"]
+        figures["load_after"] = load()
+        return figures
+    finally:
+        if operator is not None and operator.process is not None:
+            with contextlib.suppress(Exception):
+                operator.stop(timeout=20)
+        if s3_process is not None:
+            s3_process.terminate()
+            s3_process.wait(timeout=20)
+        owner.stop()
+
+
+def report(f: dict[str, Any]) -> str:
+    n = f["tasks"]
+    ratio = f["operator_seconds"] / f["bare_seconds"]
+    lines = [
+        f"| at {n} tasks | operator | bare client / target |",
+        "| --- | --- | --- |",
+        f"| first task created -> {n}th Job | {f['operator_seconds']:.1f} s | "
+        f"{f['bare_seconds']:.1f} s; {ratio:.2f}x (target <= 2x) |",
+        f"| status latency, pod Succeeded or Job Complete -> task Completed, p50 / p99 | "
+        f"{f['latency_p50']:.2f} s / {f['latency_p99']:.2f} s | target p99 <= 2 s |",
+        f"| API writes per task, create -> run -> complete -> delete | "
+        f"{f['writes_per_task']:.2f} | target <= 8; bare client 2 |",
+        f"| Jobs created twice (POSTs beyond one per task, restart included) | "
+        f"{f['duplicate_job_posts']} | 0 |",
+        f"| RSS at start / {n} running / after restart / after deletion | "
+        f"{f['rss_start_mib']:.0f} / {f['rss_running_mib']:.0f} / "
+        f"{f['rss_restarted_mib']:.0f} / {f['rss_after_delete_mib']:.0f} MiB | "
+        "target <= 150 MiB running |",
+        f"| CPU with {n} running tasks, nothing happening | {f['idle_core']:.3f} core, "
+        f"{f['idle_reads_per_s']:.2f} API reads/s | target <= 0.05 core |",
+        f"| shutdown with {n} tasks | {f['shutdown_seconds']:.1f} s | target <= 10 s |",
+        f"| deleting {n} tasks (purges included) | {f['delete_seconds']:.1f} s | |",
+        "",
+        f"operator writes create->complete: {f['writes']}",
+        f"operator writes during deletion: {f['delete_writes']}",
+        f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
+        f"operator reads while idle: {f['idle_reads']}",
+        f"task reasons last seen: {f['phases']}",
+        f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
+        f"{f['to_running_seconds']:.1f} s; all Completed {f['to_completed_seconds']:.1f} s "
+        "after the bench started finishing pods",
+        f"load average before / idle / after: {f['load_before']} / {f['load_idle']} / "
+        f"{f['load_after']} (2 vCPUs, shared)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--json", action="store_true", help="print the raw figures too")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    figures = run(args.tasks, args.idle_seconds, state)
+    print(report(figures))
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+module evaluation-operator/hack/build/pause
+
+go 1.22

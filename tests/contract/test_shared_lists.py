@@ -1,0 +1,123 @@
+"""Lists both sides share: one set of names in the runner, the operator, the CRD and the docs.
+
+The runner's names are the source (it is the side that implements them); every other copy
+must equal them, and both parsers must accept exactly them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from evaluation_operator import manifests, spec, status
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.runner_output import RunnerReason
+from evaluation_runner import config as runner_config
+from evaluation_runner import errors
+from evaluation_runner.errors import ConfigurationError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = (ROOT / "docs" / "runner-contract.md").read_text()
+CRDS = [ROOT / "crds" / "evaluation.dev_evaluationtasks.yaml",
+        ROOT / "charts" / "evaluation-operator" / "crds" / "evaluation.dev_evaluationtasks.yaml"]
+
+
+def benchmark_schema(path: Path) -> dict[str, Any]:
+    crd = yaml.safe_load(path.read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    items: dict[str, Any] = root["properties"]["spec"]["properties"]["benchmarks"]["items"]
+    return items
+
+
+def framework_enum(path: Path) -> list[str]:
+    crd = yaml.safe_load(path.read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    enum: list[str] = root["properties"]["spec"]["properties"]["framework"]["properties"][
+        "name"]["enum"]
+    return enum
+
+
+def contract_list(line_start: str) -> list[str]:
+    """The backticked names in docs/runner-contract.md after `line_start`, up to the end of
+    that sentence."""
+    text = CONTRACT[CONTRACT.index(line_start) + len(line_start):]
+    end = re.search(r"\.\s", text)
+    assert end, line_start
+    return re.findall(r"`([^`]+)`", text[:end.start()])
+
+
+def runner_accepts(**benchmark: Any) -> bool:
+    raw = {"version": 1, "model": {"name": "m", "endpoint": {"url": "http://m/v1"}},
+           "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
+                           "task": "generation", "metrics": ["exact-match"], **benchmark}],
+           "output": {"s3": {"bucket": "r", "prefix": "p/"}}}
+    try:
+        runner_config.parse_config(raw)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def operator_accepts(**benchmark: Any) -> bool:
+    raw = {"model": {"name": "m", "endpoint": {"url": "http://m/v1"}},
+           "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
+                           "task": "generation", "metrics": ["exact-match"], **benchmark}]}
+    try:
+        spec.parse_task_spec(raw, OperatorSettings(s3_bucket="r"))
+    except spec.SpecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_metrics_are_one_list(crd: Path) -> None:
+    metrics = list(runner_config.METRICS)
+    assert benchmark_schema(crd)["properties"]["metrics"]["items"]["enum"] == metrics
+    assert list(spec.METRICS) == metrics
+    assert contract_list("- `metrics`: from") == metrics
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_task_types_are_one_list(crd: Path) -> None:
+    tasks = list(runner_config.TASK_TYPES)
+    assert benchmark_schema(crd)["properties"]["task"]["enum"] == tasks
+    assert list(spec.TASK_TYPES) == tasks
+    assert contract_list("- `task`:") == tasks
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_frameworks_are_one_list(crd: Path) -> None:
+    assert framework_enum(crd) == list(runner_config.FRAMEWORKS)
+
+
+def test_both_parsers_accept_every_metric_and_task_type_and_nothing_else() -> None:
+    for metric in runner_config.METRICS:
+        assert runner_accepts(metrics=[metric]) and operator_accepts(metrics=[metric]), metric
+    for task in runner_config.TASK_TYPES:
+        assert runner_accepts(task=task) and operator_accepts(task=task), task
+    assert not runner_accepts(metrics=["bleurt"]) and not operator_accepts(metrics=["bleurt"])
+    assert not runner_accepts(task="ranking") and not operator_accepts(task="ranking")
+
+
+def test_failure_reasons_are_one_list() -> None:
+    reasons = list(errors.REASONS)
+    assert contract_list("`reason` is one of") == reasons
+    assert [r.value for r in RunnerReason] == reasons  # what the operator's parser knows
+    assert {errors.ConfigurationError.reason, errors.RunnerError.reason} <= set(reasons)
+    # Every retried reason gets an operator hint saying what to check; no hint is stale.
+    retried = set(reasons) - {"ConfigurationError", "RunnerError"}
+    assert set(status.RUNNER_REASON_HINTS) == retried
+    with pytest.raises(ValueError, match="not a runner failure reason"):
+        errors.TransientError("x", reason="SomethingNew")
+
+
+def test_exit_codes_are_one_list() -> None:
+    assert manifests.EXIT_CONFIGURATION_ERROR == errors.EXIT_CONFIGURATION
+    assert manifests.EXIT_TRANSIENT_ERROR == errors.EXIT_TRANSIENT
+    table = dict(re.findall(r"^\| (\d+) \| ([a-z]+)", CONTRACT, re.M))
+    assert table == {str(errors.EXIT_OK): "success",
+                     str(errors.EXIT_CONFIGURATION): "configuration",
+                     str(errors.EXIT_TRANSIENT): "transient"}

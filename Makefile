@@ -168,6 +168,12 @@ test: venv tools $(E2E_PREREQS)  ## everything: lint, unit, runner, integration 
 bench: venv  ## benchmarks (print figures)
 	$(PY) bench/runner_throughput.py
 
+.PHONY: test-local-model
+test-local-model: venv  ## the transformers backend's CPU tests and figures (installs torch: ~5.6 GB)
+	$(PY) -m pip install --quiet -e ".[local-model]"
+	EVAL_REQUIRE_TORCH=1 $(PY) -m pytest tests/runner/test_local_model_batched.py -q
+	$(PY) bench/local_model_throughput.py
+
 .PHONY: clean
 clean:  ## remove the virtualenv and local cluster state (not the cached binaries)
 	-$(MAKE) cluster-down

@@ -75,6 +75,8 @@ def build_runner_config(
                 "weight": b.weight,
                 "fewShot": b.few_shot,
                 "labels": list(b.labels) if b.labels else None,
+                "language": b.language,
+                "metricOptions": dict(b.metric_options),
             }
             for b in spec.benchmarks
         ],

@@ -203,15 +203,21 @@ def purge(client: Any, location: ResultsLocation) -> int:
         deleted += len(batch)
 
 
+# The folders a runner writes one level of subfolders into (evaluation_runner.storage.
+# RUNNER_DIRECTORIES is the source; tests/runner/test_layout.py checks both against a run).
+RUNNER_DIRECTORIES = ("benchmarks", "checkpoints")
+
+
 def is_task_key(relative: str) -> bool:
     """Whether a key below a task's prefix can be the task's own.
 
-    A runner writes at most `benchmarks/<name>/<file>` below its prefix. Deeper keys belong
-    to another task whose prefix nests inside this one (a custom spec.output.s3.prefix such
-    as `runs/team-a/<task>/<uid>` can arrange that), so a purge must leave them alone.
+    A runner writes at most `benchmarks/<name>/<file>` or `checkpoints/<name>/<file>` below
+    its prefix. Deeper keys belong to another task whose prefix nests inside this one (a
+    custom spec.output.s3.prefix such as `runs/team-a/<task>/<uid>` can arrange that), so a
+    purge must leave them alone.
     """
     parts = relative.split("/")
-    return len(parts) <= 2 or (len(parts) == 3 and parts[0] == "benchmarks")
+    return len(parts) <= 2 or (len(parts) == 3 and parts[0] in RUNNER_DIRECTORIES)
 
 
 def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:

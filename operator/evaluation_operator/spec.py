@@ -13,7 +13,10 @@ from typing import Any
 from evaluation_operator.config import OperatorSettings
 
 TASK_TYPES = ("multiple-choice", "generation", "classification")
-METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")
+# The runner's metric registry (evaluation_runner.metrics.REGISTRY) is the source; a test
+# checks this copy, the CRD's enum and the docs against it.
+METRICS = ("accuracy", "acc-norm", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2",
+           "rouge-l", "rouge-lsum")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
 _URL_WITH_CREDENTIALS = re.compile(r"^https?://[^/?#]*@")
@@ -71,6 +74,9 @@ class Benchmark:
     few_shot: int = 0
     labels: tuple[str, ...] | None = None
     weight: float = 1.0
+    language: str | None = None
+    # Passed to the runner as given (the CRD's schema checks it; the runner parses it).
+    metric_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,8 @@ def _parse_benchmarks(raw: Any) -> tuple[Benchmark, ...]:
             metrics=metrics, limit=item.get("limit"), few_shot=int(item.get("fewShot", 0)),
             labels=tuple(str(x) for x in labels) if labels else None,
             weight=float(item.get("weight", 1)),
+            language=str(item["language"]) if item.get("language") else None,
+            metric_options=dict(item.get("metricOptions") or {}),
         ))
     return tuple(benchmarks)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 
-from evaluation_runner import termination
+from evaluation_runner import runlog, termination
 from evaluation_runner.config import load_config
 from evaluation_runner.errors import EXIT_OK, RunnerError
-from evaluation_runner.runner import run
+from evaluation_runner.runner import LOG_KEY, run
 from evaluation_runner.storage import ResultsWriter
 
 log = logging.getLogger("evaluation_runner")
@@ -25,24 +27,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def upload_log(writer: ResultsWriter | None, captured: runlog.CappedLog) -> str | None:
+    """runner.log into the bundle, best effort (also after a failure); its URI, or None."""
+    if writer is None:
+        return None
+    try:
+        writer.put(LOG_KEY, captured.contents(), "text/plain; charset=utf-8")
+    except Exception as error:
+        log.warning("runner.log could not be uploaded: %s", error)
+        return None
+    return writer.uri(LOG_KEY)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=runlog.FORMAT)
+    captured = runlog.install()
+    writer: ResultsWriter | None = None
+
+    def fail(reason: str, message: str) -> None:
+        termination.write(args.termination_log, termination.failure_message(
+            reason, message, upload_log(writer, captured)))
+
+    def abort(error: RunnerError) -> None:
+        # From the watchdog's thread, while the main thread hangs: report, then end it all.
+        done = threading.Thread(target=fail, args=(error.reason, str(error)), daemon=True)
+        done.start()
+        done.join(timeout=30)
+        logging.shutdown()
+        os._exit(error.exit_code)
+
     try:
         config = load_config(args.config)
-        message = run(config, ResultsWriter(config.output))
+        writer = ResultsWriter(config.output)
+        message = run(config, writer, abort=abort, log_contents=captured.contents)
     except RunnerError as error:
         log.error("%s: %s", error.reason, error)
-        termination.write(args.termination_log,
-                          termination.failure_message(error.reason, str(error)))
+        fail(error.reason, str(error))
         return error.exit_code
     except Exception as error:  # a bug: report it, exit with the retried code
         log.exception("runner failed")
-        termination.write(args.termination_log,
-                          termination.failure_message("RunnerError", repr(error)))
+        fail("RunnerError", repr(error))
         return 1
-    termination.write(args.termination_log, message)
     log.info("done: %s", message.decode())
+    upload_log(writer, captured)
+    termination.write(args.termination_log, message)
     return EXIT_OK
 
 

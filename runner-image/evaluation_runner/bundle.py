@@ -6,10 +6,10 @@ import csv
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from evaluation_runner.metrics import MetricValue
+from evaluation_runner.metrics import REGISTRY, MetricValue
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class BenchmarkResult:
     metrics: dict[str, MetricValue]
     samples: list[dict[str, Any]]
     dataset: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)  # the metric options in force
 
     def metrics_json(self) -> dict[str, Any]:
         return {
@@ -30,6 +31,12 @@ class BenchmarkResult:
             "metrics": {k: v.value for k, v in self.metrics.items()},
             "stderr": {k: v.stderr for k, v in self.metrics.items()},
             "sampleCounts": {k: v.samples for k, v in self.metrics.items()},
+            "metricInfo": {k: {"scale": REGISTRY[k].scale,
+                               "higherIsBetter": REGISTRY[k].higher_is_better,
+                               "stderr": "bootstrap" if REGISTRY[k].is_corpus(self.task)
+                               else "mean", "reference": REGISTRY[k].reference}
+                           for k in self.metrics if k in REGISTRY},
+            "metricOptions": self.options,
             "dataset": self.dataset,
         }
 

@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation_runner.errors import ConfigurationError
+from evaluation_runner.metrics import (
+    BLEU_TOKENIZERS,
+    DEFAULT_BOOTSTRAP_ITERATIONS,
+    EXACT_MATCH_NORMALIZATIONS,
+    F1_AVERAGES,
+    METRIC_NAMES,
+    OPTION_GROUPS,
+    REGISTRY,
+    ROUGE_TOKENIZERS,
+    BleuOptions,
+    ExactMatchOptions,
+    F1Options,
+    MetricOptions,
+    RougeOptions,
+    default_bleu_tokenizer,
+    default_rouge_tokenizer,
+)
+from evaluation_runner.metrics import TASK_TYPES as TASK_TYPES
 
-TASK_TYPES = ("multiple-choice", "generation", "classification")
-METRICS = ("accuracy", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2", "rouge-l")
+METRICS = METRIC_NAMES
+MAX_BOOTSTRAP_ITERATIONS = 100_000
+# metricOptions keys: one per option group a registered metric reads.
+OPTION_KEYS = OPTION_GROUPS
 FRAMEWORKS = ("builtin", "lm-eval")
 
 
@@ -43,6 +64,8 @@ class BenchmarkConfig:
     weight: float = 1.0
     few_shot: int = 0
     labels: tuple[str, ...] | None = None
+    language: str | None = None
+    options: MetricOptions = field(default_factory=MetricOptions)
 
     @property
     def primary_metric(self) -> str:
@@ -55,6 +78,15 @@ class OutputConfig:
     prefix: str
     endpoint_url: str | None = None
     region: str | None = None
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """A request older than the endpoint timeout plus `request_margin_seconds`, or no sample
+    finished for `stall_seconds`, fails the attempt (exit 75) instead of hanging forever."""
+
+    request_margin_seconds: float = 60.0
+    stall_seconds: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,8 @@ class RunnerConfig:
     output: OutputConfig
     progress_interval_seconds: float
     raw: dict[str, Any]
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+
 
 
 def _require(obj: Any, key: str, path: str) -> Any:
@@ -80,7 +114,7 @@ def _require(obj: Any, key: str, path: str) -> Any:
     return obj[key]
 
 
-def _benchmark(raw: Any, index: int) -> BenchmarkConfig:
+def _benchmark(raw: Any, index: int, seed: int = 1234) -> BenchmarkConfig:
     path = f"benchmarks[{index}]"
     name = str(_require(raw, "name", path))
     dataset_raw = _require(raw, "dataset", path)
@@ -98,10 +132,27 @@ def _benchmark(raw: Any, index: int) -> BenchmarkConfig:
         if metric not in METRICS:
             raise ConfigurationError(
                 f"{path}.metrics: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+        if task not in REGISTRY[metric].tasks:
+            raise ConfigurationError(
+                f"{path}.metrics: {metric} does not apply to {task} benchmarks (it applies to "
+                f"{', '.join(REGISTRY[metric].tasks)})")
     limit = raw.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigurationError(f"{path}.limit: must be a positive integer")
     labels = raw.get("labels")
+    language = raw.get("language")
+    if language is not None and (not isinstance(language, str)
+                                 or not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*",
+                                                     language)):
+        raise ConfigurationError(f"{path}.language: {language!r} is not a language code like "
+                                 "en, de, zh or pt-BR")
+    options = _metric_options(raw.get("metricOptions"), f"{path}.metricOptions", language,
+                              labels=tuple(str(x) for x in labels) if labels else None,
+                              seed=seed)
+    if (options.f1.average == "binary" and "f1" in metrics and task != "generation"
+            and options.labels and options.f1.positive_label not in options.labels):
+        raise ConfigurationError(f"{path}.metricOptions.f1.positiveLabel: "
+                                 f"{options.f1.positive_label!r} is not one of the labels")
     return BenchmarkConfig(
         name=name,
         dataset=DatasetConfig(uri=uri, format=fmt,
@@ -110,6 +161,86 @@ def _benchmark(raw: Any, index: int) -> BenchmarkConfig:
         task=task, metrics=tuple(str(m) for m in metrics), limit=limit,
         weight=float(raw.get("weight", 1.0)), few_shot=int(raw.get("fewShot") or 0),
         labels=tuple(str(x) for x in labels) if labels else None,
+        language=language, options=options,
+    )
+
+
+def _choice(raw: dict[str, Any], key: str, allowed: tuple[str, ...], default: str,
+            path: str) -> str:
+    value = raw.get(key, default)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ConfigurationError(f"{path}.{key}: {value!r}: use one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _flag(raw: dict[str, Any], key: str, path: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{path}.{key}: must be true or false")
+    return value
+
+
+def _group(raw: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{path}.{key}: must be an object")
+    return value
+
+
+def _metric_options(raw: Any, path: str, language: str | None,
+                    labels: tuple[str, ...] | None, seed: int) -> MetricOptions:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{path}: must be an object")
+    unknown = set(raw) - {*OPTION_KEYS, "bootstrapIterations"}
+    if unknown:
+        raise ConfigurationError(f"{path}: unknown option(s) {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(OPTION_KEYS)}, bootstrapIterations)")
+    bleu, rouge = _group(raw, "bleu", path), _group(raw, "rouge", path)
+    f1, em = _group(raw, "f1", path), _group(raw, "exactMatch", path)
+    average = _choice(f1, "average", F1_AVERAGES, "macro", f"{path}.f1")
+    positive = f1.get("positiveLabel")
+    if average == "binary" and positive in (None, ""):
+        raise ConfigurationError(f"{path}.f1.positiveLabel: required with average: binary")
+    normalize = _choice(em, "normalize", EXACT_MATCH_NORMALIZATIONS, "squad",
+                        f"{path}.exactMatch")
+    flags = {k: _flag(em, k, f"{path}.exactMatch")
+             for k in ("ignoreCase", "ignorePunctuation", "ignoreNumbers")}
+    regexes = em.get("regexesToIgnore") or []
+    if not isinstance(regexes, list):
+        raise ConfigurationError(f"{path}.exactMatch.regexesToIgnore: must be a list")
+    for index, pattern in enumerate(regexes):
+        try:
+            re.compile(str(pattern))
+        except re.error as error:
+            raise ConfigurationError(
+                f"{path}.exactMatch.regexesToIgnore[{index}]: {pattern!r}: {error}") from error
+    if normalize == "squad" and (any(flags.values()) or regexes):
+        raise ConfigurationError(f"{path}.exactMatch: ignoreCase, ignorePunctuation, "
+                                 "ignoreNumbers and regexesToIgnore apply with normalize: none "
+                                 "(squad already normalises)")
+    iterations = raw.get("bootstrapIterations", DEFAULT_BOOTSTRAP_ITERATIONS)
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or not (
+            0 <= iterations <= MAX_BOOTSTRAP_ITERATIONS):
+        raise ConfigurationError(f"{path}.bootstrapIterations: an integer from 0 (off) to "
+                                 f"{MAX_BOOTSTRAP_ITERATIONS}")
+    return MetricOptions(
+        bleu=BleuOptions(
+            tokenize=_choice(bleu, "tokenize", BLEU_TOKENIZERS,
+                             default_bleu_tokenizer(language), f"{path}.bleu"),
+            lowercase=_flag(bleu, "lowercase", f"{path}.bleu")),
+        rouge=RougeOptions(
+            tokenizer=_choice(rouge, "tokenizer", ROUGE_TOKENIZERS,
+                              default_rouge_tokenizer(language), f"{path}.rouge"),
+            use_stemmer=_flag(rouge, "useStemmer", f"{path}.rouge")),
+        f1=F1Options(average=average, positive_label=None if positive is None else str(positive)),
+        exact_match=ExactMatchOptions(
+            normalize=normalize, ignore_case=flags["ignoreCase"],
+            ignore_punctuation=flags["ignorePunctuation"], ignore_numbers=flags["ignoreNumbers"],
+            regexes_to_ignore=tuple(str(r) for r in regexes)),
+        bootstrap_iterations=iterations, seed=seed, labels=labels,
     )
 
 
@@ -141,11 +272,21 @@ def parse_config(raw: Any) -> RunnerConfig:
     benchmarks_raw = raw.get("benchmarks") or []
     if not benchmarks_raw:
         raise ConfigurationError("benchmarks: at least one benchmark is required")
-    benchmarks = tuple(_benchmark(b, i) for i, b in enumerate(benchmarks_raw))
+    params = raw.get("parameters") or {}
+    seed = int(params.get("seed", 1234))
+    benchmarks = tuple(_benchmark(b, i, seed) for i, b in enumerate(benchmarks_raw))
+    loglikelihood = endpoint is None or endpoint.api == "completions"
+    for i, b in enumerate(benchmarks):
+        for metric in b.metrics:
+            if REGISTRY[metric].needs_loglikelihood and (
+                    not loglikelihood or framework != "builtin"):
+                raise ConfigurationError(
+                    f"benchmarks[{i}].metrics: {metric} needs the log-likelihood of each "
+                    "choice: use model.endpoint.api: completions (with prompt logprobs) or "
+                    "model.source, and the builtin framework")
     names = [b.name for b in benchmarks]
     if len(set(names)) != len(names):
         raise ConfigurationError("benchmarks: names must be unique")
-    params = raw.get("parameters") or {}
     s3 = _require(_require(raw, "output", "config"), "s3", "output")
     prefix = str(_require(s3, "prefix", "output.s3"))
     if not prefix.endswith("/") or ".." in prefix.split("/"):
@@ -160,12 +301,28 @@ def parse_config(raw: Any) -> RunnerConfig:
         framework=framework, benchmarks=benchmarks,
         temperature=float(params.get("temperature", 0.0)),
         max_tokens=int(params.get("maxTokens", 256)), concurrency=concurrency,
-        seed=int(params.get("seed", 1234)),
+        seed=seed,
         output=OutputConfig(bucket=str(_require(s3, "bucket", "output.s3")), prefix=prefix,
                             endpoint_url=s3.get("endpointUrl"), region=s3.get("region")),
         progress_interval_seconds=float(raw.get("progressIntervalSeconds", 10)),
-        raw=raw,
+        raw=raw, watchdog=_watchdog(raw.get("watchdog")),
     )
+
+
+def _watchdog(raw: Any) -> WatchdogConfig:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError("watchdog: must be an object")
+    values = {}
+    for key, attribute in (("requestMarginSeconds", "request_margin_seconds"),
+                           ("stallSeconds", "stall_seconds")):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigurationError(f"watchdog.{key}: must be a positive number of seconds")
+        values[attribute] = float(value)
+    return WatchdogConfig(**values)
 
 
 def load_config(path: Path) -> RunnerConfig:

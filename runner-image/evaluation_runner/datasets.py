@@ -23,6 +23,11 @@ class Sample:
     prompt: str
     reference: str
     choices: tuple[str, ...] | None = None
+    more_references: tuple[str, ...] = ()  # generation: further acceptable answers
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        return (self.reference, *self.more_references)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,24 @@ def _reference(value: Any, choices: tuple[str, ...] | None) -> str:
     return "" if value is None else str(value)
 
 
+def _references(value: Any, where: str) -> tuple[str, ...] | None:
+    """A generation sample's list of references (JSON list, or a CSV cell holding one);
+    None when the value is a single reference."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return None
+        if not (isinstance(parsed, list) and all(isinstance(v, str) for v in parsed)):
+            return None
+        value = parsed
+    if not isinstance(value, list):
+        return None
+    if not value or any(isinstance(v, dict | list) for v in value):
+        raise ConfigurationError(f"{where}: a list of references needs at least one text")
+    return tuple("" if v is None else str(v) for v in value)
+
+
 def load_dataset(benchmark: BenchmarkConfig, index: int, s3: Any | None = None
                  ) -> LoadedDataset:
     field_path = f"benchmarks[{index}].dataset"
@@ -142,6 +165,15 @@ def load_dataset(benchmark: BenchmarkConfig, index: int, s3: Any | None = None
             if choices_col not in record:
                 raise ConfigurationError(f"{where}: no column {choices_col!r} (fields.choices)")
             choices = _choices(record[choices_col], where)
+        many = (_references(record[reference_col], f"{where}: column {reference_col!r}")
+                if benchmark.task == "generation" else None)
+        if many is not None:
+            samples.append(Sample(index=row_index, prompt=str(record[prompt_col]),
+                                  reference=many[0], more_references=many[1:]))
+            continue
+        if isinstance(record[reference_col], list | dict):
+            raise ConfigurationError(f"{where}: column {reference_col!r} holds a list; only "
+                                     "generation benchmarks take several references")
         samples.append(Sample(index=row_index, prompt=str(record[prompt_col]),
                               reference=_reference(record[reference_col], choices),
                               choices=choices))

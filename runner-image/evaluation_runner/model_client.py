@@ -15,6 +15,7 @@ from typing import Any
 
 from evaluation_runner.config import EndpointConfig
 from evaluation_runner.errors import ConfigurationError, TransientError
+from evaluation_runner.watchdog import NoWatchdog, Watchdog
 
 API_KEY_FILE = Path("/etc/evaluation/secrets/model-api-key")
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
@@ -52,12 +53,14 @@ def parse_retry_after(header: str | None, now: float | None = None) -> float | N
 
 class ModelClient:
     def __init__(self, endpoint: EndpointConfig, model: str, *, api_key: str | None = None,
-                 backoff_seconds: float = 0.5, max_backoff_seconds: float = 30.0) -> None:
+                 backoff_seconds: float = 0.5, max_backoff_seconds: float = 30.0,
+                 watchdog: Watchdog | NoWatchdog | None = None) -> None:
         self.endpoint = endpoint
         self.model = model
         self.api_key = api_key
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
+        self.watchdog = watchdog or NoWatchdog()
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.endpoint.url}{path}"
@@ -70,8 +73,8 @@ class ModelClient:
             retry_after: float | None = None
             try:
                 request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.endpoint.timeout_seconds
-                                            ) as response:
+                with self.watchdog.request(url), urllib.request.urlopen(
+                        request, timeout=self.endpoint.timeout_seconds) as response:
                     result: dict[str, Any] = json.loads(response.read())
                     return result
             except urllib.error.HTTPError as error:

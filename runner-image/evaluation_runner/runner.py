@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
+import os
+import signal
+import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
 from evaluation_runner import lm_eval_adapter, termination
 from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
+from evaluation_runner.checkpoints import BenchmarkCheckpoint, CheckpointStore
 from evaluation_runner.config import BenchmarkConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, load_dataset
-from evaluation_runner.errors import ConfigurationError
-from evaluation_runner.metrics import as_score, compute, overall_score, per_sample_scores
+from evaluation_runner.errors import ConfigurationError, RunnerError, TransientError
+from evaluation_runner.metrics import REGISTRY, Answer, as_score, compute_metric, overall_score
 from evaluation_runner.model_client import ModelClient, resolve_api_key
 from evaluation_runner.progress import ProgressTracker
 from evaluation_runner.storage import ResultsWriter, s3_client
-from evaluation_runner.tasks import Generation, Prediction, predict_all
+from evaluation_runner.tasks import Generation, Prediction, predict_all, predict_batched
+from evaluation_runner.watchdog import Watchdog
 
 RUNNER_VERSION = "0.1.0"
+log = logging.getLogger("evaluation_runner")
+LOG_KEY = "runner.log"
+# Kubernetes' default grace period is 30 s: requests under way get a few to finish, then
+# the answers are saved and the log uploaded before the SIGKILL.
+SIGTERM_DRAIN_SECONDS = 5.0
 
 
 def _now() -> str:
@@ -33,33 +45,55 @@ def _version(package: str) -> str | None:
         return None
 
 
+def answers_of(predictions: list[Prediction]) -> list[Answer]:
+    return [Answer(p.prediction, p.sample.references, p.sample.choices, p.choice_logprobs)
+            for p in predictions]
+
+
 def score_benchmark(benchmark: BenchmarkConfig, dataset: LoadedDataset,
                     predictions: list[Prediction]) -> BenchmarkResult:
-    preds = [p.prediction for p in predictions]
-    refs = [p.sample.reference for p in predictions]
-    labels = list(benchmark.labels) if benchmark.labels else None
-    metric_values = {m: compute(m, benchmark.task, preds, refs, labels)
+    answers = answers_of(predictions)
+    metric_values = {m: compute_metric(m, benchmark.task, answers, benchmark.options)
                      for m in benchmark.metrics}
     samples = []
-    for p in predictions:
+    for p, answer in zip(predictions, answers, strict=True):
         record: dict[str, Any] = {"index": p.sample.index, "input": p.sample.prompt,
                                   "prompt": p.prompt, "prediction": p.prediction,
                                   "reference": p.sample.reference}
+        if p.sample.more_references:
+            record["references"] = list(p.sample.references)
         if p.sample.choices is not None:
             record["choices"] = list(p.sample.choices)
         if p.choice_logprobs is not None:
             record["choiceLogprobs"] = list(p.choice_logprobs)
-        record["scores"] = {m: s for m in benchmark.metrics if (s := per_sample_scores(
-            m, benchmark.task, p.prediction, p.sample.reference)) is not None}
+        record["scores"] = {m: s for m in benchmark.metrics if (
+            s := REGISTRY[m].sample_score(answer, benchmark.task, benchmark.options))
+            is not None}
         samples.append(record)
     primary = benchmark.primary_metric
     return BenchmarkResult(
         name=benchmark.name, task=benchmark.task, primary_metric=primary,
         score=as_score(primary, metric_values[primary].value), weight=benchmark.weight,
-        metrics=metric_values, samples=samples,
+        metrics=metric_values, samples=samples, options=options_document(benchmark),
         dataset={"uri": dataset.uri, "sha256": dataset.sha256, "rows": dataset.rows,
                  "samples": len(dataset.samples), "fewShotExamples": len(dataset.examples)},
     )
+
+
+def options_document(benchmark: BenchmarkConfig) -> dict[str, Any]:
+    """The metric options in force (defaults and language choices resolved)."""
+    options = benchmark.options
+    return {"language": benchmark.language,
+            "bleu": {"tokenize": options.bleu.tokenize, "lowercase": options.bleu.lowercase},
+            "rouge": {"tokenizer": options.rouge.tokenizer,
+                      "useStemmer": options.rouge.use_stemmer},
+            "f1": {"average": options.f1.average, "positiveLabel": options.f1.positive_label},
+            "exactMatch": {"normalize": options.exact_match.normalize,
+                           "ignoreCase": options.exact_match.ignore_case,
+                           "ignorePunctuation": options.exact_match.ignore_punctuation,
+                           "ignoreNumbers": options.exact_match.ignore_numbers,
+                           "regexesToIgnore": list(options.exact_match.regexes_to_ignore)},
+            "bootstrapIterations": options.bootstrap_iterations, "seed": options.seed}
 
 
 def framework_document(name: str, framework_results: dict[str, dict[str, Any]]
@@ -73,10 +107,32 @@ def framework_document(name: str, framework_results: dict[str, dict[str, Any]]
     return {"name": "builtin", "version": RUNNER_VERSION, "libraries": libraries}
 
 
-def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None) -> bytes:
-    """Evaluate, upload the bundle, and return the termination message. Raises RunnerError."""
+def _abort_process(error: RunnerError) -> None:
+    os._exit(error.exit_code)
+
+
+def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None,
+        abort: Callable[[RunnerError], None] = _abort_process,
+        log_contents: Callable[[], bytes] | None = None) -> bytes:
+    """Evaluate, upload the bundle, and return the termination message. Raises RunnerError.
+
+    `abort` is called from the watchdog's thread when the attempt hangs; it must end the
+    process (the default does, with the error's exit code)."""
     started, clock = _now(), time.monotonic()
     api_key: str | None = None
+    checkpoints = CheckpointStore(writer)
+
+    def give_up(error: RunnerError, drain_seconds: float = 0.0) -> None:
+        # Keep what was answered for the retry; bounded, since S3 may be what hangs.
+        saver = threading.Thread(target=_best_effort, daemon=True,
+                                 args=(lambda: checkpoints.stop(drain_seconds),))
+        saver.start()
+        saver.join(timeout=drain_seconds + 20)
+        abort(error)
+
+    watchdog = Watchdog(
+        (config.endpoint.timeout_seconds + config.watchdog.request_margin_seconds)
+        if config.endpoint else None, config.watchdog.stall_seconds, give_up)
     if config.framework == "lm-eval":
         lm_eval_adapter.require_lm_eval(config)
     if config.endpoint is None:
@@ -85,37 +141,44 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         client: Any = local_client(config)
     else:
         api_key = resolve_api_key(config.endpoint)
-        client = ModelClient(config.endpoint, config.model_name, api_key=api_key)
+        client = ModelClient(config.endpoint, config.model_name, api_key=api_key,
+                             watchdog=watchdog)
     s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
                         if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
                         else None)
     datasets = [load_dataset(b, i, s3) for i, b in enumerate(config.benchmarks)]
+    for benchmark, dataset in zip(config.benchmarks, datasets, strict=True):
+        log.info("benchmark %s: %d samples from %s (sha256 %s)", benchmark.name,
+                 len(dataset.samples), dataset.uri, dataset.sha256)
     generation = Generation(config.max_tokens, config.temperature, config.seed)
     totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
-    results = []
     framework_results: dict[str, dict[str, Any]] = {}
-    tracker = ProgressTracker(totals, lambda doc: writer.put("progress.json", doc,
-                                                             "application/json"),
-                              config.progress_interval_seconds)
+
+    def publish_progress(document: bytes) -> None:
+        writer.put("progress.json", document, "application/json")
+        checkpoints.flush()
+
+    tracker = ProgressTracker(totals, publish_progress, config.progress_interval_seconds)
     # Before any model time is spent: a results location we cannot write to fails the run
     # now (78 for a missing bucket or bad credentials, 75 for an outage), not hours later.
     writer.put("progress.json", tracker.document(), "application/json")
-    with tracker:
-        for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
-                                                         strict=True)):
-            if config.framework == "lm-eval":
-                run_result = lm_eval_adapter.run_benchmark(config, benchmark, index, dataset,
-                                                           api_key)
-                predictions = run_result.predictions
-                framework_results[benchmark.name] = run_result.native
-                for _ in predictions:
-                    tracker.advance(benchmark.name)
-            else:
-                predictions = predict_all(
-                    client, benchmark, dataset.samples, dataset.examples, generation,
-                    config.concurrency,
-                    on_done=functools.partial(tracker.advance, benchmark.name))
-            results.append(score_benchmark(benchmark, dataset, predictions))
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # The pod is being stopped (preemption, eviction, deletion): save the answers for
+        # the retry within the grace period, report, exit.
+        threading.Thread(target=give_up, daemon=True, args=(TransientError(
+            "stopped by SIGTERM (preemption, eviction or deletion of the pod); answered "
+            "samples are checkpointed and a retry resumes from them", reason="RunnerError"),
+            SIGTERM_DRAIN_SECONDS)).start()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    try:
+        results = _evaluate(config, client, datasets, generation, checkpoints, tracker,
+                            watchdog, api_key, framework_results)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     overall = overall_score([(r.score, r.weight) for r in results])
     context = {
         "task": config.task,
@@ -126,18 +189,85 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         "framework": framework_document(config.framework, framework_results),
         "parameters": {"temperature": config.temperature, "maxTokens": config.max_tokens,
                        "concurrency": config.concurrency, "seed": config.seed},
+        "resumed": checkpoints.report(),
         "timings": {"startedAt": started, "finishedAt": _now(),
                     "seconds": round(time.monotonic() - clock, 3)},
     }
-    return publish(writer, results, overall, context, tracker.document())
+    return publish(writer, results, overall, context, tracker.document(), log_contents)
+
+
+def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset],
+              generation: Generation, checkpoints: CheckpointStore, tracker: ProgressTracker,
+              watchdog: Watchdog, api_key: str | None,
+              framework_results: dict[str, dict[str, Any]]) -> list[BenchmarkResult]:
+    results: list[BenchmarkResult] = []
+
+    def advance(name: str) -> None:
+        tracker.advance(name)
+        watchdog.progress()
+
+    with tracker, watchdog:
+        for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
+                                                         strict=True)):
+            checkpoint = checkpoints.open(config, benchmark, dataset, generation)
+            native: dict[str, Any] | None = None
+            if config.framework == "lm-eval":
+                with watchdog.paused():
+                    predictions, native = _lm_eval_benchmark(config, benchmark, index,
+                                                             dataset, api_key, checkpoint)
+                framework_results[benchmark.name] = native
+                for _ in predictions:
+                    advance(benchmark.name)
+            elif hasattr(client, "loglikelihood_many"):  # an in-pod model: batches
+                predictions = predict_batched(
+                    client, benchmark, dataset.samples, dataset.examples, generation,
+                    on_done=functools.partial(advance, benchmark.name), cache=checkpoint)
+            else:
+                predictions = predict_all(
+                    client, benchmark, dataset.samples, dataset.examples, generation,
+                    config.concurrency, on_done=functools.partial(advance, benchmark.name),
+                    cache=checkpoint)
+            checkpoint.finished(len(predictions), native)
+            log.info("benchmark %s: answered (%d reused from checkpoints, %d requested)",
+                     benchmark.name, checkpoint.reused, checkpoint.requested)
+            results.append(score_benchmark(benchmark, dataset, predictions))
+    return results
+
+
+def _best_effort(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as error:
+        log.warning("while giving up: %s", error)
+
+
+def _lm_eval_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
+                       dataset: LoadedDataset, api_key: str | None,
+                       checkpoint: BenchmarkCheckpoint
+                       ) -> tuple[list[Prediction], dict[str, Any]]:
+    """lm-eval runs a benchmark whole: resume reuses a finished one, never half of one."""
+    done = checkpoint.reusable_done()
+    if done is not None:
+        cached = [checkpoint.get(sample) for sample in dataset.samples]
+        if all(p is not None for p in cached):
+            log.info("benchmark %s: finished by an earlier attempt, reused", benchmark.name)
+            return [p for p in cached if p is not None], dict(done.get("native") or {})
+    run_result = lm_eval_adapter.run_benchmark(config, benchmark, index, dataset, api_key)
+    for prediction in run_result.predictions:
+        checkpoint.put(prediction.sample, prediction)
+    return run_result.predictions, run_result.native
 
 
 def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: float,
-            context: dict[str, Any], progress: bytes) -> bytes:
+            context: dict[str, Any], progress: bytes,
+            log_contents: Callable[[], bytes] | None = None) -> bytes:
     files = bundle_files(results, summary_document(results, overall, context))
+    if log_contents is not None:
+        files["runner.log"] = log_contents()
     for name, body in files.items():
         kind = "application/json" if name.endswith(".json") else (
-            "text/csv" if name.endswith(".csv") else "application/x-ndjson")
+            "text/csv" if name.endswith(".csv") else "text/plain" if name.endswith(".log")
+            else "application/x-ndjson")
         writer.put(name, body, kind)
     writer.put("results.zip", zip_bundle(files), "application/zip")
     writer.put("progress.json", progress, "application/json")
@@ -145,7 +275,8 @@ def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: floa
                 "metrics": {k: v.value for k, v in r.metrics.items()},
                 "samples": len(r.samples)} for r in results]
     return termination.success_message(overall, compact, writer.uri(),
-                                       writer.uri("results.zip"))
+                                       writer.uri("results.zip"),
+                                       writer.uri(LOG_KEY) if log_contents else None)
 
 
 def require_endpoint(config: RunnerConfig) -> None:

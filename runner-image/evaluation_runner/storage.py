@@ -9,6 +9,12 @@ from evaluation_runner.config import OutputConfig
 from evaluation_runner.errors import ConfigurationError, TransientError
 
 UPLOAD_ATTEMPTS = 4
+# Everything a runner writes below its task's prefix: these files, and one level of folders
+# below the two directories (benchmarks/<name>/..., checkpoints/<name>/...). The operator's
+# purge (evaluation_operator.s3.RUNNER_FILES / RUNNER_DIRECTORIES) must cover exactly these;
+# tests/runner/test_layout.py checks both sides against a real run.
+RUNNER_FILES = ("summary.json", "summary.csv", "results.zip", "progress.json", "runner.log")
+RUNNER_DIRECTORIES = ("benchmarks", "checkpoints")
 _AUTH_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403")
 
 
@@ -67,3 +73,19 @@ class ResultsWriter:
                     time.sleep(self.backoff_seconds * 2 ** attempt)
         raise TransientError(f"uploading {self.uri(key)} failed after {UPLOAD_ATTEMPTS} "
                              f"attempts: {last}", reason="UploadFailed")
+
+
+def list_keys(writer: ResultsWriter, below: str) -> list[str]:
+    """Keys (relative to the task's prefix) under `below`, a folder of the prefix."""
+    keys: list[str] = []
+    paginator = writer.client.get_paginator("list_objects_v2")
+    prefix = writer.output.prefix + below
+    for page in paginator.paginate(Bucket=writer.output.bucket, Prefix=prefix):
+        keys.extend(item["Key"][len(writer.output.prefix):] for item in page.get("Contents", []))
+    return sorted(keys)
+
+
+def read_key(writer: ResultsWriter, key: str) -> bytes:
+    body: bytes = writer.client.get_object(Bucket=writer.output.bucket,
+                                           Key=writer.output.prefix + key)["Body"].read()
+    return body

@@ -7,6 +7,7 @@ import string
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from evaluation_runner.config import BenchmarkConfig
 from evaluation_runner.datasets import Sample
@@ -96,40 +97,136 @@ def match_label(text: str, labels: Sequence[str]) -> str:
     return found[0] if len(found) == 1 else text.strip()
 
 
-def predict_one(client: ModelClient, benchmark: BenchmarkConfig, sample: Sample,
-                examples: Sequence[Sample], generation: Generation,
-                labels: Sequence[str]) -> Prediction:
+@dataclass(frozen=True)
+class Request:
+    """What to ask the model for one sample: a generation, or (choices set) the
+    log-likelihood of each " <choice>" after the prompt."""
+
+    prompt: str
+    max_tokens: int
+    choices: tuple[str, ...] | None = None
+
+
+def build_request(api: str, benchmark: BenchmarkConfig, sample: Sample,
+                  examples: Sequence[Sample], generation: Generation,
+                  labels: Sequence[str]) -> Request:
     if benchmark.task == "multiple-choice":
         assert sample.choices is not None
         shots = few_shot_block(examples, multiple_choice=True)
-        if client.endpoint.api == "completions":
-            context = f"{shots}Question: {sample.prompt}\nAnswer:"
-            logprobs = tuple(client.loglikelihood(context, f" {c}") for c in sample.choices)
-            best = max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
-            return Prediction(sample, context, sample.choices[best], logprobs)
-        prompt = lettered_prompt(sample, shots)
-        text = client.generate(prompt, max_tokens=min(generation.max_tokens, 16),
-                               temperature=generation.temperature, seed=generation.seed)
-        return Prediction(sample, prompt, extract_letter(text, sample.choices))
-    shots = few_shot_block(examples, multiple_choice=False)
-    prompt = shots + sample.prompt
+        if api == "completions":
+            return Request(f"{shots}Question: {sample.prompt}\nAnswer:", 0, sample.choices)
+        return Request(lettered_prompt(sample, shots), min(generation.max_tokens, 16))
+    prompt = few_shot_block(examples, multiple_choice=False) + sample.prompt
     if benchmark.task == "classification":
         prompt += f"\nAnswer with one of: {', '.join(labels)}."
-    text = client.generate(prompt, max_tokens=generation.max_tokens,
-                           temperature=generation.temperature, seed=generation.seed)
+    return Request(prompt, generation.max_tokens)
+
+
+def read_answer(benchmark: BenchmarkConfig, sample: Sample, request: Request,
+                labels: Sequence[str], text: str = "",
+                logprobs: tuple[float, ...] | None = None) -> Prediction:
+    if request.choices is not None:
+        assert logprobs is not None
+        best = max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
+        return Prediction(sample, request.prompt, request.choices[best], logprobs)
+    if benchmark.task == "multiple-choice":
+        assert sample.choices is not None
+        return Prediction(sample, request.prompt, extract_letter(text, sample.choices))
     if benchmark.task == "classification":
         text = match_label(text, labels)
-    return Prediction(sample, prompt, text.strip())
+    return Prediction(sample, request.prompt, text.strip())
+
+
+def predict_one(client: ModelClient, benchmark: BenchmarkConfig, sample: Sample,
+                examples: Sequence[Sample], generation: Generation,
+                labels: Sequence[str]) -> Prediction:
+    request = build_request(client.endpoint.api, benchmark, sample, examples, generation,
+                            labels)
+    if request.choices is not None:
+        logprobs = tuple(client.loglikelihood(request.prompt, f" {c}") for c in request.choices)
+        return read_answer(benchmark, sample, request, labels, logprobs=logprobs)
+    text = client.generate(request.prompt, max_tokens=request.max_tokens,
+                           temperature=generation.temperature, seed=generation.seed)
+    return read_answer(benchmark, sample, request, labels, text=text)
+
+
+class BatchedModel(Protocol):
+    """A client that answers many requests at once (evaluation_runner.local_model)."""
+
+    def loglikelihood_many(self, requests: Sequence[tuple[str, str]]) -> list[float]: ...
+
+    def generate_many(self, prompts: Sequence[str], *, max_tokens: int, temperature: float,
+                      seed: int, stop: Sequence[Sequence[str]] | None = None) -> list[str]: ...
+
+
+def predict_batched(client: BatchedModel, benchmark: BenchmarkConfig,
+                    samples: Sequence[Sample], examples: Sequence[Sample],
+                    generation: Generation, on_done: Callable[[], None] = lambda: None,
+                    cache: AnswerCache | None = None, chunk: int = 256) -> list[Prediction]:
+    """All of a benchmark's requests through the batch interface, `chunk` samples at a time
+    (so progress and checkpoints move), in dataset order."""
+    labels = label_set(benchmark, samples, examples)
+    found: list[Prediction | None] = [cache.get(s) if cache is not None else None
+                                      for s in samples]
+    for prediction in found:
+        if prediction is not None:
+            on_done()
+    todo = [i for i, p in enumerate(found) if p is None]
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        requests = {i: build_request("completions", benchmark, samples[i], examples,
+                                     generation, labels) for i in part}
+        scored = [i for i in part if requests[i].choices is not None]
+        pairs = [(requests[i].prompt, f" {c}") for i in scored
+                 for c in requests[i].choices or ()]
+        values = iter(client.loglikelihood_many(pairs)) if pairs else iter(())
+        for i in scored:
+            logprobs = tuple(next(values) for _ in requests[i].choices or ())
+            found[i] = read_answer(benchmark, samples[i], requests[i], labels,
+                                   logprobs=logprobs)
+        generated = [i for i in part if requests[i].choices is None]
+        if generated:
+            texts = client.generate_many([requests[i].prompt for i in generated],
+                                         max_tokens=requests[generated[0]].max_tokens,
+                                         temperature=generation.temperature,
+                                         seed=generation.seed)
+            for i, text in zip(generated, texts, strict=True):
+                found[i] = read_answer(benchmark, samples[i], requests[i], labels, text=text)
+        for i in part:
+            prediction = found[i]
+            assert prediction is not None
+            if cache is not None:
+                cache.put(samples[i], prediction)
+            on_done()
+    return [p for p in found if p is not None]
+
+
+def label_set(benchmark: BenchmarkConfig, samples: Sequence[Sample],
+              examples: Sequence[Sample]) -> list[str]:
+    return list(benchmark.labels) if benchmark.labels else sorted(
+        {s.reference for s in [*samples, *examples]})
+
+
+class AnswerCache(Protocol):
+    """Answers of earlier attempts (evaluation_runner.checkpoints)."""
+
+    def get(self, sample: Sample) -> Prediction | None: ...
+
+    def put(self, sample: Sample, prediction: Prediction) -> None: ...
 
 
 def predict_all(client: ModelClient, benchmark: BenchmarkConfig, samples: Sequence[Sample],
                 examples: Sequence[Sample], generation: Generation, concurrency: int,
-                on_done: Callable[[], None] = lambda: None) -> list[Prediction]:
-    labels = list(benchmark.labels) if benchmark.labels else sorted(
-        {s.reference for s in [*samples, *examples]})
+                on_done: Callable[[], None] = lambda: None,
+                cache: AnswerCache | None = None) -> list[Prediction]:
+    labels = label_set(benchmark, samples, examples)
 
     def work(sample: Sample) -> Prediction:
-        result = predict_one(client, benchmark, sample, examples, generation, labels)
+        result = cache.get(sample) if cache is not None else None
+        if result is None:
+            result = predict_one(client, benchmark, sample, examples, generation, labels)
+            if cache is not None:
+                cache.put(sample, result)
         on_done()
         return result
 

@@ -15,10 +15,11 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
-                    bundle: str) -> bytes:
+                    bundle: str, log: str | None = None) -> bytes:
     """Drop per-benchmark metrics first, then the benchmarks, to stay within the limit."""
+    results = {"uri": uri, "bundle": bundle, **({"log": log} if log else {})}
     message: dict[str, Any] = {"v": 1, "status": "Succeeded", "overallScore": overall,
-                               "benchmarks": benchmarks, "results": {"uri": uri, "bundle": bundle}}
+                               "benchmarks": benchmarks, "results": results}
     data = encode(message)
     if len(data) <= LIMIT:
         return data
@@ -31,10 +32,13 @@ def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
     return encode(message)
 
 
-def failure_message(reason: str, message: str) -> bytes:
+def failure_message(reason: str, message: str, log: str | None = None) -> bytes:
+    """`log`: where runner.log was uploaded, when it could be."""
     text = message
+    extra = {"results": {"log": log}} if log else {}
     while True:
-        data = encode({"v": 1, "status": "Failed", "reason": reason, "message": text[:1024]})
+        data = encode({"v": 1, "status": "Failed", "reason": reason, "message": text[:1024],
+                       **extra})
         if len(data) <= LIMIT:
             return data
         text = text[: len(text) // 2]

@@ -3,6 +3,8 @@
 Answers come from `answers` (prompt substring -> text); a prompt not found gets "I don't know".
 `logprobs` gives each choice's log-probability for the completions API with echo.
 `faults` is a list of HTTP statuses to return first (e.g. [429, 500]) before answering.
+`trickle_seconds`: instead of answering, send the headers and then one byte every 0.2 s for
+that long (a hung server that a socket timeout never notices); bounded so tests end.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class FakeLLM:
         self.choice_logprobs: dict[str, float] = {}
         self.faults: list[int] = []
         self.delay_seconds = 0.0
+        self.trickle_seconds = 0.0
         self.require_key: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
@@ -83,6 +86,9 @@ class FakeLLM:
                             f"Bearer {fake.require_key}":
                         self._send(401, {"error": {"message": "invalid api key"}})
                         return
+                    if fake.trickle_seconds:
+                        self._trickle(fake.trickle_seconds)
+                        return
                     if fault:
                         self._send(fault, {"error": {"message": f"scripted {fault}"}},
                                    {"Retry-After": "0"} if fault == 429 else None)
@@ -98,6 +104,20 @@ class FakeLLM:
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
+
+            def _trickle(self, seconds: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                deadline = time.monotonic() + seconds
+                try:
+                    while time.monotonic() < deadline:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    pass  # the client went away
 
             def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
                 prompt = payload["prompt"]

@@ -102,7 +102,8 @@ def test_full_run_scores_bundle_and_termination_message(
     assert message["v"] == 1 and message["status"] == "Succeeded"
     assert math.isclose(message["overallScore"], overall, rel_tol=1e-9)
     assert message["results"] == {"uri": f"s3://{RESULTS_BUCKET}/{prefix}",
-                                  "bundle": f"s3://{RESULTS_BUCKET}/{prefix}results.zip"}
+                                  "bundle": f"s3://{RESULTS_BUCKET}/{prefix}results.zip",
+                                  "log": f"s3://{RESULTS_BUCKET}/{prefix}runner.log"}
     by_name = {b["name"]: b for b in message["benchmarks"]}
     assert by_name["arc-mini"]["score"] == accuracy
     assert by_name["arc-mini"]["primaryMetric"] == "accuracy"
@@ -116,8 +117,11 @@ def test_full_run_scores_bundle_and_termination_message(
     expected = {"summary.json", "summary.csv", "results.zip", "progress.json",
                 "benchmarks/arc-mini/metrics.json", "benchmarks/arc-mini/samples.jsonl",
                 "benchmarks/translate/metrics.json", "benchmarks/translate/samples.jsonl"}
+    expected.add("runner.log")
     assert expected <= set(files), sorted(files)
-    assert all(key in expected for key in files), "wrote outside the bundle layout"
+    checkpoints = {key for key in files if key.startswith("checkpoints/")}
+    assert {key.split("/")[1] for key in checkpoints} == {"arc-mini", "translate"}
+    assert all(key in expected | checkpoints for key in files), "wrote outside the layout"
 
     summary = json.loads(files["summary.json"])
     assert math.isclose(summary["overallScore"], overall, rel_tol=1e-9)

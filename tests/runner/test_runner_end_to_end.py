@@ -100,7 +100,7 @@ def test_chat_run_scores_exactly_and_uploads_a_complete_bundle(
     assert sorted(archive.namelist()) == sorted([
         "summary.json", "summary.csv", "benchmarks/quiz/metrics.json",
         "benchmarks/quiz/samples.jsonl", "benchmarks/wmt/metrics.json",
-        "benchmarks/wmt/samples.jsonl"])
+        "benchmarks/wmt/samples.jsonl", "runner.log"])
     assert json.loads(archive.read("summary.json")) == summary
     progress = json.loads(read(runner_buckets, prefix + "progress.json"))
     assert (progress["samplesDone"], progress["samplesTotal"]) == (7, 7)
@@ -168,6 +168,8 @@ def test_api_key_comes_from_the_environment(tmp_path: Path, llm: FakeLLM,
     ok = run_runner(tmp_path, config, runner_buckets, env={"EVAL_MODEL_API_KEY": "sk-test"})
     assert ok.exit_code == 0, ok.stderr
     assert "sk-test" not in read(runner_buckets, prefix + "summary.json").decode()
+    # Another task (a fresh prefix): the same one would reuse its checkpointed answers.
+    config["output"]["s3"]["prefix"] = f"runs/ns/t/{uuid.uuid4()}/"
     bad = run_runner(tmp_path, config, runner_buckets, env={"EVAL_MODEL_API_KEY": "sk-wrong"})
     assert bad.exit_code == 78
     assert "rejected the API key" in bad.termination["message"]

@@ -7,6 +7,7 @@ stopped at the end, leaving no process behind. `s3_server`: moto's S3 HTTP serve
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ def cluster() -> Iterator[Cluster]:
     finally:
         if owner is not None and not os.environ.get("EVAL_TEST_KEEP_CLUSTER"):
             owner.stop()
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

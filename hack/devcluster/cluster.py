@@ -129,7 +129,9 @@ class Cluster:
 # --- KWOK -------------------------------------------------------------------------------------
 
 
-def _kwokctl_config(tools: Toolchain) -> str:
+def _kwokctl_config(tools: Toolchain, pki: Path | None = None) -> str:
+    """kwokctl's configuration; `pki` is where kwokctl will write the cluster's certificates
+    (the API server presents the admin one to real kubelets, for `kubectl logs` and exec)."""
     options = {
         "runtime": "binary",
         "kubeVersion": tools.kubernetes_version,
@@ -147,17 +149,26 @@ def _kwokctl_config(tools: Toolchain) -> str:
         # gateway address (devcluster.node); the serving certificate must name it.
         "kubeApiserverCertSANs": [str(slot.gateway) for slot in all_slots()],
     }
+    patches: list[dict[str, Any]] = [{"name": "kwok-controller", "extraArgs": [
+        {"key": "manage-all-nodes", "value": "false", "override": True},
+        {"key": "manage-nodes-with-annotation-selector", "value": FAKE_NODE_SELECTOR},
+    ]}]
     config = {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": options,
         # KWOK plays only the fake nodes (hack/kwok/nodes.yaml annotates them): a real kubelet
         # (devcluster.node) joins the same control plane without KWOK taking it over.
-        "componentsPatches": [{"name": "kwok-controller", "extraArgs": [
-            {"key": "manage-all-nodes", "value": "false", "override": True},
-            {"key": "manage-nodes-with-annotation-selector", "value": FAKE_NODE_SELECTOR},
-        ]}],
+        "componentsPatches": patches,
     }
+    if pki is not None:
+        # A real node has no resolvable hostname: reach its kubelet by its InternalIP, with a
+        # client certificate the kubelet checks against the cluster CA.
+        patches.append({"name": "kube-apiserver", "extraArgs": [
+            {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
+            {"key": "kubelet-client-certificate", "value": str(pki / "admin.crt")},
+            {"key": "kubelet-client-key", "value": str(pki / "admin.key")},
+        ]})
     return yaml.safe_dump(config) + "---\n" + STAGES_FILE.read_text()
 
 
@@ -201,7 +212,8 @@ class KwokCluster:
             # Left over from a run that was killed: start clean rather than half-reuse it.
             self.stop()
         config_path = self.state_dir / "kwokctl.yaml"
-        config_path.write_text(_kwokctl_config(tools))
+        config_path.write_text(
+            _kwokctl_config(tools, self.workdir / "clusters" / self.name / "pki"))
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
         failures: list[str] = []
@@ -240,13 +252,16 @@ class KwokCluster:
         # kwokctl picks free ports without reserving them: two clusters created at the same
         # moment get the same ports. One create at a time on this machine avoids most of that;
         # the watch below catches a port taken by something else in the meantime.
-        with open(CREATE_LOCK, "w") as lock:
+        # Output to a file, not a pipe: components started by kwokctl may inherit it and keep
+        # a pipe open long after kwokctl is gone.
+        log_path = self.state_dir / "kwokctl-create.log"
+        with open(CREATE_LOCK, "w") as lock, open(log_path, "w") as log:
             fcntl.flock(lock, fcntl.LOCK_EX)
             create = subprocess.Popen(
                 [str(tools.kwokctl), "create", "cluster", "--name", self.name,
                  "--config", str(config_path), "--kubeconfig", str(self.kubeconfig),
                  "--wait", "3m"],
-                env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=self._env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + 300
             dead: list[str] = []
@@ -257,7 +272,8 @@ class KwokCluster:
                 time.sleep(0.5)
             if create.poll() is None:
                 create.kill()
-            output = create.communicate()[0]
+            create.wait()
+        output = log_path.read_text(errors="replace")
         if dead:
             return "component exited during start: " + "; ".join(
                 f"{name}: {self._log_tail(name)}" for name in dead)

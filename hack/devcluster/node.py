@@ -103,20 +103,21 @@ def missing_requirements(kubelet: Path | None = None) -> list[str]:
         if not (CNI_BIN_DIR / plugin).is_file():
             missing.append(f"no CNI plugin {CNI_BIN_DIR / plugin} (make node-deps)")
     kubelet = kubelet or toolchain().kubelet
-    if not kubelet.is_file():
+    if not os.access(kubelet, os.X_OK):
         missing.append(f"no kubelet at {kubelet} (make kubelet)")
-    if not _cgroup_hierarchies():
+    if not _cgroup_hierarchies(v1_only=True):
         missing.append(f"no writable cgroup v1 hierarchies under {CGROUP_FS}")
     return missing
 
 
-def _cgroup_hierarchies() -> list[Path]:
-    """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (the kubelet's cgroupfs driver
-    makes its cgroups in each of them)."""
+def _cgroup_hierarchies(v1_only: bool = False) -> list[Path]:
+    """The cgroup hierarchies mounted under /sys/fs/cgroup: the kubelet's cgroupfs driver makes
+    its cgroups in each of them, the hybrid layout's cgroup2 `unified` one included."""
+    kinds = ("cgroup",) if v1_only else ("cgroup", "cgroup2")
     found = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup" and fields[1].startswith(f"{CGROUP_FS}/"):
+        if len(fields) > 2 and fields[2] in kinds and fields[1].startswith(f"{CGROUP_FS}/"):
             path = Path(fields[1])
             if os.access(path, os.W_OK):
                 found.append(path)
@@ -149,9 +150,44 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def state_prefix(slot: Slot) -> Path:
+    """State directories of the slot's nodes are `<tmp>/eval-real-node-<index>-<random>`."""
+    return Path(tempfile.gettempdir()) / f"eval-real-node-{slot.index}-"
+
+
+def reclaim_slot(slot: Slot) -> None:
+    """Remove what a node of this slot left when its session was killed (no teardown ran).
+    Called with the slot's lock held, so no live node owns any of it: its processes (found by
+    their state directory on the command line or by the slot's cgroups), bridge, cgroups and
+    state directories."""
+    prefix = str(state_prefix(slot))
+    pids: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if prefix.encode() in (proc / "cmdline").read_bytes():
+                    pids.add(int(proc.name))
+    for hierarchy in _cgroup_hierarchies():
+        root = hierarchy / slot.cgroup_root
+        for procs in root.rglob("cgroup.procs") if root.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in procs.read_text().split())
+    pids.discard(os.getpid())
+    if pids:
+        _terminate(sorted(pids), grace=5, signal_first=signal.SIGKILL)
+    if Path(f"/sys/class/net/{slot.bridge}").exists() and any(
+            Path(tempfile.gettempdir()).glob(f"{state_prefix(slot).name}*")):
+        _run("ip", "link", "del", slot.bridge, check=False)
+    _remove_cgroups(slot.cgroup_root)
+    for stale in Path(tempfile.gettempdir()).glob(f"{state_prefix(slot).name}*"):
+        _run("rm", "-rf", "--one-file-system", str(stale), check=False, timeout=300)
+
+
 def slot_usable(slot: Slot) -> bool:
     """A slot whose bridge, subnet or ports something else on the machine already uses is
-    skipped (the slot lock only excludes other real nodes)."""
+    skipped (the slot lock only excludes other real nodes). Leftovers of a killed node of
+    this slot are removed first."""
+    reclaim_slot(slot)
     if Path(f"/sys/class/net/{slot.bridge}").exists():
         return False
     routes = _run("ip", "-4", "route", "show", "match", str(slot.gateway), check=False).stdout
@@ -251,12 +287,16 @@ def kubelet_config(paths: Paths, slot: Slot) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        # The API server reaches the kubelet on the node's InternalIP (`kubectl logs`, exec):
+        # the gateway, reachable only from this host and the node's pods. Clients need a
+        # certificate from the cluster CA.
+        "address": str(slot.gateway),
         "port": slot.kubelet_port,
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": slot.healthz_port,
         "readOnlyPort": 0,
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(paths.pki / "ca.crt")}},
         "authorization": {"mode": "AlwaysAllow"},
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": f"/{slot.cgroup_root}",
@@ -324,6 +364,7 @@ class RealNode:
     forwarder: TcpForwarder | None = None
     api_server_port: int = 0
     mount_ns: str | None = None
+    imported: set[str] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)
 
     # --- what tests use ----------------------------------------------------------------------
@@ -354,7 +395,12 @@ class RealNode:
         return self.slot.cgroup_root
 
     def image_ref(self, name: ImageName) -> str:
-        return self.images.ref(name)
+        """The image's reference, imported into the node's containerd on first use (pods run
+        it with `imagePullPolicy: Never`: there is no registry)."""
+        ref = self.images.ref(name)
+        if self.state_dir is not None and ref not in self.imported:
+            self.import_image(ref)
+        return ref
 
     def pin(self) -> dict[str, Any]:
         """Scheduling fields that put a pod (or an EvaluationTask's runner) on this node."""
@@ -405,7 +451,8 @@ class RealNode:
 
     def _start(self) -> None:
         slot = self.slot
-        self.state_dir = Path(tempfile.mkdtemp(prefix=f"eval-real-node-{slot.index}-"))
+        prefix = state_prefix(slot)
+        self.state_dir = Path(tempfile.mkdtemp(prefix=prefix.name, dir=prefix.parent))
         paths = self.paths
         for d in (paths.pki, paths.logs, paths.sysctls, paths.pids, paths.root / "cni" / "net.d",
                   paths.root / "cni" / "ipam", paths.root / "kubelet", paths.root / "pod-logs",
@@ -433,15 +480,22 @@ class RealNode:
             stdout=open(paths.logs / "namespace.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        launched = time.monotonic()
         self._wait_for("containerd's socket", lambda: paths.containerd_socket.exists(), 30)
         self.mount_ns = self._holder_mount_ns()
         self._import_images()
         self._wait_for("the node Ready", self._ready, READY_TIMEOUT)
+        # The kubelet registers while the images are imported: Ready comes with the import.
+        self.timings["launch_to_ready_s"] = time.monotonic() - launched
 
     def _cluster_ca(self) -> tuple[str, Path]:
         config = yaml.safe_load(self.cluster.kubeconfig.read_text())
         entry = config["clusters"][0]["cluster"]
         ca = Path(entry.get("certificate-authority", ""))
+        if not ca.is_file():
+            # kwokctl's layout: <state dir>/kubeconfig beside <state dir>/kwok/clusters/<name>/pki
+            found = sorted(self.cluster.kubeconfig.parent.glob("kwok/clusters/*/pki/ca.crt"))
+            ca = found[0] if len(found) == 1 else ca
         if not ca.is_file() or not ca.with_suffix(".key").is_file():
             raise NodeError(
                 f"the cluster's CA key is not beside {ca or 'its kubeconfig'}: a real node "
@@ -506,12 +560,11 @@ class RealNode:
                     "k8s.io", *args, timeout=timeout)
 
     def _import_images(self) -> None:
+        """The sandbox image and the runner now; the others (operator, lm-eval runner: big and
+        used by few tests) when a test first asks for their reference."""
         begin = time.monotonic()
-        for image in self.images.images.values():
-            if image.name == ImageName.RUNNER_LM_EVAL.value and not os.environ.get(
-                    "EVAL_NODE_IMPORT_ALL"):
-                continue  # big; imported on demand with import_image()
-            self.import_image(image.ref)
+        for name in (ImageName.PAUSE, ImageName.RUNNER):
+            self.import_image(self.images.ref(name))
         self.timings["image_import_s"] = time.monotonic() - begin
 
     def import_image(self, ref: str) -> None:
@@ -522,6 +575,7 @@ class RealNode:
         listed = self._ctr("images", "ls", "-q").stdout.split()
         if image.ref not in listed:
             raise NodeError(f"importing {image.tarball} did not register {image.ref}")
+        self.imported.add(image.ref)
 
     def _daemon_pid(self, name: str) -> int | None:
         with contextlib.suppress(OSError, ValueError):
@@ -561,13 +615,16 @@ class RealNode:
         begin = time.monotonic()
         if self.state_dir is not None and self.holder is not None:
             self._delete_pods()
+        self.timings["down_pods_s"] = time.monotonic() - begin
         kubelet = self._daemon_pid("kubelet") if self.state_dir else None
         if kubelet is not None:
             _terminate([kubelet], grace=10)
         if self.state_dir is not None:
             self.cluster.kubectl("delete", "node", self.name, "--ignore-not-found",
                                  "--wait=false", check=False)
+        self.timings["down_kubelet_s"] = time.monotonic() - begin
         self._kill_namespace()
+        self.timings["down_processes_s"] = time.monotonic() - begin
         if self.forwarder is not None:
             self.forwarder.stop()
             self.forwarder = None
@@ -575,8 +632,15 @@ class RealNode:
             self._remove_cgroups()
             if Path(f"/sys/class/net/{self.bridge}").exists():
                 _run("ip", "link", "del", self.bridge, check=False)
+        self.timings["down_cgroups_bridge_s"] = time.monotonic() - begin
         if self.state_dir is not None:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            # rm is several times faster than shutil.rmtree on unpacked images; nothing is
+            # mounted there any more, and --one-file-system would not follow a mount if it were.
+            _run("rm", "-rf", "--one-file-system", str(self.state_dir), check=False, timeout=300)
+            self.imported.clear()
+        self.holder = None
+        self.state_dir = None
+        self.mount_ns = None
         if self.held is not None:
             self.held.release()
             self.held = None
@@ -639,19 +703,25 @@ class RealNode:
                 self.holder.wait(timeout=10)
 
     def _remove_cgroups(self) -> None:
-        for hierarchy in _cgroup_hierarchies():
-            root = hierarchy / self.cgroup_root
-            if not root.is_dir():
-                continue
-            deadline = time.monotonic() + 10
-            while root.exists() and time.monotonic() < deadline:
-                inner = sorted((p for p in root.rglob("*") if p.is_dir()),
-                               key=lambda p: len(p.parts), reverse=True)
-                for path in [*inner, root]:
-                    with contextlib.suppress(OSError):
-                        path.rmdir()
-                if root.exists():
-                    time.sleep(0.2)
+        _remove_cgroups(self.cgroup_root)
+
+
+def _remove_cgroups(name: str) -> None:
+    """rmdir the cgroup `name` and everything under it, in every hierarchy (deepest first; a
+    cgroup goes once its last process has been reaped)."""
+    for hierarchy in _cgroup_hierarchies():
+        root = hierarchy / name
+        if not root.is_dir():
+            continue
+        deadline = time.monotonic() + 10
+        while root.exists() and time.monotonic() < deadline:
+            inner = sorted((p for p in root.rglob("*") if p.is_dir()),
+                           key=lambda p: len(p.parts), reverse=True)
+            for path in [*inner, root]:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            if root.exists():
+                time.sleep(0.2)
 
 
 def _terminate(pids: list[int], grace: float,
@@ -674,9 +744,10 @@ def _terminate(pids: list[int], grace: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devcluster.node")
     parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--name", default=NODE_NAME)
     args = parser.parse_args(argv)
     cluster = Cluster(name="local", kubeconfig=args.kubeconfig.resolve(), flavour="kwok")
-    node = RealNode(cluster=cluster, images=load_manifest())
+    node = RealNode(cluster=cluster, images=load_manifest(), name=args.name)
     try:
         node.start()
     except (NodeError, ClusterError) as error:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from images.build import build
-from images.plan import ALL_NAMES, REPO
+from images.plan import ALL_NAMES, REPO, PlanError
 from images.rootfs import RootfsError
 from images.smoke import smoke
 
@@ -38,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(args.only, args.cache.resolve(), args.rootfs_cache.resolve(),
               args.manifest.resolve(), refresh_base=args.refresh_base)
-    except RootfsError as error:
+    except (RootfsError, PlanError) as error:
         print(f"make images: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"make images: {shlex.join(map(str, error.cmd))} failed (exit "
+              f"{error.returncode})", file=sys.stderr)
         return 1
     return 0
 

@@ -3,13 +3,15 @@ per-clone manifest `.images/images.json` (read by devcluster.images).
 
 Cache layout: `<cache>/<name>-<hash12>.tar` (+ `.json`: ref, sha256, bytes) for images,
 `<cache>/layers/deps-<hash>.tar` for the pip-installed dependency layers, reused when only
-the sources changed. A build whose inputs are unchanged does nothing.
+the sources changed. A build whose inputs are unchanged does nothing; what no build used for
+three days is removed.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -37,6 +39,7 @@ from images.rootfs import PYTHON_VERSION, BaseTarball, base_tarball
 REGISTRY = "evaluation.local"
 # Bump to rebuild every dependency layer (they are keyed by requirements, not by this code).
 DEPS_LAYER_VERSION = "1"
+PRUNE_AFTER_DAYS = 3  # each source change makes ~1.3 GB of new tarballs
 # Wheels for the image's Python: CPython 3.11, glibc 2.36 (bookworm) or older.
 _GLIBC_MINOR = 36
 PIP_TARGET_FLAGS = (
@@ -103,8 +106,9 @@ def content_hash(p: Plan, base: BaseTarball) -> str:
 
 
 def _deps_key(requirements: list[bytes]) -> str:
+    # pip's version too: another pip may resolve the unpinned dependencies differently
     digest = hashlib.sha256(DEPS_LAYER_VERSION.encode() + b"\0" + " ".join(
-        PIP_TARGET_FLAGS).encode())
+        (*PIP_TARGET_FLAGS, "pip", importlib.metadata.version("pip"))).encode())
     for text in requirements:
         digest.update(b"\0" + text)
     return digest.hexdigest()
@@ -122,17 +126,17 @@ def _layer_of(path: Path, created_by: str) -> Layer:
 
 def _shebang_for_image(arcname: str, data: bytes) -> bytes | None:
     """pip --target writes scripts for the host's interpreter; the image's is /usr/bin/python3."""
-    if arcname.startswith("usr/local/bin/") and data.startswith(b"#!") and b"python" in (
-            data.split(b"\n", 1)[0]):
-        return b"#!/usr/bin/python3\n" + data.split(b"\n", 1)[1]
+    first, newline, rest = data.partition(b"\n")
+    if arcname.startswith("usr/local/bin/") and first.startswith(b"#!") and b"python" in first:
+        return b"#!/usr/bin/python3" + newline + rest
     return None
 
 
 def _pip(command: str, *args: str | Path) -> None:
     # --target: what the host environment has installed is irrelevant to the image
-    quiet = ["--quiet", "--disable-pip-version-check", "--root-user-action=ignore"]
+    quiet = ["--quiet", "--disable-pip-version-check"]
     if command == "install":
-        quiet.append("--no-warn-conflicts")
+        quiet += ["--no-warn-conflicts", "--root-user-action=ignore"]
     subprocess.run([sys.executable, "-m", "pip", command, *quiet, *map(str, args)], check=True)
 
 
@@ -143,6 +147,7 @@ def deps_layer(requirements: list[bytes], cache: Path, work: Path) -> Layer:
     out = cache / "layers" / f"deps-{_deps_key(requirements)}.tar"
     created_by = "pip install --no-compile -r requirements (as wheels)"
     if out.is_file():
+        os.utime(out)  # in use: keeps it from pruning
         return _layer_of(out, created_by)
     files: list[str | Path] = []
     for i, text in enumerate(requirements):
@@ -173,17 +178,19 @@ def app_layer(p: Plan, out: Path) -> Layer:
 
 
 def _finish(name: str, tag: str, tarball: Path) -> BuiltImage:
-    info = {"ref": f"{REGISTRY}/{name}:{tag}", "sha256": sha256_file(tarball),
-            "bytes": tarball.stat().st_size}
+    image = BuiltImage(name, f"{REGISTRY}/{name}:{tag}", tarball, sha256_file(tarball),
+                       tarball.stat().st_size)
+    info = {"ref": image.ref, "sha256": image.sha256, "bytes": image.bytes}
     with atomic_output(tarball.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
-    return _cached_image(name, tarball)  # type: ignore[return-value]
+    return image
 
 
 def _cached_image(name: str, tarball: Path) -> BuiltImage | None:
     sidecar = tarball.with_suffix(".json")
     if not (tarball.is_file() and sidecar.is_file()):
         return None
+    os.utime(tarball)  # in use: keeps it from pruning
     info = json.loads(sidecar.read_text())
     return BuiltImage(name, info["ref"], tarball, info["sha256"], info["bytes"])
 
@@ -196,7 +203,7 @@ def build_python_image(p: Plan, base: BaseTarball, cache: Path) -> BuiltImage:
     with tempfile.TemporaryDirectory(prefix=f".{p.image.name}-", dir=cache) as tmp:
         work = Path(tmp)
         layers = [
-            _layer_of(base.path, f"debootstrap {base.path.name}"),
+            Layer(base.path, base.sha256, f"debootstrap {base.path.name}"),
             deps_layer(p.requirement_bytes(), cache, work),
             app_layer(p, work / "app.tar"),
         ]
@@ -246,6 +253,20 @@ def _locked(cache: Path) -> Iterator[None]:
         yield
 
 
+def prune(cache: Path, max_age_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
+    """Removes image tarballs and dependency layers no build used for `max_age_days` (the
+    cache is shared by every clone; one a clone still lists is rebuilt by its next
+    `make images`)."""
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for path in [*cache.glob("*.tar"), *cache.glob("layers/*.tar")]:
+        if path.stat().st_mtime < cutoff:
+            for stale in (path, path.with_suffix(".json"), path.with_name(path.name + ".sha256")):
+                stale.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def write_manifest(path: Path, built: list[BuiltImage]) -> None:
     """Writes the manifest, keeping entries of images not built this time whose tarball
     still exists."""
@@ -280,6 +301,8 @@ def build(names: list[str], cache: Path, rootfs_cache: Path, manifest: Path, *,
             result = build_go_image(PAUSE, cache)
             built.append(result)
             _report(result, time.monotonic() - started)
+        for path in prune(cache):
+            _log(f"removed {path} (unused for {PRUNE_AFTER_DAYS} days)")
     write_manifest(manifest, built)
     return built
 

@@ -80,7 +80,11 @@ def _env_pairs(rest: str) -> list[tuple[str, str]]:
     words = shlex.split(rest)
     if words and "=" not in words[0]:
         return [(words[0], " ".join(words[1:]))]  # legacy `ENV KEY value`
-    return [tuple(word.split("=", 1)) for word in words]  # type: ignore[misc]
+    pairs = []
+    for word in words:
+        key, _, value = word.partition("=")
+        pairs.append((key, value))
+    return pairs
 
 
 def _exec_form(rest: str, instruction: str) -> list[str]:

@@ -15,10 +15,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.archive import layer, sha256_file
+from images.archive import atomic_output, layer, sha256_file
 
 SUITE = "bookworm"
 # python-is-python3: the Dockerfiles' ENTRYPOINT runs `python`, as python:3.11-slim has it.
@@ -67,30 +68,30 @@ def _cached(cache: Path) -> list[Path]:
 
 def _with_digest(path: Path) -> BaseTarball:
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file() and sidecar.stat().st_mtime >= path.stat().st_mtime:
+    if sidecar.is_file():
         return BaseTarball(path, sidecar.read_text().strip())
     digest = sha256_file(path)
-    sidecar.write_text(digest + "\n")
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(digest + "\n")
     return BaseTarball(path, digest)
 
 
-def debian_mirror(environ: dict[str, str] | None = None) -> str:
+def debian_mirror(environ: Mapping[str, str] = os.environ, apt: Path = Path("/etc/apt")) -> str:
     """$DEBIAN_MIRROR, else the first non-security Debian mirror in the apt configuration."""
-    env = os.environ if environ is None else environ
-    if env.get("DEBIAN_MIRROR"):
-        return env["DEBIAN_MIRROR"]
-    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+    if environ.get("DEBIAN_MIRROR"):
+        return environ["DEBIAN_MIRROR"]
+    for sources in sorted((apt / "sources.list.d").glob("*.sources")):
         for line in sources.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "URIs" and "debian" in value and "security" not in value:
                 return value.split()[0]
-    sources_list = Path("/etc/apt/sources.list")
+    sources_list = apt / "sources.list"
     if sources_list.is_file():
         for line in sources_list.read_text().splitlines():
             words = line.split()
             if words[:1] == ["deb"]:
                 for word in words[1:]:
-                    if "://" in word and "security" not in word:
+                    if "://" in word and "debian" in word and "security" not in word:
                         return word
     raise RootfsError("no Debian mirror in the apt configuration: set DEBIAN_MIRROR")
 
@@ -141,6 +142,7 @@ def base_tarball(cache: Path, *, refresh: bool = False) -> BaseTarball:
         return _with_digest(found[-1])
     today = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     out = cache / f"{SUITE}-{_key()}-{today}.tar"
+    out.with_name(out.name + ".sha256").unlink(missing_ok=True)  # a refresh the same day
     target = Path(tempfile.mkdtemp(prefix=f".{SUITE}-rootfs-", dir=cache))
     try:
         _debootstrap(target, debian_mirror())

@@ -82,7 +82,8 @@ def _script(work: Path, images: list[dict[str, str]]) -> str:
         lines += [
             f"start=$(date +%s.%N); {run} import-{i} python -c {shlex.quote(probe)}",
             _elapsed("ran python -c 'import ...'"),
-            f"start=$(date +%s.%N); {run} entrypoint-{i} {help_args} | head -1",
+            f"start=$(date +%s.%N); out=$({run} entrypoint-{i} {help_args})",
+            'echo "$out" | head -1',
             _elapsed(f"ran {' '.join(entrypoint(Path(tarball)))} --help"),
         ]
     return "\n".join(lines) + "\n"
@@ -106,6 +107,9 @@ def smoke(manifest: Path, names: list[str] | None = None) -> int:
     if os.geteuid() != 0 or missing:
         print(f"images smoke: needs root and {', '.join(missing) or 'nothing else'}",
               file=sys.stderr)
+        return 2
+    if not manifest.is_file():
+        print(f"images smoke: no {manifest}: run `make images` first", file=sys.stderr)
         return 2
     images = [i for i in json.loads(manifest.read_text())["images"]
               if names is None or i["name"] in names]

@@ -7,8 +7,10 @@ mounts, no processes, network devices or cgroups left once it is down.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
-from devcluster.node import RealNode
+from devcluster.node import RealNode, slot_usable
+from devcluster.slots import Slot
 
 from tests.e2e.conftest import node_prerequisites
 from tests.e2e.realpods import API_VERSION, FETCH, HostServer, run_pod
@@ -149,3 +152,32 @@ def test_real_pods_run_and_the_node_leaves_no_trace(cluster: Cluster, pod_namesp
     while cluster.kubectl("get", "node", node.name, check=False).returncode == 0:
         assert time.monotonic() < deadline, f"node {node.name} still registered"
         time.sleep(0.5)
+
+
+def test_a_node_whose_session_was_killed_is_cleaned_up_by_the_next_one(cluster: Cluster) -> None:
+    """SIGKILL skips every teardown: the next node to take the slot removes the leftovers
+    (processes, bridge, cgroups, state directory) before using it."""
+    node_prerequisites(cluster)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "devcluster.node", "--kubeconfig", str(cluster.kubeconfig),
+         "--name", "killed-node"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline() if child.stdout else ""
+        assert "Ready" in line, line
+        state_dir = Path(line.rsplit("state in ", 1)[1].strip())
+    finally:
+        child.kill()
+        child.wait()
+    slot = Slot(int(state_dir.name.split("-")[3]))
+    assert processes_mentioning(state_dir), "nothing tore the killed node down"
+    assert slot.bridge in links()
+
+    with open(slot.lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as the next node taking this slot does
+        assert slot_usable(slot)
+    assert processes_mentioning(state_dir) == []
+    assert not state_dir.exists()
+    assert slot.bridge not in links()
+    assert cgroups_named(slot.cgroup_root) == []
+    cluster.kubectl("delete", "node", "killed-node", "--ignore-not-found", check=False)

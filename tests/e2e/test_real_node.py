@@ -24,6 +24,9 @@ def test_a_pod_on_the_real_node_reaches_a_host_server_on_the_gateway(
     assert pod["status"]["phase"] == "Succeeded", (pod["status"], log)
     assert pod["spec"]["nodeName"] == real_node.name
     assert HostServer.BODY.decode() in log
+    # the API server reaches the kubelet too (by the node's InternalIP): `kubectl logs` works
+    logs = cluster.kubectl("logs", "-n", pod_namespace, "fetch", check=False)
+    assert HostServer.BODY.decode() in logs.stdout, logs.stderr
 
 
 def test_the_real_node_is_kept_from_kwok_scripted_pods(

@@ -46,11 +46,14 @@ def test_cni_bridge_never_turns_on_forwarding_or_nat() -> None:
     assert ipam["ranges"][0][0]["gateway"] == str(slot.gateway)
 
 
-def test_kubelet_adds_no_iptables_chains_and_stays_on_loopback_in_its_slot() -> None:
+def test_kubelet_adds_no_iptables_chains_and_listens_only_inside_its_slot() -> None:
     slot = all_slots()[2]
     config = kubelet_config(PATHS, slot)
     assert config["makeIPTablesUtilChains"] is False
-    assert config["address"] == config["healthzBindAddress"] == "127.0.0.1"
+    # reachable only from this host and the node's own pods, with a cluster-CA certificate
+    assert config["address"] == str(slot.gateway)
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert config["healthzBindAddress"] == "127.0.0.1"
     assert (config["port"], config["healthzPort"]) == (slot.kubelet_port, slot.healthz_port)
     assert config["readOnlyPort"] == 0
     assert config["cgroupRoot"] == f"/{slot.cgroup_root}"
@@ -79,7 +82,9 @@ def test_namespace_gives_the_kubelet_its_sysctls_and_private_system_directories(
 
 def test_kwok_manages_only_the_fake_nodes_and_the_certificate_names_every_gateway() -> None:
     config = next(yaml.safe_load_all(_kwokctl_config(toolchain())))
-    patch = config["componentsPatches"][0]
+    patches = {p["name"]: p for p in config["componentsPatches"]}
+    assert "kube-apiserver" not in patches  # no pki given
+    patch = patches["kwok-controller"]
     assert patch["name"] == "kwok-controller"
     args = {a["key"]: a["value"] for a in patch["extraArgs"]}
     assert args == {"manage-all-nodes": "false",
@@ -108,3 +113,33 @@ def test_image_manifest_parses_into_refs_and_names_a_missing_field() -> None:
         parse_manifest(json.dumps(broken))
     with pytest.raises(ManifestError, match="not an image manifest"):
         parse_manifest("[]")
+
+
+def test_forwarder_relays_both_ways_and_stops_listening() -> None:
+    import socket
+    import threading
+
+    from devcluster.forward import TcpForwarder
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+
+    def echo_once() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            while data := conn.recv(1024):
+                conn.sendall(data.upper())
+
+    threading.Thread(target=echo_once, daemon=True).start()
+    forwarder = TcpForwarder(listen=("127.0.0.1", 0),
+                             target=("127.0.0.1", upstream.getsockname()[1])).start()
+    try:
+        with socket.create_connection(("127.0.0.1", forwarder.port), timeout=5) as client:
+            client.sendall(b"hello")
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(1024) == b"HELLO"
+        port = forwarder.port
+    finally:
+        forwarder.stop()
+        upstream.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()

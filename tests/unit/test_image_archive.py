@@ -16,7 +16,7 @@ import pytest
 from images import build
 from images.archive import ImageConfig, Layer, layer, sha256_file, write_docker_archive
 from images.plan import OPERATOR, PAUSE, REPO, plan
-from images.rootfs import BaseTarball, excluded
+from images.rootfs import BaseTarball, RootfsError, check_python, debian_mirror, excluded
 
 CONFIG = ImageConfig(env=("PATH=/usr/bin", "HOME=/tmp"), entrypoint=("python", "-m", "app"),
                      cmd=("--flag",), user="65532:65532", workdir="/tmp", exposed=("8080",))
@@ -164,9 +164,9 @@ def test_pause_image_is_a_static_binary_built_once(tmp_path: Path) -> None:
     assert pause.mode == 0o755
     assert binary[:4] == b"\x7fELF"
     assert b"/lib64/ld-linux" not in binary  # static: CGO_ENABLED=0, no interpreter
-    before = image.tarball.stat().st_mtime_ns
+    before = image.tarball.stat().st_ino
     assert build.build_go_image(PAUSE, tmp_path) == image  # cached: nothing rebuilt
-    assert image.tarball.stat().st_mtime_ns == before
+    assert image.tarball.stat().st_ino == before  # (a rebuild renames a new file onto it)
 
 
 def test_manifest_keeps_other_images_whose_tarball_exists(tmp_path: Path) -> None:
@@ -186,3 +186,46 @@ def test_manifest_keeps_other_images_whose_tarball_exists(tmp_path: Path) -> Non
     assert [i["name"] for i in images] == ["pause", "evaluation-runner"]
     assert images[1] == {"name": "evaluation-runner", "ref": fresh.ref,
                          "tarball": str(fresh.tarball), "sha256": "f" * 64, "bytes": 42}
+
+
+def test_prune_removes_only_what_no_build_used_lately(tmp_path: Path) -> None:
+    (tmp_path / "layers").mkdir()
+    old, fresh, old_layer = (tmp_path / "runner-aaa.tar", tmp_path / "runner-bbb.tar",
+                             tmp_path / "layers" / "deps-ccc.tar")
+    for path in (old, fresh, old_layer):
+        path.write_bytes(b"x")
+        path.with_suffix(".json").write_text("{}")
+    month_ago = os.stat(fresh).st_mtime - 30 * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(old_layer, (month_ago, month_ago))
+    assert sorted(build.prune(tmp_path)) == sorted([old, old_layer])
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "runner-bbb.json", "runner-bbb.tar"]
+
+
+def test_a_script_without_newline_keeps_its_body() -> None:
+    assert build._shebang_for_image("usr/local/bin/x", b"#!/opt/python") == b"#!/usr/bin/python3"
+
+
+def test_debian_mirror_comes_from_the_apt_configuration(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n")
+    with pytest.raises(RootfsError, match="set DEBIAN_MIRROR"):
+        debian_mirror({}, tmp_path)
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    assert debian_mirror({}, tmp_path) == "http://mirror.example/debian"
+    assert debian_mirror({"DEBIAN_MIRROR": "http://other/debian"}, tmp_path) == (
+        "http://other/debian")
+
+
+def test_a_base_without_the_dockerfiles_python_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3.12").write_text("")
+    with layer(tmp_path / "base.tar") as writer:
+        writer.add_tree(root, "", keep_owners=True)
+    with pytest.raises(RootfsError, match=r"no usr/bin/python3\.11"):
+        check_python(tmp_path / "base.tar", "3.11")

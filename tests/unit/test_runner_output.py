@@ -19,11 +19,14 @@ from evaluation_operator.spec import METRICS
 from evaluation_operator.status import TaskContext, assess, render_status
 from evaluation_runner import bundle, termination
 from evaluation_runner.config import METRICS as RUNNER_METRICS
-from evaluation_runner.metrics import SCALE_100, MetricValue
+from evaluation_runner.metrics import REGISTRY, MetricValue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support import crd_schema
+
+# Metrics the runner reports on sacrebleu's 0-100 scale (its registry says so).
+SCALE_100 = tuple(name for name, metric in REGISTRY.items() if metric.scale == 100.0)
 
 LOCATION = ResultsLocation("eval-results", "runs/team-a/t/0b6c1234/")
 CTX = TaskContext(job_name="t-eval", timeout="2h", retries=0, gpus=1,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import MutableMapping
 
 import kopf.cli
 
@@ -25,6 +26,14 @@ def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
     return argv + extra
 
 
+def ensure_login_name(environ: MutableMapping[str, str]) -> None:
+    """Kopf names the operator after the login user (getpass.getuser()); a container UID
+    without a passwd entry (the chart's 65532, OpenShift's arbitrary UIDs) has none, and
+    getpass raises. The environment is where getpass looks first."""
+    if not any(environ.get(name) for name in ("LOGNAME", "USER", "LNAME", "USERNAME")):
+        environ["USER"] = "evaluation-operator"
+
+
 def main(argv: list[str] | None = None) -> None:
     env, kopf_args = apply_flags(sys.argv[1:] if argv is None else argv, os.environ)
     try:
@@ -33,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"evaluation-operator: bad configuration: {error}")
     # The handlers module reads its settings from the environment when Kopf imports it.
     os.environ.update(env)
+    ensure_login_name(os.environ)
     quiet_credential_loggers()
     kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
                   standalone_mode=True)

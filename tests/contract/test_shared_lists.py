@@ -18,6 +18,7 @@ from evaluation_operator.runner_output import RunnerReason
 from evaluation_runner import config as runner_config
 from evaluation_runner import errors
 from evaluation_runner.errors import ConfigurationError
+from evaluation_runner.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = (ROOT / "docs" / "runner-contract.md").read_text()
@@ -42,15 +43,16 @@ def framework_enum(path: Path) -> list[str]:
 
 def contract_list(line_start: str) -> list[str]:
     """The backticked names in docs/runner-contract.md after `line_start`, up to the end of
-    that sentence."""
+    that sentence or the first parenthesis."""
     text = CONTRACT[CONTRACT.index(line_start) + len(line_start):]
-    end = re.search(r"\.\s", text)
+    end = re.search(r"\.\s|\s\(", text)
     assert end, line_start
     return re.findall(r"`([^`]+)`", text[:end.start()])
 
 
 def runner_accepts(**benchmark: Any) -> bool:
-    raw = {"version": 1, "model": {"name": "m", "endpoint": {"url": "http://m/v1"}},
+    raw = {"version": 1, "model": {"name": "m", "endpoint": {"url": "http://m/v1",
+                                                             "api": "completions"}},
            "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
                            "task": "generation", "metrics": ["exact-match"], **benchmark}],
            "output": {"s3": {"bucket": "r", "prefix": "p/"}}}
@@ -62,7 +64,7 @@ def runner_accepts(**benchmark: Any) -> bool:
 
 
 def operator_accepts(**benchmark: Any) -> bool:
-    raw = {"model": {"name": "m", "endpoint": {"url": "http://m/v1"}},
+    raw = {"model": {"name": "m", "endpoint": {"url": "http://m/v1", "api": "completions"}},
            "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
                            "task": "generation", "metrics": ["exact-match"], **benchmark}]}
     try:
@@ -95,7 +97,9 @@ def test_frameworks_are_one_list(crd: Path) -> None:
 
 def test_both_parsers_accept_every_metric_and_task_type_and_nothing_else() -> None:
     for metric in runner_config.METRICS:
-        assert runner_accepts(metrics=[metric]) and operator_accepts(metrics=[metric]), metric
+        for task in REGISTRY[metric].tasks:  # the runner's registry: where a metric applies
+            assert runner_accepts(task=task, metrics=[metric]), (metric, task)
+            assert operator_accepts(task=task, metrics=[metric]), (metric, task)
     for task in runner_config.TASK_TYPES:
         assert runner_accepts(task=task) and operator_accepts(task=task), task
     assert not runner_accepts(metrics=["bleurt"]) and not operator_accepts(metrics=["bleurt"])

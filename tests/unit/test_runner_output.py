@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 
 from tests.support import crd_schema
 
-SCALE_100 = frozenset(name for name, metric in REGISTRY.items() if metric.scale == 100)
+# Metrics the runner reports on sacrebleu's 0-100 scale (its registry says so).
+SCALE_100 = tuple(name for name, metric in REGISTRY.items() if metric.scale == 100.0)
+
 LOCATION = ResultsLocation("eval-results", "runs/team-a/t/0b6c1234/")
 CTX = TaskContext(job_name="t-eval", timeout="2h", retries=0, gpus=1,
                   gpu_resource="nvidia.com/gpu", memory="16Gi")

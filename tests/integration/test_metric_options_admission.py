@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster.cluster import Cluster
 
 from tests.integration.conftest import task_manifest
-from tests.support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ prefix before it is deleted, so nothing outside a task's own results is ever tou
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -95,19 +94,6 @@ def s3_client(settings: OperatorSettings) -> Any:
     )
     return boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
                         config=config)
-
-
-def read_json(client: Any, location: ResultsLocation, key: str) -> Any | None:
-    """The JSON object at `<prefix><key>`, or None when it does not exist."""
-    try:
-        response = client.get_object(Bucket=location.bucket, Key=location.prefix + key)
-    except client.exceptions.NoSuchKey:
-        return None
-    except Exception as error:
-        if _error_code(error) in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
-    return json.loads(response["Body"].read())
 
 
 class ObjectTooLargeError(ValueError):

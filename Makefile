@@ -111,6 +111,10 @@ test: venv tools  ## everything: lint, unit, runner, integration (real control p
 bench: venv  ## benchmarks (print figures)
 	$(PY) bench/runner_throughput.py
 
+.PHONY: bench-operator
+bench-operator: venv tools  ## the operator at 1,000 tasks against a bare client (minutes; TASKS=N)
+	$(PY) bench/operator_scale.py --tasks $(or $(TASKS),1000)
+
 .PHONY: clean
 clean:  ## remove the virtualenv and local cluster state (not the cached binaries)
 	-$(MAKE) cluster-down

@@ -499,3 +499,33 @@ def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
     world = World({UID: [task()]}, {UID: [job()]}, {UID: [compact]})
     assert world.task(UID) == task() and world.job(UID) == job()
     assert world.pods(UID) == [compact] and world.pods("other") == []
+
+
+def test_only_running_tasks_are_polled_and_the_poll_forgets_finished_ones() -> None:
+    settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=0,
+                                progress_interval_seconds=1)
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, int]:
+        t = task({"results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+        c = Cluster(t, s3=FakeS3({"progress.json": {"samplesDone": 1, "samplesTotal": 4}}))
+        c.reconciler.settings = settings
+        poller = asyncio.get_running_loop().create_task(c.reconciler.poll_forever(tick=0.05))
+        c.set(job(), [pod("Pending", node=None)])
+        await c.changed()
+        scheduling_polls = c.reconciler.state_sizes()["polls"]
+        c.set(pods=[pod("Running")])
+        await c.changed()
+        await asyncio.sleep(2)  # at most 1.5 intervals until the first read
+        await c.reconciler.drain()
+        c.set(pods=[pod("Succeeded", terminated={"exitCode": 0, "message": message})])
+        await c.changed()
+        poller.cancel()
+        return c.kube.status_patches, scheduling_polls, c.reconciler.state_sizes()["polls"]
+
+    patches, scheduling_polls, finished_polls = run(scenario())
+    assert scheduling_polls == 0, "no S3 reads for a task that does not run"
+    assert [p["reason"] for p in patches] == ["Scheduling", "Running", "Running", "Succeeded"]
+    assert patches[2]["progress"]["text"] == "1/4"
+    assert finished_polls == 0

@@ -57,12 +57,20 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
         return None
 
 
+class UnbrandedProgress(kopf.AnnotationsProgressStorage):
+    """Kopf also writes an `evaluation.dev/kopf-managed: yes` marker the first time it
+    stores progress: on a task deleted at the first attempt that is a second PATCH (merge
+    patch for the marker, JSON patch for the finalizer) only to brand the prefix."""
+
+    def _store_marker(self, **_: Any) -> None:  # Kopf < 2 (pinned in pyproject.toml)
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own names for Kopf's bookkeeping, and the finalizer users see on their tasks.
     settings.persistence.finalizer = naming.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="evaluation.dev")
+    settings.persistence.progress_storage = UnbrandedProgress(prefix="evaluation.dev")
     settings.persistence.diffbase_storage = NoDiffBase(
         prefix="evaluation.dev", key="last-handled-configuration")
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.

@@ -62,7 +62,7 @@ class UnbrandedProgress(kopf.AnnotationsProgressStorage):
     stores progress: on a task deleted at the first attempt that is a second PATCH (merge
     patch for the marker, JSON patch for the finalizer) only to brand the prefix."""
 
-    def _store_marker(self, **_: Any) -> None:  # Kopf < 2 (pinned in pyproject.toml)
+    def _store_marker(self, prefix: str, patch: Any, body: Any) -> None:  # Kopf < 2
         return None
 
 

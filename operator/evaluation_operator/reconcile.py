@@ -170,6 +170,14 @@ class Reconciler:
             if self._written.get(task.uid) is None and task.uid not in self._pending:
                 self.mark(task.uid)  # first sight since start: bring status in line
             return
+        override = self._overrides.get(task.uid)
+        if override is not None and override.phase.terminal:
+            return  # being written (e.g. JobDeleted): never a new Job meanwhile
+        if self._status(task).get("startTime"):
+            # A runner ran and its Job is gone (deleted while this operator was down, or
+            # just now): fail the task; running it again would be a second run.
+            self._override(task.uid, job_deleted(task))
+            return
         await self.create_children(task)
 
     def mark(self, uid: str) -> None:

@@ -529,3 +529,34 @@ def test_only_running_tasks_are_polled_and_the_poll_forgets_finished_ones() -> N
     assert [p["reason"] for p in patches] == ["Scheduling", "Running", "Running", "Succeeded"]
     assert patches[2]["progress"]["text"] == "1/4"
     assert finished_polls == 0
+
+
+def test_a_task_event_during_the_job_deleted_write_makes_no_new_job() -> None:
+    started = task({"phase": "Evaluating", "reason": "Running",
+                    "startTime": "2026-01-01T00:00:00Z"})
+
+    async def scenario() -> Cluster:
+        c = Cluster(started)
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.task_seen(started)  # e.g. the finalizer or a status event
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert not any(call.startswith("create") for call in c.kube.calls)
+    assert c.kube.status_patches[-1]["reason"] == "JobDeleted"
+
+
+def test_after_a_restart_a_started_task_without_its_job_fails_instead_of_running_again() -> None:
+    started = task({"phase": "Evaluating", "reason": "Running",
+                    "startTime": "2026-01-01T00:00:00Z"})
+
+    async def scenario() -> Cluster:
+        c = Cluster(started)
+        await c.reconciler.task_seen(started)
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.calls == ["patch status"]
+    assert c.kube.status_patches[-1]["reason"] == "JobDeleted"

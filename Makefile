@@ -199,6 +199,10 @@ test-local-model: venv  ## the transformers backend's CPU tests and figures (ins
 	EVAL_REQUIRE_TORCH=1 $(PY) -m pytest tests/runner/test_local_model_batched.py -q
 	$(PY) bench/local_model_throughput.py
 
+.PHONY: bench-operator
+bench-operator: venv tools  ## the operator at 1,000 tasks against a bare client (minutes; TASKS=N)
+	$(PY) bench/operator_scale.py --tasks $(or $(TASKS),1000)
+
 .PHONY: clean
 clean:  ## remove the virtualenv and local cluster state (not the cached binaries)
 	-$(MAKE) cluster-down

@@ -385,6 +385,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         log(f"operator: {count} tasks")
         phase_start = utc_now()
         started = time.monotonic()
+        cpu_create = cpu_seconds(pid)
 
         def create(i: int) -> None:
             custom.create_namespaced_custom_object(
@@ -399,6 +400,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         wait("every task Running", lambda: len(watcher.running) >= count,
              timeout=max(300, count))
         figures["to_running_seconds"] = max(watcher.running.values()) - started
+        figures["cpu_to_running_s"] = cpu_seconds(pid) - cpu_create
         time.sleep(5)
         figures["rss_running_mib"] = rss_mib(pid)
 
@@ -428,10 +430,12 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
                 "kwok.evaluation.dev/message": message}}})
 
         finish_start = time.monotonic()
+        cpu_finish = cpu_seconds(pid)
         in_parallel(finish, count)
         wait("every task Completed", lambda: len(watcher.finished) >= count,
              timeout=max(300, count))
         figures["to_completed_seconds"] = max(watcher.finished.values()) - finish_start
+        figures["cpu_finishing_s"] = cpu_seconds(pid) - cpu_finish
         latencies = []
         for name, done in watcher.finished.items():
             seen = [t for t in (watcher.pod_done.get(name), watcher.job_done.get(name)) if t]
@@ -523,6 +527,8 @@ def report(f: dict[str, Any]) -> str:
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
         f"{f['to_running_seconds']:.1f} s; all Completed {f['to_completed_seconds']:.1f} s "
         "after the bench started finishing pods",
+        f"operator CPU: {f['cpu_to_running_s']:.1f} s from the first task to all Running, "
+        f"{f['cpu_finishing_s']:.1f} s while pods finished",
         f"load average before / idle / after: {f['load_before']} / {f['load_idle']} / "
         f"{f['load_after']} (2 vCPUs, shared)",
     ]

@@ -119,7 +119,7 @@ class OperatorSettings:
     api_qps: int = 400
     api_burst: int = 800
     # Pod Pending -> Scheduled -> Running often happens within a second: one write, not three.
-    status_debounce_ms: int = 500
+    status_debounce_ms: int = 1500
     # A day: long enough to read the pods' logs; the task's status and results stay anyway.
     job_ttl_seconds: int = 86400
     # Cap on remembered per-task facts (last status written, Jobs just created): entries
@@ -169,7 +169,7 @@ class OperatorSettings:
             api_workers=_int(env, "EVAL_API_WORKERS", 16, minimum=1),
             api_qps=_int(env, "EVAL_API_QPS", 400, minimum=1),
             api_burst=_int(env, "EVAL_API_BURST", 800, minimum=1),
-            status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 500),
+            status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 1500),
             job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
         )
 

@@ -6,7 +6,7 @@
 | Job or pod event | index a compact copy; mark the task changed | none |
 | (a marked task) | status from the indexes, written if it changed | 0-1 PATCH |
 | Job deleted | never started: create again; started: `JobDeleted` | 0-2 |
-| timer, running tasks only | read progress.json (jittered), written if it changed | 0-1 PATCH |
+| one poller, running tasks only | read progress.json (jittered); write if changed | 0-1 PATCH |
 | task deleted | stop the runner, purge S3 | 0-1 DELETE |
 
 All handlers are async and never block: API and S3 calls run on `api_workers` threads.
@@ -14,8 +14,8 @@ All handlers are async and never block: API and S3 calls run on `api_workers` th
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import random
 from typing import Any
 
 import kopf
@@ -25,7 +25,6 @@ from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
 from evaluation_operator.s3 import shared_client
-from evaluation_operator.states import Reason, reason_of
 from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod, task_uid_of
 
@@ -35,6 +34,7 @@ TASK = (naming.GROUP, naming.VERSION, naming.PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 _reconciler: Reconciler | None = None
+_poller: asyncio.Task[None] | None = None
 
 
 def reconciler() -> Reconciler:
@@ -57,12 +57,20 @@ class NoDiffBase(kopf.AnnotationsDiffBaseStorage):
         return None
 
 
+class UnbrandedProgress(kopf.AnnotationsProgressStorage):
+    """Kopf also writes an `evaluation.dev/kopf-managed: yes` marker the first time it
+    stores progress: on a task deleted at the first attempt that is a second PATCH (merge
+    patch for the marker, JSON patch for the finalizer) only to brand the prefix."""
+
+    def _store_marker(self, prefix: str, patch: Any, body: Any) -> None:  # Kopf < 2
+        return None
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own names for Kopf's bookkeeping, and the finalizer users see on their tasks.
     settings.persistence.finalizer = naming.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="evaluation.dev")
+    settings.persistence.progress_storage = UnbrandedProgress(prefix="evaluation.dev")
     settings.persistence.diffbase_storage = NoDiffBase(
         prefix="evaluation.dev", key="last-handled-configuration")
     # Our own Events say what happened; Kopf's log lines become Events only when they warn.
@@ -83,8 +91,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         metrics.start_metrics_server(SETTINGS.metrics_port)
 
 
+@kopf.on.startup()
+async def start_polling(**_: Any) -> None:
+    global _poller
+    _poller = asyncio.get_running_loop().create_task(reconciler().poll_forever())
+
+
 @kopf.on.cleanup()
 async def shut_down(**_: Any) -> None:
+    if _poller is not None:
+        _poller.cancel()
     if _reconciler is not None:
         _reconciler.api.close()
 
@@ -149,32 +165,6 @@ async def pod_event(meta: kopf.Meta, **kwargs: Any) -> None:
     uid = task_uid_of(meta)
     if uid:
         _world(kwargs).mark(uid)
-
-
-# --- S3 reads, only while a runner runs or its scores are missing ---------------------------
-
-
-def _reads_s3(status: kopf.Status, **_: Any) -> bool:
-    reason = reason_of(status.get("reason"))
-    return reason is not None and reason.reads_s3
-
-
-def _jittered_start(**_: Any) -> float:
-    """Tasks that started running together do not read S3 together (nor at start-up)."""
-    return SETTINGS.progress_interval_seconds * random.uniform(0.5, 1.5)
-
-
-@kopf.timer(*TASK, interval=SETTINGS.progress_interval_seconds, initial_delay=_jittered_start,
-            when=_reads_s3)
-async def poll_s3(uid: str, **kwargs: Any) -> None:
-    r = _world(kwargs)
-    task = r.world.task(uid)
-    if task is None or task.deleting:
-        return
-    if task.reason is Reason.COLLECTING_RESULTS:
-        r.mark(uid)  # the status write reads summary.json again
-    else:
-        await r.read_progress(task)
 
 
 # --- deletion --------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from evaluation_operator.kube import Api, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
 from evaluation_operator.s3 import ResultsLocation, read_capped
-from evaluation_operator.states import Phase, Reason
+from evaluation_operator.states import Phase, Reason, reason_of
 from evaluation_operator.status import (
     Assessment,
     TaskContext,
@@ -147,6 +148,8 @@ class Reconciler:
         self._overrides: dict[str, Assessment] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
+        # Tasks whose state reads S3 (Reason.reads_s3) -> when to read next (loop time).
+        self._polls: dict[str, float] = {}
 
     def bind(self, world: World) -> None:
         """The indexes are the same objects for the operator's whole life; handlers hand
@@ -166,6 +169,14 @@ class Reconciler:
         if self.world.job(task.uid) is not None or self._created.get(task.uid):
             if self._written.get(task.uid) is None and task.uid not in self._pending:
                 self.mark(task.uid)  # first sight since start: bring status in line
+            return
+        override = self._overrides.get(task.uid)
+        if override is not None and override.phase.terminal:
+            return  # being written (e.g. JobDeleted): never a new Job meanwhile
+        if self._status(task).get("startTime"):
+            # A runner ran and its Job is gone (deleted while this operator was down, or
+            # just now): fail the task; running it again would be a second run.
+            self._override(task.uid, job_deleted(task))
             return
         await self.create_children(task)
 
@@ -203,7 +214,7 @@ class Reconciler:
 
     def forget(self, uid: str) -> None:
         """The task is gone: so is everything remembered about it."""
-        for table in (self._overrides, self._progress):
+        for table in (self._overrides, self._progress, self._polls):
             table.pop(uid, None)
         self._written.pop(uid)
         self._created.pop(uid)
@@ -216,7 +227,8 @@ class Reconciler:
         return {"pending": len(self._pending), "written": len(self._written),
                 "created": len(self._created), "creating": len(self._creating),
                 "overrides": len(self._overrides), "progress": len(self._progress),
-                "retry": len(self._retry), "tasks": len(self._tasks)}
+                "retry": len(self._retry), "polls": len(self._polls),
+                "tasks": len(self._tasks)}
 
     async def drain(self, timeout: float = 10) -> None:
         """Wait for the scheduled writes (tests; shutdown)."""
@@ -367,6 +379,7 @@ class Reconciler:
         if progress and not assessment.phase.terminal:
             status["progress"] = progress
         self._recheck(uid, assessment)
+        self._schedule_polls(uid, assessment.reason)
         if status == previous:
             return previous
         await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
@@ -429,6 +442,39 @@ class Reconciler:
             await self.api.call(self.api.kube.delete_job, task.namespace, task.job_name)
         if assessment.phase is Phase.COMPLETED:
             metrics.record_scores(task.namespace, task.name, status)
+
+    # --- S3 polling: only tasks Running or CollectingResults ---------------------------------
+
+    def _schedule_polls(self, uid: str, reason: Reason) -> None:
+        if not reason.reads_s3:
+            self._polls.pop(uid, None)
+        elif uid not in self._polls:
+            # Jitter: tasks that started running together do not read S3 together.
+            interval = self.settings.progress_interval_seconds
+            self._polls[uid] = (asyncio.get_running_loop().time()
+                                + interval * random.uniform(0.5, 1.5))
+
+    async def poll_forever(self, tick: float = 1.0) -> None:
+        """One loop for the whole operator (not a timer per task): every `tick`, read S3 for
+        the tasks that are due. Idle when no task is running."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for uid, due in list(self._polls.items()):
+                if due <= now:
+                    self._polls[uid] = now + self.settings.progress_interval_seconds
+                    self._spawn(self._poll(uid))
+
+    async def _poll(self, uid: str) -> None:
+        task = self.world.task(uid)
+        if task is None or task.deleting:
+            self._polls.pop(uid, None)
+            return
+        if reason_of(self._status(task).get("reason")) is Reason.COLLECTING_RESULTS:
+            self.mark(uid)  # the status write reads summary.json again
+        else:
+            await self.read_progress(task)
 
     # --- progress ---------------------------------------------------------------------------
 

@@ -351,8 +351,10 @@ def test_operator_killed_mid_run_restarts_without_a_second_job(
     pod = running_pod(cluster, namespace, "survivor")
     job_uid = cluster.kubectl_json("get", "job", "survivor-eval", "-n", namespace)[
         "metadata"]["uid"]
+    # In-progress status is written after a short debounce: wait until the run is recorded.
+    status_before = wait_status(cluster, namespace, "survivor", "started",
+                                lambda s: s.get("startTime") and s.get("results"))
     running_operator.kill()
-    status_before = get_task(cluster, namespace, "survivor")["status"]  # type: ignore[index]
     # The runner finishes while no operator is watching.
     finish_pod(core, namespace, pod["metadata"]["name"], 0, message=success_message(
         0.66, BENCHMARK_SCORES, status_before["results"]["uri"]))

@@ -499,3 +499,64 @@ def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
     world = World({UID: [task()]}, {UID: [job()]}, {UID: [compact]})
     assert world.task(UID) == task() and world.job(UID) == job()
     assert world.pods(UID) == [compact] and world.pods("other") == []
+
+
+def test_only_running_tasks_are_polled_and_the_poll_forgets_finished_ones() -> None:
+    settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=0,
+                                progress_interval_seconds=1)
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+
+    async def scenario() -> tuple[list[dict[str, Any]], int, int]:
+        t = task({"results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+        c = Cluster(t, s3=FakeS3({"progress.json": {"samplesDone": 1, "samplesTotal": 4}}))
+        c.reconciler.settings = settings
+        poller = asyncio.get_running_loop().create_task(c.reconciler.poll_forever(tick=0.05))
+        c.set(job(), [pod("Pending", node=None)])
+        await c.changed()
+        scheduling_polls = c.reconciler.state_sizes()["polls"]
+        c.set(pods=[pod("Running")])
+        await c.changed()
+        await asyncio.sleep(2)  # at most 1.5 intervals until the first read
+        await c.reconciler.drain()
+        c.set(pods=[pod("Succeeded", terminated={"exitCode": 0, "message": message})])
+        await c.changed()
+        poller.cancel()
+        return c.kube.status_patches, scheduling_polls, c.reconciler.state_sizes()["polls"]
+
+    patches, scheduling_polls, finished_polls = run(scenario())
+    assert scheduling_polls == 0, "no S3 reads for a task that does not run"
+    assert [p["reason"] for p in patches] == ["Scheduling", "Running", "Running", "Succeeded"]
+    assert patches[2]["progress"]["text"] == "1/4"
+    assert finished_polls == 0
+
+
+def test_a_task_event_during_the_job_deleted_write_makes_no_new_job() -> None:
+    started = task({"phase": "Evaluating", "reason": "Running",
+                    "startTime": "2026-01-01T00:00:00Z"})
+
+    async def scenario() -> Cluster:
+        c = Cluster(started)
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.task_seen(started)  # e.g. the finalizer or a status event
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert not any(call.startswith("create") for call in c.kube.calls)
+    assert c.kube.status_patches[-1]["reason"] == "JobDeleted"
+
+
+def test_after_a_restart_a_started_task_without_its_job_fails_instead_of_running_again() -> None:
+    started = task({"phase": "Evaluating", "reason": "Running",
+                    "startTime": "2026-01-01T00:00:00Z"})
+
+    async def scenario() -> Cluster:
+        c = Cluster(started)
+        await c.reconciler.task_seen(started)
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.calls == ["patch status"]
+    assert c.kube.status_patches[-1]["reason"] == "JobDeleted"

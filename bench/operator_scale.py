@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from devcluster import cluster as cluster_module  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
+from devcluster.tools import Toolchain  # noqa: E402
 from evaluation_operator.config import OperatorSettings  # noqa: E402
 from evaluation_operator.manifests import build_configmap, build_job  # noqa: E402
 from evaluation_operator.runner_config import build_runner_config  # noqa: E402
@@ -80,8 +81,8 @@ def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
     policy.write_text(AUDIT_POLICY)
     plain = cluster_module._kwokctl_config
 
-    def with_audit(tools: Any) -> str:
-        text = plain(tools)
+    def with_audit(tools: Toolchain, pki: Path | None = None) -> str:
+        text = plain(tools, pki)
         return text.replace("  runtime: binary\n",
                             f"  runtime: binary\n  kubeAuditPolicy: {policy}\n", 1)
 

@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from evaluation_runner.config import BenchmarkConfig
+from evaluation_runner.config import BenchmarkConfig, EndpointConfig
 from evaluation_runner.datasets import Sample
-from evaluation_runner.model_client import ModelClient
 
 LETTERS = string.ascii_uppercase
 
@@ -137,7 +136,20 @@ def read_answer(benchmark: BenchmarkConfig, sample: Sample, request: Request,
     return Prediction(sample, request.prompt, text.strip())
 
 
-def predict_one(client: ModelClient, benchmark: BenchmarkConfig, sample: Sample,
+class Model(Protocol):
+    """A client that answers one request at a time (evaluation_runner.model_client's
+    ModelClient, and evaluation_runner.local_model, which also batches)."""
+
+    @property
+    def endpoint(self) -> EndpointConfig: ...
+
+    def generate(self, prompt: str, *, max_tokens: int, temperature: float, seed: int,
+                 stop: list[str] | None = None) -> str: ...
+
+    def loglikelihood(self, context: str, continuation: str) -> float: ...
+
+
+def predict_one(client: Model, benchmark: BenchmarkConfig, sample: Sample,
                 examples: Sequence[Sample], generation: Generation,
                 labels: Sequence[str]) -> Prediction:
     request = build_request(client.endpoint.api, benchmark, sample, examples, generation,
@@ -215,7 +227,7 @@ class AnswerCache(Protocol):
     def put(self, sample: Sample, prediction: Prediction) -> None: ...
 
 
-def predict_all(client: ModelClient, benchmark: BenchmarkConfig, samples: Sequence[Sample],
+def predict_all(client: Model, benchmark: BenchmarkConfig, samples: Sequence[Sample],
                 examples: Sequence[Sample], generation: Generation, concurrency: int,
                 on_done: Callable[[], None] = lambda: None,
                 cache: AnswerCache | None = None) -> list[Prediction]:

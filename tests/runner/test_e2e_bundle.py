@@ -11,6 +11,7 @@ import math
 import statistics
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -20,7 +21,7 @@ from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_
 from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
-MC_ROWS = [
+MC_ROWS: list[dict[str, Any]] = [
     {"question": "Capital of France?", "options": ["Berlin", "Paris", "Rome", "Madrid"],
      "answer": 1},
     {"question": "2 + 2 =", "options": ["3", "4", "5", "22"], "answer": 1},
@@ -58,7 +59,7 @@ def test_full_run_scores_bundle_and_termination_message(
     s3 = runner_buckets
     right = {"Capital of France?", "2 + 2 =", "Colour of the sky?"}  # 3 of 5 right
     for row in MC_ROWS:
-        correct = int(row["answer"])  # type: ignore[call-overload]
+        correct = int(row["answer"])
         letter = correct if row["question"] in right else (correct + 1) % 4
         llm.answers[f"Question: {row['question']}"] = f"The answer is ({LETTERS[letter]})."
     llm.answers.update(GEN_REPLIES)
@@ -82,9 +83,9 @@ def test_full_run_scores_bundle_and_termination_message(
 
     assert result.exit_code == 0, result.stderr
     # Expected figures, computed independently with the reference libraries.
-    refs_mc = [str(r["options"][int(r["answer"])]) for r in MC_ROWS]  # type: ignore[index]
+    refs_mc = [str(r["options"][int(r["answer"])]) for r in MC_ROWS]
     preds_mc = [ref if r["question"] in right else
-                str(r["options"][(int(r["answer"]) + 1) % 4])  # type: ignore[index]
+                str(r["options"][(int(r["answer"]) + 1) % 4])
                 for r, ref in zip(MC_ROWS, refs_mc, strict=True)]
     accuracy = 3 / 5
     macro_f1 = f1_score(refs_mc, preds_mc, labels=sorted(set(refs_mc)), average="macro",

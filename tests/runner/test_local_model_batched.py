@@ -153,7 +153,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_results(
     batches: list[int] = []
 
     def limited(*args: Any, **kwargs: Any) -> Any:
-        ids = kwargs.get("input_ids", args[0] if args else None)
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         batches.append(int(ids.shape[0]))
         if ids.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import sacrebleu
 from rouge_score import rouge_scorer
@@ -14,7 +15,7 @@ from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_
 from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"prompt": "Translate: Tokyo is the capital of Japan.",
      "reference": ["东京是日本的首都。", "日本的首都是东京。"]},
     {"prompt": "Translate: I like apples.", "reference": ["我喜欢苹果。"]},

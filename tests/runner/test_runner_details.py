@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from evaluation_runner import lm_eval_adapter, model_client
+from evaluation_runner import lm_eval_adapter
 from evaluation_runner.__main__ import main
 from evaluation_runner.config import BenchmarkConfig, DatasetConfig, EndpointConfig
 from evaluation_runner.datasets import load_dataset
@@ -41,7 +41,7 @@ def _client(url: str, retries: int = 3) -> ModelClient:
 
 def test_connection_refused_after_retries_is_model_unreachable(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(model_client.time, "sleep", lambda _: None)
+    monkeypatch.setattr("evaluation_runner.model_client.time.sleep", lambda _: None)
     with pytest.raises(TransientError) as caught:
         _client(f"http://127.0.0.1:{_dead_port()}/v1", retries=2).generate(
             "q", max_tokens=4, temperature=0.0, seed=1)

@@ -17,13 +17,13 @@ from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_
 from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
-MC_ROWS = [
+MC_ROWS: list[dict[str, Any]] = [
     {"question": "What colour is the sky?", "choices": ["green", "blue", "red"], "answer": 1},
     {"question": "2 + 2 =", "choices": ["3", "4"], "answer": "4"},
     {"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "A"},
     {"question": "Largest planet?", "choices": ["Mars", "Jupiter"], "answer": 1},
 ]
-GEN_ROWS = [
+GEN_ROWS: list[dict[str, Any]] = [
     {"de": "Das Haus ist klein.", "en": "The house is small."},
     {"de": "Ich liebe Katzen.", "en": "I love cats."},
     {"de": "Guten Morgen.", "en": "Good morning."},

@@ -19,7 +19,8 @@ def in_ci() -> bool:
 def require_module(name: str) -> ModuleType:
     if in_ci():
         return importlib.import_module(name)
-    return pytest.importorskip(name)
+    module: ModuleType = pytest.importorskip(name)
+    return module
 
 
 def require(condition: bool, why: str) -> None:

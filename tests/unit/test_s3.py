@@ -136,7 +136,9 @@ def test_unreachable_means_s3_did_not_answer_or_failed() -> None:
 
     def client_error(code: str, status: int) -> ClientError:
         return ClientError({"Error": {"Code": code},
-                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+                            "ResponseMetadata": {
+                                "RequestId": "", "HostId": "", "HTTPStatusCode": status,
+                                "HTTPHeaders": {}, "RetryAttempts": 0}}, "GetObject")
 
     assert is_unreachable(EndpointConnectionError(endpoint_url="http://s3"))
     assert is_unreachable(ReadTimeoutError(endpoint_url="http://s3"))

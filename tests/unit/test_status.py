@@ -284,7 +284,8 @@ def test_a_succeeded_pod_never_reads_as_waiting_for_a_pod() -> None:
                                              "message": '{"v": 1, "status": "Succeeded", '
                                                         '"truncated": true}'})
     a = assess(job(), [truncated], CTX)
-    assert a.reason is Reason.SUCCEEDED and a.reason is not Reason.POD_PENDING
+    assert a.reason is not Reason.POD_PENDING
+    assert a.reason is Reason.SUCCEEDED
     assert not has_scores(a.runner_summary)  # the reconciler reads summary.json
 
 

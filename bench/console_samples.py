@@ -16,7 +16,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,6 +28,9 @@ from evaluation_operator.s3 import ResultsLocation
 from evaluation_runner import layout
 
 from tests.support.s3 import start_s3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def records(count: int) -> bytes:
@@ -40,19 +45,19 @@ def records(count: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def timed(func: object, repeat: int = 3) -> float:
+def timed(func: Callable[[], object], repeat: int = 3) -> float:
     runs = []
     for _ in range(repeat):
         start = time.perf_counter()
-        func()  # type: ignore[operator]
+        func()
         runs.append(time.perf_counter() - start)
     return statistics.median(runs)
 
 
-def measure(s3: object, client: object, count: int) -> str:
+def measure(s3: S3Client, client: Any, count: int) -> str:
     location = ResultsLocation("bench", f"runs/ns/task/{count}/")
     body = records(count)
-    s3.put_object(Bucket="bench", Key=location.prefix + layout.samples_key("b"),  # type: ignore[attr-defined]
+    s3.put_object(Bucket="bench", Key=location.prefix + layout.samples_key("b"),
                   Body=body)
     results = TaskResults(client, location, "bench")
     parsed: list[sampling.Sample] = []

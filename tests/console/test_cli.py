@@ -7,6 +7,7 @@ import json
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,8 +21,8 @@ from tests.support.s3 import S3Endpoint
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
 
 
-def bundle_object(s3: S3Endpoint, status: dict[str, object], name: str) -> bytes:
-    uri = str(status["results"]["uri"])  # type: ignore[index]
+def bundle_object(s3: S3Endpoint, status: dict[str, Any], name: str) -> bytes:
+    uri = str(status["results"]["uri"])
     prefix = uri[len(f"s3://{RESULTS_BUCKET}/"):]
     body: bytes = s3.client().get_object(Bucket=RESULTS_BUCKET, Key=prefix + name)["Body"].read()
     return body

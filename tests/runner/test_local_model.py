@@ -6,7 +6,6 @@ runner image has none of them)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -92,9 +91,10 @@ def test_multiple_choice_picks_the_most_likely_choice(model: LocalModel) -> None
                                 task="multiple-choice", metrics=("accuracy",))
     predictions = predict_all(model, benchmark, samples, (), Generation(8, 0.0, 1), 4)
     for prediction in predictions:
-        scores: Any = prediction.choice_logprobs
-        assert scores is not None and len(scores) == 3
-        assert prediction.prediction == prediction.sample.choices[scores.index(max(scores))]  # type: ignore[index]
+        scores = prediction.choice_logprobs
+        choices = prediction.sample.choices
+        assert scores is not None and len(scores) == 3 and choices is not None
+        assert prediction.prediction == choices[scores.index(max(scores))]
 
 
 def test_a_directory_without_a_model_is_a_configuration_error(tmp_path: Path) -> None:

@@ -199,7 +199,9 @@ def test_f1_from_counts_equals_scikit_learn_on_resamples(average: str) -> None:
     predictions = [rng.choice([*labels, "?"]) for _ in range(60)]
     options = MetricOptions(f1=F1Options(average), labels=tuple(labels))
     ours = [Answer(p, (r,)) for p, r in zip(predictions, references, strict=True)]
-    stats = REGISTRY["f1"].corpus_stats.stats(ours, "classification", options)  # type: ignore[union-attr]
+    corpus_stats = REGISTRY["f1"].corpus_stats
+    assert corpus_stats is not None
+    stats = corpus_stats.stats(ours, "classification", options)
     for _ in range(20):
         picked = [rng.randrange(60) for _ in range(60)]
         expected = f1_score([references[i] for i in picked], [predictions[i] for i in picked],
@@ -335,7 +337,7 @@ def test_acc_and_acc_norm_equal_lm_evals_own_process_results(tmp_path: Path) -> 
         "metadata": {"version": 1.0}})
     ours = []
     for doc, values in zip(docs, likelihoods, strict=True):
-        best = max(range(4), key=lambda i, v=values: (v[i], -i))  # type: ignore[misc]
+        best = max(enumerate(values), key=lambda pair: (pair[1], -pair[0]))[0]
         ours.append(Answer(doc["choices"][best], (doc["choices"][doc["gold"]],),
                            tuple(doc["choices"]), tuple(values)))
     theirs = [task.process_results(doc, [(v, False) for v in values])

@@ -20,7 +20,7 @@ from devcluster.cluster import Cluster
 from tests.runner.fake_llm import FakeLLM
 from tests.support.kwok import EXIT_CODE, finish_pod
 
-MC_ROWS = [
+MC_ROWS: list[dict[str, Any]] = [
     {"question": "Capital of France?", "options": ["Berlin", "Paris", "Rome", "Madrid"],
      "answer": 1},
     {"question": "2 + 2 =", "options": ["3", "4", "5", "22"], "answer": 1},
@@ -59,7 +59,7 @@ def script_answers(llm: FakeLLM, model: tuple[set[str], dict[str, str]]) -> None
     right, generation = model
     llm.answers.clear()
     for row in MC_ROWS:
-        correct = int(row["answer"])  # type: ignore[call-overload]
+        correct = int(row["answer"])
         letter = correct if row["question"] in right else (correct + 1) % 4
         llm.answers[f"Question: {row['question']}"] = f"The answer is ({LETTERS[letter]})."
     llm.answers.update(generation)

@@ -39,10 +39,15 @@ def _image(tmp_path: Path, source: Path, name: str = "image.tar") -> Path:
     return tmp_path / name
 
 
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    file = tar.extractfile(member)
+    assert file is not None, f"{member.name} is not a regular file"
+    return file.read()
+
+
 def _members(archive: Path) -> dict[str, bytes]:
     with tarfile.open(archive) as tar:
-        return {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                for m in tar.getmembers() if m.isfile()}
+        return {m.name: _read(tar, m) for m in tar.getmembers() if m.isfile()}
 
 
 def test_docker_archive_layout_is_what_ctr_and_skopeo_read(tmp_path: Path) -> None:
@@ -160,7 +165,7 @@ def test_pause_image_is_a_static_binary_built_once(tmp_path: Path) -> None:
     (tmp_path / "layer.tar").write_bytes(members[entry["Layers"][0]])
     with tarfile.open(tmp_path / "layer.tar") as tar:
         pause = tar.getmember("pause")
-        binary = tar.extractfile(pause).read()  # type: ignore[union-attr]
+        binary = _read(tar, pause)
     assert pause.mode == 0o755
     assert binary[:4] == b"\x7fELF"
     assert b"/lib64/ld-linux" not in binary  # static: CGO_ENABLED=0, no interpreter

@@ -123,16 +123,16 @@ class FakeS3:
 
         class Exceptions:
             class NoSuchKey(Exception):
-                pass
+                def __init__(self, key: str) -> None:
+                    super().__init__(key)
+                    self.response = {"Error": {"Code": "NoSuchKey"}}
 
         self.exceptions = Exceptions
 
     def get_object(self, Bucket: str, Key: str, Range: str = "") -> dict[str, Any]:
         name = Key.rsplit("/", 1)[-1]
         if name not in self.objects:
-            error = self.exceptions.NoSuchKey(Key)
-            error.response = {"Error": {"Code": "NoSuchKey"}}  # type: ignore[attr-defined]
-            raise error
+            raise self.exceptions.NoSuchKey(Key)
         data = json.dumps(self.objects[name]).encode()
 
         class Body:

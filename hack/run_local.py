@@ -15,6 +15,7 @@ Needs root (a real node: mounts, a bridge, cgroups); says so and exits otherwise
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,7 +80,13 @@ def start_s3(host: str) -> subprocess.Popen[bytes]:
     return server
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # `kill` (SIGTERM) stops everything as Ctrl-C does: the real node must never be left up.
+    signal.signal(signal.SIGTERM, _interrupt)
     if not KUBECONFIG.exists():
         sys.exit("no local cluster: run `make cluster-up` first")
     try:

@@ -468,4 +468,15 @@ def render_status(
         status.update(scores)
     if previous.get("progress"):
         status["progress"] = previous["progress"]
+    if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):
+        status["progress"] = progress
     return status
+
+
+def final_progress(scores: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished run scored every sample: its progress is complete, even when the run was
+    over before the progress poller ever read progress.json. None when no count is known."""
+    samples = sum(int(b.get("samples") or 0) for b in scores.get("benchmarks") or [])
+    if not samples:
+        return None
+    return {"samplesDone": samples, "samplesTotal": samples, "text": f"{samples}/{samples}"}

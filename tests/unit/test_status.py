@@ -307,3 +307,21 @@ def test_a_start_failure_in_its_grace_period_asks_to_be_looked_at_again() -> Non
                   waiting={"reason": "ErrImagePull", "message": "429"})
     a = assess(job(), [pulling], GRACE, now=at("2026-01-01T01:00:30Z"))
     assert a.recheck_seconds == 90
+
+
+def test_a_completed_run_shows_full_progress_even_if_never_polled() -> None:
+    """`kubectl get` shows 503/503 for a run that finished before progress.json was read."""
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    done = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message})
+    scores = {"overallScore": 0.5, "benchmarks": [{"name": "a", "score": 0.5, "samples": 500},
+                                                  {"name": "b", "score": 0.5, "samples": 3}]}
+    status = render_status({}, assess(job(), [done], CTX), generation=1, now="T",
+                           job_name="t-eval", configmap_name="t-config", results={},
+                           scores=scores)
+    assert status["progress"] == {"samplesDone": 503, "samplesTotal": 503, "text": "503/503"}
+    no_counts = {"overallScore": 0.5, "benchmarks": [{"name": "a", "score": 0.5}]}
+    status = render_status({}, assess(job(), [done], CTX), generation=1, now="T",
+                           job_name="t-eval", configmap_name="t-config", results={},
+                           scores=no_counts)
+    assert "progress" not in status

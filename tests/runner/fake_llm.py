@@ -60,9 +60,21 @@ class FakeLLM:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            counted = False
+
+            def _release(self) -> None:
+                # A request stops being in flight before its answer is written: once the
+                # client has the answer it may send its next request at once, and that must
+                # not overlap this one in the count.
+                if self.counted:
+                    self.counted = False
+                    with fake._lock:
+                        fake.in_flight -= 1
+
             def _send(self, status: int, body: dict[str, Any],
                       headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
+                self._release()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -79,6 +91,7 @@ class FakeLLM:
                     fault = fake.faults.pop(0) if fake.faults else None
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                self.counted = True
                 try:
                     if fake.delay_seconds:
                         time.sleep(fake.delay_seconds)
@@ -102,10 +115,10 @@ class FakeLLM:
                     else:
                         self._send(404, {"error": {"message": "no such route"}})
                 finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
+                    self._release()
 
             def _trickle(self, seconds: float) -> None:
+                self._release()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "1000000")

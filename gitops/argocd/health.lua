@@ -1,6 +1,9 @@
 -- Argo CD health check for evaluation.dev/EvaluationTask.
--- Evaluating -> Progressing, Completed -> Healthy, Failed -> Degraded. A task whose results
--- cannot be purged (it stays, deleting) is Degraded too, so the stuck deletion is visible.
+-- Evaluating -> Progressing, Completed -> Healthy, Failed -> Degraded. A completed run that
+-- missed one of its spec.gates (condition Passed=False) is Degraded: the evaluation worked,
+-- the model did not pass. A task cancelled on purpose (spec.cancel, reason Cancelled) is
+-- Suspended: stopped by someone, not broken. A task whose results cannot be purged (it
+-- stays, deleting) is Degraded too, so the stuck deletion is visible.
 -- Lua 5.1 as Argo CD runs it (gopher-lua); no libraries beyond string and table.
 local hs = {}
 
@@ -40,11 +43,24 @@ if purge ~= nil and purge.status == "False" then
   return hs
 end
 
+if status.phase == "Failed" and status.reason == "Cancelled" then
+  hs.status = "Suspended"
+  hs.message = "Cancelled: " .. (status.message or "spec.cancel is true")
+  return hs
+end
+
 local stalled = condition(status, "Stalled")
 if status.phase == "Failed" or (stalled ~= nil and stalled.status == "True") then
   hs.status = "Degraded"
   local reason = status.reason or (stalled and stalled.reason) or "Failed"
   hs.message = reason .. ": " .. (status.message or (stalled and stalled.message) or "")
+  return hs
+end
+
+local passed = condition(status, "Passed")
+if status.phase == "Completed" and passed ~= nil and passed.status == "False" then
+  hs.status = "Degraded"
+  hs.message = (passed.reason or "GatesFailed") .. ": " .. (passed.message or "")
   return hs
 end
 

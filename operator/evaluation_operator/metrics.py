@@ -13,6 +13,7 @@ What the handlers call:
   observes the wait for a GPU and the run time, once each.
 * `set_phase(ns, name, phase)`, `record_scores(ns, name, status)`,
   `record_failure(ns, reason)`, `record_purge(outcome, seconds, objects)`,
+  `record_gates(ns, name, passed)` (a completed task with spec.gates: its verdict),
   `forget_task(ns, name)` (the task is gone: its series go too),
   `start_metrics_server(port)`.
 """
@@ -59,9 +60,18 @@ SCORE = Gauge(
     "(bleu and chrf 0-100, the rest 0-1).",
     ["namespace", "task", "benchmark", "metric"], registry=REGISTRY)
 
+GATES_PASSED = Gauge(
+    "evaluation_task_gates_passed",
+    "Completed tasks with spec.gates: 1 when every gate passed, 0 when one failed (the "
+    "Passed condition).", ["namespace", "task"], registry=REGISTRY)
+GATE_VERDICTS = Counter(
+    "evaluation_gate_verdicts", "Completed tasks with spec.gates, by verdict (passed, failed).",
+    ["namespace", "verdict"], registry=REGISTRY)
+
 _lock = threading.RLock()
 _phases: dict[tuple[str, str], str] = {}
 _score_series: dict[tuple[str, str], set[tuple[str, str, str, str]]] = {}
+_gated: set[tuple[str, str]] = set()
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -99,6 +109,8 @@ def observe_task(namespace: str, name: str, status: dict[str, Any] | None) -> No
         set_phase(namespace, name, status.get("phase"))
         if status.get("phase") == "Completed":
             record_scores(namespace, name, status)
+            if status.get("gates"):
+                _set_gates(namespace, name, all(g.get("passed") for g in status["gates"]))
 
 
 def observe_transition(namespace: str, name: str, previous: dict[str, Any],
@@ -145,6 +157,18 @@ def record_scores(namespace: str, name: str, status: dict[str, Any]) -> None:
             _score_series[(namespace, name)] = set(values)
 
 
+def _set_gates(namespace: str, name: str, passed: bool) -> None:
+    with _lock:
+        GATES_PASSED.labels(namespace, name).set(1 if passed else 0)
+        _gated.add((namespace, name))
+
+
+def record_gates(namespace: str, name: str, passed: bool) -> None:
+    """A completed task's gate verdict, once, when it completes."""
+    _set_gates(namespace, name, passed)
+    GATE_VERDICTS.labels(namespace, "passed" if passed else "failed").inc()
+
+
 def record_purge(outcome: str, seconds: float, objects: int = 0) -> None:
     """One purge attempt: outcome "succeeded" or "failed", its duration, objects deleted."""
     PURGES.labels(outcome).inc()
@@ -159,6 +183,9 @@ def forget_task(namespace: str, name: str) -> None:
         set_phase(namespace, name, None)
         for labels in _score_series.pop((namespace, name), set()):
             SCORE.remove(*labels)
+        if (namespace, name) in _gated:
+            _gated.discard((namespace, name))
+            GATES_PASSED.remove(namespace, name)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:

@@ -33,6 +33,8 @@ from kubernetes.client.exceptions import ApiException
 from evaluation_operator import events, metrics, runner_output
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.gates import CONDITION as PASSED_CONDITION
+from evaluation_operator.gates import GateReason
 from evaluation_operator.kube import Api, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
@@ -41,7 +43,9 @@ from evaluation_operator.states import Phase, Reason, reason_of
 from evaluation_operator.status import (
     Assessment,
     TaskContext,
+    acknowledge_generation,
     assess,
+    condition_of,
     has_scores,
     render_status,
 )
@@ -123,6 +127,25 @@ def job_deleted(task: Task) -> Assessment:
         "run again.", scheduled=True)
 
 
+def cancelled(task: Task, previous: dict[str, Any], job_existed: bool) -> Assessment:
+    """spec.cancel: true on a task still evaluating. The Job goes (`Reason.stops_job`); what
+    the runner uploaded stays until the task is deleted."""
+    if not job_existed:
+        return Assessment(
+            Reason.CANCELLED,
+            "Cancelled (spec.cancel: true) before its Job was created: nothing ran and "
+            "nothing was written to S3. To evaluate, create a new task.")
+    was = previous.get("reason") or "starting"
+    done = (previous.get("progress") or {}).get("text")
+    progress = f", {done} samples scored" if done else ""
+    return Assessment(
+        Reason.CANCELLED,
+        f"Cancelled (spec.cancel: true) while {was}{progress}: the Job {task.job_name} was "
+        f"deleted and its runner pod stopped. What the runner had uploaded is kept under "
+        f"{task.results_uri} (runner.log, progress.json, finished parts) until the task is "
+        "deleted. To evaluate again, create a new task.")
+
+
 @dataclass
 class _Pending:
     """A task with a status write scheduled or in flight."""
@@ -161,7 +184,13 @@ class Reconciler:
     async def task_seen(self, task: Task) -> None:
         """Any event of a task: make its children once, or recompute its status once after
         a restart. A task's own status writes come back here and cost nothing."""
-        if task.deleting or self._is_final(task):
+        if task.deleting:
+            return
+        if self._is_final(task):
+            await self._acknowledge_generation(task)
+            return
+        if task.cancel_requested:
+            self._cancel(task)
             return
         if task.spec is None:
             self._override(task.uid, invalid_spec(task.spec_error or "unreadable"))
@@ -200,6 +229,9 @@ class Reconciler:
         if task is None or task.deleting or self._is_final(task):
             return
         self._created.pop(uid)
+        if task.cancel_requested:
+            self._cancel(task)  # being written: a Job gone now is ours, stopped on purpose
+            return
         if self._status(task).get("startTime"):
             self._override(uid, job_deleted(task))
         else:
@@ -236,6 +268,38 @@ class Reconciler:
         while self._tasks and asyncio.get_running_loop().time() < deadline:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
+    # --- cancel -----------------------------------------------------------------------------
+
+    def _cancel(self, task: Task) -> None:
+        """Fail the task as Cancelled (once); the write deletes the Job (`stops_job`)."""
+        override = self._overrides.get(task.uid)
+        if override is not None and override.reason is Reason.CANCELLED:
+            return
+        job_existed = (self.world.job(task.uid) is not None or bool(self._created.get(task.uid))
+                       or task.uid in self._creating)
+        self._override(task.uid, cancelled(task, self._status(task), job_existed))
+
+    def _cancel_requested(self, uid: str) -> bool:
+        task = self.world.task(uid)
+        return task is not None and task.cancel_requested
+
+    async def _acknowledge_generation(self, task: Task) -> None:
+        """A finished task is final; but spec.cancel set on it afterwards bumps its
+        generation, and kstatus counts a task whose observedGeneration lags as in progress
+        for ever. Record the generation, change nothing else, and say so once."""
+        previous = self._status(task)
+        observed = previous.get("observedGeneration")
+        if not isinstance(observed, int) or observed >= task.generation:
+            return
+        status = acknowledge_generation(previous, task.generation)
+        await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
+        self._written.put(task.uid, status)
+        if task.cancel_requested:
+            events.normal(task, "CancelIgnored",
+                          f"spec.cancel was set after the task had finished "
+                          f"({previous.get('phase')}, {previous.get('reason')}): nothing to "
+                          "stop; its status and results are unchanged.")
+
     # --- creation ---------------------------------------------------------------------------
 
     async def create_children(self, task: Task) -> None:
@@ -247,9 +311,17 @@ class Reconciler:
             await self._create_owned(task, build_configmap(task, build_runner_config(
                 task.spec, name=task.name, namespace=task.namespace, uid=task.uid,
                 location=task.location, settings=self.settings)))
+            if self._cancel_requested(task.uid):
+                return  # cancelled meanwhile: never a Job
             await self._create_owned(task, build_job(task, task.spec, self.settings))
             self._created.put(task.uid, True)
-            if self._overrides.get(task.uid) is not None:
+            if self._cancel_requested(task.uid):
+                # Cancelled while the Job was being created: the cancel's write may have
+                # found no Job to delete.
+                await self.api.call(self.api.kube.delete_job, task.namespace, task.job_name)
+                return
+            override = self._overrides.get(task.uid)
+            if override is not None and not override.phase.terminal:
                 self._overrides.pop(task.uid, None)
                 self.mark(task.uid)
         except ForeignChildError as waiting:
@@ -374,7 +446,8 @@ class Reconciler:
             job_name="" if assessment.reason is Reason.INVALID_SPEC else task.job_name,
             configmap_name="" if assessment.reason is Reason.INVALID_SPEC
             else task.configmap_name,
-            results=_results_field(task), scores=scores)
+            results=_results_field(task), scores=scores,
+            gates=task.spec.gates if task.spec else ())
         progress = self._progress.pop(uid, None)
         if progress and not assessment.phase.terminal:
             status["progress"] = progress
@@ -442,6 +515,12 @@ class Reconciler:
             await self.api.call(self.api.kube.delete_job, task.namespace, task.job_name)
         if assessment.phase is Phase.COMPLETED:
             metrics.record_scores(task.namespace, task.name, status)
+        if assessment.phase is Phase.COMPLETED and status.get("gates"):
+            passed = all(g["passed"] for g in status["gates"])
+            message = condition_of(status, PASSED_CONDITION).get("message", "")
+            post = events.normal if passed else events.warning
+            post(task, (GateReason.PASSED if passed else GateReason.FAILED).value, message)
+            metrics.record_gates(task.namespace, task.name, passed)
 
     # --- S3 polling: only tasks Running or CollectingResults ---------------------------------
 
@@ -499,4 +578,5 @@ class Reconciler:
 def _results_field(task: Task) -> dict[str, str]:
     if task.location is None:
         return dict(task.status.get("results") or {})
-    return {"uri": task.location.uri, "bundle": task.location.bundle_uri}
+    return {"uri": task.location.uri, "bundle": task.location.bundle_uri,
+            "log": task.location.log_uri}

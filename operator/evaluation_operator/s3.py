@@ -39,6 +39,12 @@ class ResultsLocation:
     def bundle_uri(self) -> str:
         return f"{self.uri}results.zip"
 
+    @property
+    def log_uri(self) -> str:
+        """The runner's own log (evaluation_runner.layout.RUNNER_LOG), also after a failure
+        and after the Job's TTL removed the pod and its log."""
+        return f"{self.uri}runner.log"
+
     @classmethod
     def from_uri(cls, uri: str) -> ResultsLocation:
         match = re.match(r"^s3://([^/]+)/(.+/)$", uri)

@@ -103,6 +103,30 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """A threshold the run must meet to pass: on one benchmark's metric (`benchmark` and
+    `metric`), or on the overall score (`benchmark` None). `min`: higher is better; `max`:
+    lower is better; both: a band. Values on the metric's own scale (BLEU and chrF 0-100)."""
+
+    benchmark: str | None
+    metric: str | None
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def target(self) -> str:
+        """What the gate reads, as users name it: `arc-easy/accuracy` or `overall`."""
+        return f"{self.benchmark}/{self.metric}" if self.benchmark else "overall"
+
+    @property
+    def bounds(self) -> str:
+        """`>= 0.7`, `<= 0.2`, `in [0.2, 0.8]`."""
+        if self.min is not None and self.max is not None:
+            return f"in [{self.min:g}, {self.max:g}]"
+        return f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     model: Model
     framework: str
@@ -114,6 +138,7 @@ class TaskSpec:
     timeout_seconds: int
     retries: int
     output: Output
+    gates: tuple[Gate, ...] = ()
 
 
 # Bucket and prefix rules, mirrored one for one by the CRD's CEL rules on spec.output.s3
@@ -270,6 +295,50 @@ def _parse_benchmarks(raw: Any) -> tuple[Benchmark, ...]:
     return tuple(benchmarks)
 
 
+def _bound(raw: Any, field_path: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise SpecError(field_path, f"{raw!r} is not a number")
+    return float(raw)
+
+
+def _parse_gates(raw: Any, benchmarks: tuple[Benchmark, ...]) -> tuple[Gate, ...]:
+    """The same rules as the CRD's CEL on spec.gates (a cluster may run an older CRD)."""
+    if not raw:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError("spec.gates", "must be a list")
+    metrics_of = {b.name: b.metrics for b in benchmarks}
+    gates = []
+    for index, item in enumerate(raw):
+        path = f"spec.gates[{index}]"
+        if not isinstance(item, dict):
+            raise SpecError(path, "must be an object")
+        benchmark, overall = item.get("benchmark"), item.get("overall") is True
+        if bool(benchmark) == overall:
+            raise SpecError(path, "set exactly one of benchmark (with metric) or overall: true")
+        metric = item.get("metric")
+        if benchmark:
+            if str(benchmark) not in metrics_of:
+                raise SpecError(f"{path}.benchmark", f"{benchmark!r} is not in spec.benchmarks")
+            if not metric:
+                raise SpecError(f"{path}.metric", "a benchmark gate needs a metric")
+            if str(metric) not in metrics_of[str(benchmark)]:
+                raise SpecError(f"{path}.metric", f"{metric!r} is not one of the metrics of "
+                                                  f"benchmark {benchmark!r}")
+        elif metric:
+            raise SpecError(f"{path}.metric", "an overall gate takes no metric")
+        low, high = _bound(item.get("min"), f"{path}.min"), _bound(item.get("max"), f"{path}.max")
+        if low is None and high is None:
+            raise SpecError(path, "set min (higher is better), max (lower is better) or both")
+        if low is not None and high is not None and low > high:
+            raise SpecError(path, f"min {low:g} is above max {high:g}")
+        gates.append(Gate(benchmark=str(benchmark) if benchmark else None,
+                          metric=str(metric) if metric else None, min=low, max=high))
+    return tuple(gates)
+
+
 def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpec:
     framework = spec.get("framework") or {}
     resources = spec.get("resources") or {}
@@ -292,11 +361,13 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
         raise SpecError("spec.retries", "must be >= 0")
     parameters = {"temperature": 0.0, "maxTokens": 256, "concurrency": 16, "seed": 1234}
     parameters.update(spec.get("parameters") or {})
+    benchmarks = _parse_benchmarks(spec.get("benchmarks"))
     return TaskSpec(
         model=_parse_model(spec.get("model")),
         framework=str(framework.get("name", "builtin")),
         image=framework.get("image") or None,
-        benchmarks=_parse_benchmarks(spec.get("benchmarks")),
+        benchmarks=benchmarks,
+        gates=_parse_gates(spec.get("gates"), benchmarks),
         parameters=parameters,
         resources=Resources(
             gpu=gpu,

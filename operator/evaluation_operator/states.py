@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     JOB_DELETED = "JobDeleted"
     INVALID_RUNNER_OUTPUT = "InvalidRunnerOutput"  # the runner broke its contract
     RESULTS_UNREADABLE = "ResultsUnreadable"  # succeeded, scores unreadable past the limit
+    CANCELLED = "Cancelled"  # spec.cancel: true; results uploaded so far are kept
 
     @property
     def phase(self) -> Phase:
@@ -58,20 +59,25 @@ class Reason(enum.StrEnum):
 
     @property
     def warning(self) -> bool:
-        """Something a user may have to act on: posted as a Warning event."""
-        return self.phase is Phase.FAILED or self in _WARN_WHILE_EVALUATING
+        """Something a user may have to act on: posted as a Warning event. A cancel is a
+        deliberate act, not a failure to alert on."""
+        return (self.phase is Phase.FAILED and self is not Reason.CANCELLED
+                ) or self in _WARN_WHILE_EVALUATING
 
     @property
     def posts_event(self) -> bool:
         """Events only for what needs attention (they reach alerting through event
-        exporters); everything else is in the status and not repeated (each Event is one
-        more API write per task)."""
-        return self.warning
+        exporters) and for a cancel (who asked and when is in the audit trail, the Event
+        says it was done); everything else is in the status and not repeated (each Event
+        is one more API write per task)."""
+        return self.warning or self is Reason.CANCELLED
 
     @property
     def stops_job(self) -> bool:
-        """The Job would wait until its deadline holding a GPU: delete it at once."""
-        return self in (Reason.IMAGE_PULL_ERROR, Reason.CONTAINER_CONFIG_ERROR)
+        """The Job would wait until its deadline holding a GPU (or was cancelled): delete it
+        at once."""
+        return self in (Reason.IMAGE_PULL_ERROR, Reason.CONTAINER_CONFIG_ERROR,
+                        Reason.CANCELLED)
 
     @property
     def reads_s3(self) -> bool:
@@ -84,7 +90,7 @@ _FAILED = frozenset({
     Reason.CONFIGURATION_ERROR, Reason.RETRIES_EXHAUSTED, Reason.RUNNER_FAILED,
     Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.IMAGE_PULL_ERROR,
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
-    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE,
+    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.CANCELLED,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,

@@ -12,6 +12,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation_operator.gates import CONDITION as PASSED_CONDITION
+from evaluation_operator.gates import ScoreTable, evaluate, passed_condition
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
 from evaluation_operator.runner_output import (
     InvalidRunnerOutput,
@@ -21,12 +23,13 @@ from evaluation_operator.runner_output import (
     failure_report,
     parse_termination_message,
 )
+from evaluation_operator.spec import Gate
 from evaluation_operator.states import Phase, Reason
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Scheduled", "Running", "Succeeded",
-                   "Failed")
+                   "Failed", "Passed")
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,8 @@ def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_r
         if code is not None else str(failure.get("message") or "no detail"))
     runner_reason = summary.reason if isinstance(summary, RunnerFailed) else None
     hint = RUNNER_REASON_HINTS.get(runner_reason or "", "")
-    logs = f"See `kubectl logs job/{ctx.job_name}`."
+    logs = (f"See `kubectl logs job/{ctx.job_name}`, or the runner's log in S3 at "
+            "status.results.log (kept after the Job and its pods are gone).")
     if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
         return Reason.RETRIES_EXHAUSTED, (
             f"The runner failed {len(seen.failed_pods)} time(s) and retries are exhausted "
@@ -430,8 +434,8 @@ def merge_conditions(
     for ctype in [*CONDITION_TYPES, *dict.fromkeys(extra)]:
         old = by_type.get(ctype)
         if ctype not in states:
-            if old is not None:
-                merged.append(old)
+            if old is not None:  # still true of this generation (e.g. Scheduled)
+                merged.append({**old, "observedGeneration": generation})
             continue
         status, reason, message = states[ctype]
         transition = old["lastTransitionTime"] if old and old.get("status") == status else now
@@ -446,8 +450,15 @@ def merge_conditions(
 def render_status(
     previous: dict[str, Any], a: Assessment, *, generation: int, now: str,
     job_name: str, configmap_name: str, results: dict[str, str],
-    scores: dict[str, Any] | None = None,
+    scores: dict[str, Any] | None = None, gates: tuple[Gate, ...] = (),
 ) -> dict[str, Any]:
+    """The status object. `gates`: the task's spec.gates, checked once the run completed
+    (`status.gates[]` and the `Passed` condition; no such condition without gates)."""
+    states = _condition_states(a)
+    verdicts = (evaluate(gates, ScoreTable.from_status(scores))
+                if gates and a.phase is Phase.COMPLETED and scores else None)
+    if (passed := passed_condition(a.phase, a.reason, verdicts, len(gates))) is not None:
+        states[PASSED_CONDITION] = passed
     status: dict[str, Any] = {
         "phase": a.phase.value,
         "reason": a.reason.value,
@@ -457,8 +468,10 @@ def render_status(
         "configMapName": configmap_name,
         "results": results,
         "conditions": merge_conditions(previous.get("conditions") or [],
-                                       _condition_states(a), generation, now),
+                                       states, generation, now),
     }
+    if verdicts is not None:
+        status["gates"] = [v.status_entry() for v in verdicts]
     start = previous.get("startTime") or a.start_time
     if start:
         status["startTime"] = start
@@ -471,6 +484,21 @@ def render_status(
     if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):
         status["progress"] = progress
     return status
+
+
+def condition_of(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return {}
+
+
+def acknowledge_generation(previous: dict[str, Any], generation: int) -> dict[str, Any]:
+    """A final status, unchanged but for the generation it describes (its own and each
+    condition's): kstatus and Argo CD then see the latest spec as observed."""
+    return {**previous, "observedGeneration": generation,
+            "conditions": [{**c, "observedGeneration": generation}
+                           for c in previous.get("conditions") or []]}
 
 
 def final_progress(scores: dict[str, Any]) -> dict[str, Any] | None:

@@ -33,6 +33,9 @@ class Task:
     timeout_text: str = "2h"
     location: ResultsLocation | None = None
     status: Mapping[str, Any] = field(default_factory=dict)
+    # spec.cancel: read from the raw spec, so a cancel counts even when the rest of the
+    # spec does not parse.
+    cancel_requested: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], settings: OperatorSettings) -> Task:
@@ -58,6 +61,7 @@ class Task:
             timeout_text=str(raw_spec.get("timeout", "2h")),
             location=location,
             status=dict(status),
+            cancel_requested=raw_spec.get("cancel") is True,
         )
 
     @property

@@ -12,8 +12,16 @@ from typing import Any
 
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.deletion import purge_failed_status
+from evaluation_operator.reconcile import cancelled
 from evaluation_operator.runner_output import RunnerSucceeded
-from evaluation_operator.status import TaskContext, assess, render_status
+from evaluation_operator.spec import Gate
+from evaluation_operator.status import (
+    Assessment,
+    TaskContext,
+    acknowledge_generation,
+    assess,
+    render_status,
+)
 from evaluation_operator.task import Task
 
 CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
@@ -62,15 +70,17 @@ def task(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
     return body
 
 
-def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1
-            ) -> dict[str, Any]:
-    assessment = assess(job, pods, CTX)
+def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1,
+            gates: tuple[Gate, ...] = (), previous: dict[str, Any] | None = None,
+            assessment: Assessment | None = None) -> dict[str, Any]:
+    assessment = assessment or assess(job, pods, CTX)
     message = assessment.runner_summary
     scores = message.scores.status_fields() if isinstance(message, RunnerSucceeded) and \
         message.scores else None
-    return render_status({}, assessment, generation=generation, now="2026-01-01T00:31:00Z",
-                         job_name=CTX.job_name, configmap_name="llm-eval-config",
-                         results=RESULTS, scores=scores)
+    return render_status(previous or {}, assessment, generation=generation,
+                         now="2026-01-01T00:31:00Z", job_name=CTX.job_name,
+                         configmap_name="llm-eval-config", results=RESULTS, scores=scores,
+                         gates=gates)
 
 
 def statuses() -> dict[str, tuple[dict[str, Any], str]]:
@@ -84,6 +94,14 @@ def statuses() -> dict[str, tuple[dict[str, Any], str]]:
         Task.from_body(task(completed), OperatorSettings()), RuntimeError("AccessDenied"), 60)})
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T01:00:00Z"
     running = _render(_job(), [_pod("Running", state={"running": {}})])
+    done = (_job([{"type": "Complete", "status": "True"}]),
+            [_pod("Succeeded", state=_terminated(0, SUMMARY, "Completed"))])
+    gates_passed = _render(*done, gates=(Gate("arc-easy", "accuracy", min=0.8),))
+    gates_failed = _render(*done, gates=(Gate("arc-easy", "accuracy", min=0.85),
+                                         Gate(None, None, min=0.7)))
+    # spec.cancel: true (generation 2) on a running task, and on one that had completed.
+    cancel = cancelled(Task.from_body(task(running, generation=2), OperatorSettings()),
+                       running, job_existed=True)
     return {
         "new": (task(None), "Progressing"),
         "job-pending": (task(_render(None, [])), "Progressing"),
@@ -109,4 +127,10 @@ def statuses() -> dict[str, tuple[dict[str, Any], str]]:
         "purge-failing": (deleting, "Degraded"),
         # A status written for generation 1 seen with generation 2: not yet observed.
         "stale-generation": (task(completed, generation=2), "Progressing"),
+        "completed-gates-passed": (task(gates_passed), "Healthy"),
+        "completed-gates-failed": (task(gates_failed), "Degraded"),
+        "cancelled": (task(_render(None, [], generation=2, previous=running,
+                                   assessment=cancel), generation=2), "Suspended"),
+        "cancel-after-completion": (task(acknowledge_generation(completed, 2), generation=2),
+                                    "Healthy"),
     }

@@ -125,3 +125,13 @@ def test_exit_codes_are_one_list() -> None:
     assert table == {str(errors.EXIT_OK): "success",
                      str(errors.EXIT_CONFIGURATION): "configuration",
                      str(errors.EXIT_TRANSIENT): "transient"}
+
+
+def test_the_status_points_at_the_runners_bundle_and_log() -> None:
+    """status.results.bundle and status.results.log name the keys the runner writes."""
+    from evaluation_operator.s3 import ResultsLocation
+    from evaluation_runner import layout
+
+    location = ResultsLocation("eval-results", "runs/team-a/t/uid/")
+    assert location.bundle_uri == location.uri + layout.RESULTS_ZIP
+    assert location.log_uri == location.uri + layout.RUNNER_LOG

@@ -63,6 +63,21 @@ def test_degraded_names_the_reason_and_what_to_do() -> None:
     assert "AccessDenied" in argocd_health(CASES["purge-failing"][0])["message"]
 
 
+def test_a_missed_gate_is_degraded_and_names_the_failing_gates() -> None:
+    health = argocd_health(CASES["completed-gates-failed"][0])
+    assert health["status"] == "Degraded"
+    assert health["message"] == ("GatesFailed: 1 of 2 gate(s) failed: arc-easy/accuracy 0.81 "
+                                 "is below the minimum 0.85.")
+    assert argocd_health(CASES["completed-gates-passed"][0])["status"] == "Healthy"
+
+
+def test_a_cancelled_task_is_suspended_not_degraded() -> None:
+    health = argocd_health(CASES["cancelled"][0])
+    assert health["status"] == "Suspended"
+    assert health["message"].startswith("Cancelled: Cancelled (spec.cancel: true) while Running")
+    assert argocd_health(CASES["cancel-after-completion"][0])["status"] == "Healthy"
+
+
 def test_argocd_cm_snippet_carries_the_script_verbatim() -> None:
     snippet = yaml.safe_load((ARGOCD_DIR / "argocd-cm.yaml").read_text())
     assert snippet["metadata"] == {"name": "argocd-cm", "namespace": "argocd",

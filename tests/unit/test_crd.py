@@ -12,7 +12,7 @@ import pytest
 import yaml
 from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.spec import parse_task_spec
+from evaluation_operator.spec import Gate, parse_task_spec
 from evaluation_operator.states import Reason
 from evaluation_operator.status import Assessment, render_status
 
@@ -46,6 +46,7 @@ def test_names_match_the_design() -> None:
 def test_printer_columns() -> None:
     columns = {c["name"].upper(): c["jsonPath"] for c in VERSION["additionalPrinterColumns"]}
     assert columns["STATUS"] == ".status.phase"
+    assert columns["PASSED"] == '.status.conditions[?(@.type=="Passed")].status'
     assert columns["OVERALL"] == ".status.overallScore"
     assert columns["MODEL"] == ".spec.model.name"
     assert columns["AGE"] == ".metadata.creationTimestamp"
@@ -71,9 +72,19 @@ def test_every_spec_string_and_list_is_bounded() -> None:
     assert unbounded == []
 
 
-def test_the_whole_spec_is_immutable() -> None:
-    rules = [v["rule"] for v in SCHEMA["properties"]["spec"]["x-kubernetes-validations"]]
-    assert "self == oldSelf" in rules
+def test_the_whole_spec_but_cancel_is_immutable() -> None:
+    """CEL cannot compare an object minus one field, so the rule names every field: a field
+    added to spec without being added to the rule would silently be mutable."""
+    spec = SCHEMA["properties"]["spec"]
+    rule = next(v["rule"] for v in spec["x-kubernetes-validations"]
+                if "spec is immutable" in v.get("message", ""))
+    for field in spec["properties"]:
+        term = (f"(has(self.{field}) ? has(oldSelf.{field}) && self.{field} == "
+                f"oldSelf.{field} : !has(oldSelf.{field}))")
+        assert (term in rule) == (field != "cancel"), field
+    cancel = spec["properties"]["cancel"]
+    assert cancel["type"] == "boolean" and cancel["default"] is False
+    assert [v["rule"] for v in cancel["x-kubernetes-validations"]] == ["self || !oldSelf"]
 
 
 def declared_status_paths() -> set[str]:
@@ -101,7 +112,10 @@ def test_everything_the_operator_writes_to_status_is_declared() -> None:
         previous, Assessment(Reason.SUCCEEDED, "done", scheduled=True,
                              start_time="2026-01-01T00:00:00Z"),
         generation=1, now="2026-01-01T00:00:01Z", job_name="j", configmap_name="c",
-        results={"uri": "s3://b/p/", "bundle": "s3://b/p/results.zip"}, scores=scores)
+        results={"uri": "s3://b/p/", "bundle": "s3://b/p/results.zip",
+                 "log": "s3://b/p/runner.log"}, scores=scores,
+        gates=(Gate("a", "bleu", min=1), Gate(None, None, min=0.1, max=0.9)))
+    assert status["gates"] and "Passed" in {c["type"] for c in status["conditions"]}
     undeclared = set(paths_of(status, "status")) - declared_status_paths()
     assert undeclared == set()
 

@@ -34,6 +34,12 @@ EXPECTED = {
     "image-pull-error": "Failed",
     "purge-failing": "Terminating",
     "stale-generation": "InProgress",
+    # A missed gate is not a failed evaluation: kstatus says Current (Ready=True); tools that
+    # must stop on it read the Passed condition (docs/gitops.md).
+    "completed-gates-passed": "Current",
+    "completed-gates-failed": "Current",
+    "cancelled": "Failed",
+    "cancel-after-completion": "Current",
 }
 # metav1.Condition validation (k8s.io/apimachinery/pkg/apis/meta/v1/types.go).
 CONDITION_TYPE = re.compile(

@@ -560,3 +560,104 @@ def test_after_a_restart_a_started_task_without_its_job_fails_instead_of_running
     c = run(scenario())
     assert c.kube.calls == ["patch status"]
     assert c.kube.status_patches[-1]["reason"] == "JobDeleted"
+
+
+# --- spec.cancel ---------------------------------------------------------------------------
+
+
+def cancelled_task(status: dict[str, Any] | None = None, generation: int = 2) -> Task:
+    raw = body(status)
+    raw["spec"]["cancel"] = True
+    raw["metadata"]["generation"] = generation
+    return Task.from_body(raw, SETTINGS)
+
+
+def test_cancelling_a_running_task_fails_it_as_cancelled_then_deletes_the_job() -> None:
+    running = {"phase": "Evaluating", "reason": "Running", "observedGeneration": 1,
+               "startTime": "2026-01-01T00:00:00Z",
+               "progress": {"samplesDone": 3, "samplesTotal": 8, "text": "3/8"}}
+
+    async def scenario() -> Cluster:
+        c = Cluster(cancelled_task(running))
+        c.set(job(), [pod("Running")])
+        await c.reconciler.task_seen(cancelled_task(running))
+        await c.reconciler.drain()
+        # The Job's deletion comes back as a watch event: nothing more happens.
+        c.jobs.clear()
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.task_seen(cancelled_task(c.kube.status_patches[-1]))
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.calls == ["patch status", "delete Job"]  # the verdict first, then the stop
+    status = c.kube.status_patches[-1]
+    assert (status["phase"], status["reason"], status["observedGeneration"]) == (
+        "Failed", "Cancelled", 2)
+    assert "while Running, 3/8 samples scored" in status["message"]
+    assert "s3://eval-results/runs/team-a/t/" in status["message"]  # results are kept
+    assert status["startTime"] == "2026-01-01T00:00:00Z" and status["completionTime"]
+    assert status["progress"]["text"] == "3/8"
+
+
+def test_a_task_cancelled_before_its_job_exists_never_creates_one() -> None:
+    async def scenario() -> Cluster:
+        c = Cluster(cancelled_task(generation=1))
+        await c.reconciler.task_seen(cancelled_task(generation=1))
+        await c.reconciler.drain()
+        await c.reconciler.job_gone(UID)  # e.g. an old Job event: still no Job
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert not any(call.startswith("create") for call in c.kube.calls)
+    status = c.kube.status_patches[-1]
+    assert (status["phase"], status["reason"]) == ("Failed", "Cancelled")
+    assert "before its Job was created" in status["message"]
+
+
+def test_a_cancel_arriving_while_the_children_are_created_makes_no_job() -> None:
+    class CancelDuringCreate(FakeKube):
+        """The user cancels while the ConfigMap is being created."""
+
+        def __init__(self, tasks: dict[str, list[Task]]) -> None:
+            super().__init__()
+            self.tasks = tasks
+
+        def create(self, manifest: dict[str, Any]) -> bool:
+            self.tasks[UID] = [cancelled_task()]
+            return super().create(manifest)
+
+    async def scenario() -> Cluster:
+        c = Cluster(task())
+        c.kube = CancelDuringCreate(c.tasks)
+        c.reconciler.api = Api(c.kube, 2)
+        await c.reconciler.task_seen(task())
+        await c.reconciler.task_seen(cancelled_task())
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.calls[0] == "create ConfigMap" and "create Job" not in c.kube.calls
+    assert c.kube.status_patches[-1]["reason"] == "Cancelled"
+
+
+def test_cancelling_a_finished_task_changes_nothing_but_the_observed_generation() -> None:
+    completed: dict[str, Any] = {
+        "phase": "Completed", "reason": "Succeeded", "observedGeneration": 1,
+        "overallScore": 0.5, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "",
+             "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+
+    async def scenario() -> Cluster:
+        c = Cluster(cancelled_task(completed))
+        await c.reconciler.task_seen(cancelled_task(completed))
+        await c.reconciler.task_seen(cancelled_task(completed))  # its own write coming back
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.calls == ["patch status"]
+    status = c.kube.status_patches[0]
+    assert status == {**completed, "observedGeneration": 2, "conditions": [
+        {**completed["conditions"][0], "observedGeneration": 2}]}

@@ -293,7 +293,10 @@ def test_what_each_reason_implies() -> None:
     assert Reason.SUCCEEDED.phase is Phase.COMPLETED and Phase.COMPLETED.terminal
     assert Reason.RUNNING.phase is Phase.EVALUATING and not Phase.EVALUATING.terminal
     assert {r for r in Reason if r.stops_job} == {Reason.IMAGE_PULL_ERROR,
-                                                 Reason.CONTAINER_CONFIG_ERROR}
+                                                 Reason.CONTAINER_CONFIG_ERROR, Reason.CANCELLED}
+    # A cancel is deliberate: a Normal event, not a warning; still a final Failed.
+    assert Reason.CANCELLED.phase is Phase.FAILED and Reason.CANCELLED.posts_event
+    assert not Reason.CANCELLED.warning
     # Progress in between is in the status only; warnings and failures are Events too.
     assert not Reason.POD_PENDING.posts_event and not Reason.RUNNING.posts_event
     assert not Reason.SUCCEEDED.posts_event

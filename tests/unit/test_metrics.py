@@ -150,3 +150,21 @@ def test_metrics_server_serves_the_registry_over_http(ns: str) -> None:
     assert f'namespace="{ns}",task="served"' in body
     assert "# HELP evaluation_tasks " in body
     assert "python_gc" not in body  # our registry only, not the process-wide default
+
+
+def test_gate_verdicts_are_a_gauge_per_task_and_a_count_per_verdict(ns: str) -> None:
+    metrics.record_gates(ns, "good", True)
+    metrics.record_gates(ns, "bad", False)
+    assert value("evaluation_task_gates_passed", namespace=ns, task="good") == 1
+    assert value("evaluation_task_gates_passed", namespace=ns, task="bad") == 0
+    assert value("evaluation_gate_verdicts_total", namespace=ns, verdict="passed") == 1
+    assert value("evaluation_gate_verdicts_total", namespace=ns, verdict="failed") == 1
+    # After a restart the gauge comes back from the status; the count does not double.
+    metrics.forget_task(ns, "bad")
+    assert value("evaluation_task_gates_passed", namespace=ns, task="bad") is None
+    metrics.observe_task(ns, "bad", {**COMPLETED, "gates": [{"passed": True},
+                                                          {"passed": False}]})
+    assert value("evaluation_task_gates_passed", namespace=ns, task="bad") == 0
+    assert value("evaluation_gate_verdicts_total", namespace=ns, verdict="failed") == 1
+    metrics.observe_task(ns, "plain", COMPLETED)  # no gates: no series
+    assert value("evaluation_task_gates_passed", namespace=ns, task="plain") is None

@@ -96,3 +96,36 @@ def test_git_edits_to_a_task_spec_are_rejected_and_force_recreates(
     recreated = cluster.kubectl_json("get", "evt", "nightly", "-n", namespace)
     assert recreated["metadata"]["uid"] != first_uid
     assert recreated["spec"]["benchmarks"][0]["limit"] == 10
+
+
+def test_argocd_promotion_gate_is_a_sync_hook_before_the_promotion() -> None:
+    """The gate Job (its script runs in tests/integration/test_cancel_and_gates.py) fails
+    the sync before the wave that promotes; it may only read EvaluationTasks."""
+    objects = docs(GITOPS / "argocd" / "promotion-gate.yaml")
+    job = one(objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["argocd.argoproj.io/hook"] == "Sync"
+    gate_wave = int(annotations["argocd.argoproj.io/sync-wave"])
+    promoted = one(objects, "Deployment")
+    assert int(promoted["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]) > gate_wave
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    assert one(objects, "Role")["rules"] == [{"apiGroups": ["evaluation.dev"],
+                                              "resources": ["evaluationtasks"],
+                                              "verbs": ["get", "list", "watch"]}]
+    script = pod["containers"][0]["args"][0]
+    assert "--for=condition=Passed=True" in script and "--for=condition=Reconciling=False" \
+        in script
+
+
+def test_flux_promotion_depends_on_a_gate_that_reads_passed() -> None:
+    objects = {o["metadata"]["name"]: o for o in docs(GITOPS / "flux" / "promotion.yaml")}
+    gate, production = objects["evaluation-gate"], objects["model-production"]
+    assert production["spec"]["dependsOn"] == [{"name": "evaluation-gate"}]
+    assert gate["spec"]["wait"] is True and gate["spec"]["prune"] is False
+    (check,) = gate["spec"]["healthCheckExprs"]
+    assert (check["apiVersion"], check["kind"]) == ("evaluation.dev/v1alpha1", "EvaluationTask")
+    assert "c.type == 'Passed' && c.status == 'True'" in check["current"]
+    assert "c.type == 'Passed' && c.status == 'False'" in check["failed"]
+    assert "status.phase == 'Failed'" in check["failed"]

@@ -334,4 +334,4 @@ def test_the_promotion_gate_passes_only_a_model_that_passed_its_gates(
     refused = run_gate(cluster, namespace, "keep-out")
     assert refused.returncode != 0
     assert "overall 0.4508 is below the minimum 0.65" in refused.stdout
-    assert "timed out waiting for the condition" in refused.stderr
+    assert "condition not met" in refused.stderr

@@ -116,7 +116,8 @@ task lifecycle under this identity, so a missing rule fails a test.
 - apiGroups: [evaluation.dev]
   resources: [evaluationtasks/status]
   verbs: [get, patch]
-# The runner Job: created once, watched, deleted early when its pod can never start.
+# The runner Job: created once, watched, deleted early when its pod can never start or the
+# task is cancelled (spec.cancel).
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, get, list, watch, delete]

@@ -225,3 +225,36 @@ def test_delete_during_a_run_stops_the_pod_then_purges_everything(
     # A runner still alive would write progress.json again within its interval (2 s).
     time.sleep(5)
     assert versions_under(pod_s3, prefix) == []
+
+
+def test_cancel_during_a_run_stops_the_pod_and_keeps_the_uploads(
+        cluster: Cluster, e2e_namespace: str, pod_s3: S3Endpoint, model: FakeLLM,
+        spec_for: Any, timings: Timings) -> None:
+    model.delay_seconds = 600  # the runner is mid-run when the cancel comes
+    run = create_task(cluster, e2e_namespace, "cancelled", spec_for(
+        gates=[{"overall": True, "min": 0.5}]))
+    pod_uid = run.running_pod()["metadata"]["uid"]
+    status = run.wait("results location in status", lambda s: (s.get("results") or {}).get(
+        "uri"), timeout=60)
+    prefix = prefix_of(status)
+    cluster.wait_until("the runner to ask the model", lambda: model.requests, timeout=120)
+
+    started = time.monotonic()
+    cluster.kubectl("patch", "evaluationtask", run.name, "-n", e2e_namespace, "--type=merge",
+                    "-p", '{"spec": {"cancel": true}}')
+    status = run.finish(timings, "cancel during a run", timeout=120)
+    assert (status["phase"], status["reason"]) == ("Failed", "Cancelled"), status
+    cluster.wait_until("the cancelled runner to stop on the node",
+                       lambda: not processes_in_pod(pod_uid), timeout=90)
+    timings.record("cancel during a run", "runner stopped", time.monotonic() - started)
+    passed = next(c for c in status["conditions"] if c["type"] == "Passed")
+    assert (passed["status"], passed["reason"]) == ("False", "RunNotCompleted")
+
+    # The runner's own log went up as it stopped (SIGTERM), where the status says; nothing
+    # was purged, and nothing is written after the pod is gone.
+    assert status["results"]["log"] == f"{status['results']['uri']}runner.log"
+    versions = sorted(versions_under(pod_s3, prefix))
+    assert {prefix + "progress.json", prefix + "runner.log"} <= set(versions), versions
+    assert b"SIGTERM" in read_object(pod_s3, prefix + "runner.log")
+    time.sleep(5)
+    assert sorted(versions_under(pod_s3, prefix)) == versions

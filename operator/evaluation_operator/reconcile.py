@@ -292,7 +292,14 @@ class Reconciler:
         if not isinstance(observed, int) or observed >= task.generation:
             return
         status = acknowledge_generation(previous, task.generation)
-        await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
+        try:
+            await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name,
+                                status)
+        except Exception as error:
+            log.warning("recording generation %d of %s failed: %s", task.generation, task.key,
+                        error)
+            self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
+            return
         self._written.put(task.uid, status)
         if task.cancel_requested:
             events.normal(task, "CancelIgnored",

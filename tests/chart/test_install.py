@@ -245,6 +245,11 @@ def container_env(cluster: Cluster, namespace: str, container: dict[str, Any]
         if "valueFrom" not in entry:  # the API server drops empty values
             env[entry["name"]] = entry.get("value", "")
             continue
+        if "fieldRef" in entry["valueFrom"]:  # the pod's own name or namespace
+            field = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            env[entry["name"]] = {"metadata.name": f"{container['name']}-pod-0",
+                                  "metadata.namespace": namespace}[field]
+            continue
         ref = entry["valueFrom"]["secretKeyRef"]
         secret = cluster.kubectl("get", "secret", ref["name"], "-n", namespace, "-o", "json",
                                  check=not ref.get("optional"))

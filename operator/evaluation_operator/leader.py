@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import apiclient
+from evaluation_operator import apiclient, metrics
 from evaluation_operator.config import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -396,8 +396,13 @@ def leadership(settings: OperatorSettings, kopf_args: list[str]) -> Iterator[Non
     """Wait to lead (when leader election is on), keep the Lease renewed while the body runs,
     release it afterwards."""
     if not settings.leader_election_lease:
+        metrics.LEADER.set(1)
         yield
         return
+    # A standby is scraped too (the metrics Service selects every replica): serve it now.
+    metrics.LEADER.set(0)
+    if settings.metrics_port:
+        metrics.start_metrics_server(settings.metrics_port)
     namespace = resolve_namespace(settings)
     identity = settings.leader_election_identity or default_identity()
     api = client.CoordinationV1Api(apiclient.api_client(settings))
@@ -407,6 +412,7 @@ def leadership(settings: OperatorSettings, kopf_args: list[str]) -> Iterator[Non
                       settings.lease_renew_deadline_seconds, settings.lease_retry_period_seconds)
     with standby_health(liveness_address(kopf_args)), standby_logging():
         elector.acquire()
+    metrics.LEADER.set(1)
     elector.start_renewing()
     try:
         yield

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from evaluation_operator.naming import job_name
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -48,7 +49,6 @@ from tests.support.s3 import S3Endpoint, free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
 BUCKET = "ha-results"
-OPERATOR_LABEL = "evaluation.dev/task"
 
 
 class Replica:
@@ -97,6 +97,18 @@ def replicas() -> Iterator[list[Replica]]:
     yield made
     for replica in made:
         replica.stop()
+    for replica in made:  # shown when the test failed
+        print(f"--- {replica.name}\n{replica.log()[-6000:]}")
+
+
+@contextlib.contextmanager
+def stopped_at_exit(replicas: list[Replica]) -> Iterator[None]:
+    """Stop the replicas before the release (and their RBAC) is uninstalled."""
+    try:
+        yield
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 @dataclass
@@ -117,26 +129,31 @@ class JobWatch:
             try:
                 for event in watch.Watch().stream(
                         self.batch.list_namespaced_job, self.namespace, timeout_seconds=5,
-                        resource_version=version, allow_watch_bookmarks=True):
+                        resource_version=version):
                     job = event["object"]
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                        self.failure.append(AssertionError(f"watch ended: {event}"))
+                        return
                     version = job.metadata.resource_version
-                    if event["type"] != "BOOKMARK":
-                        with self.lock:
-                            self.events.append((event["type"], job.metadata.name,
-                                                job.metadata.uid, time.monotonic()))
+                    with self.lock:
+                        self.events.append((event["type"], job.metadata.name,
+                                            job.metadata.uid, time.monotonic()))
                     if self.stopping.is_set():
                         return
             except ApiException as error:
                 self.failure.append(error)
                 return
 
-    def uids(self, name: str) -> set[str]:
+    def uids(self, task: str) -> set[str]:
+        """Every Job of this task ever seen."""
         with self.lock:
-            return {uid for _, job, uid, _ in self.events if job == name}
+            return {uid for _, job, uid, _ in self.events if job == job_name(task)}
 
-    def added(self, name: str) -> list[float]:
+    def added(self, task: str) -> list[float]:
+        """When its Jobs were created."""
         with self.lock:
-            return [t for kind, job, _, t in self.events if kind == "ADDED" and job == name]
+            return [t for kind, job, _, t in self.events
+                    if kind == "ADDED" and job == job_name(task)]
 
 
 @contextlib.contextmanager
@@ -242,7 +259,7 @@ def test_a_standby_takes_over_when_the_leader_is_killed_mid_run(
         replicas: list[Replica]) -> None:
     core = client.CoreV1Api(cluster.api_client())
     with (installed(cluster, namespaces, s3_server, tmp_path, {}) as install,
-          only_this_operator()):
+          only_this_operator(), stopped_at_exit(replicas)):
         # The chart's own lease timings (15 s / 10 s / 2 s): the failover measured is a
         # user's.
         assert install.env["EVAL_LEASE_DURATION_SECONDS"] == "15"
@@ -320,7 +337,7 @@ def test_two_operators_active_at_once_create_one_job_per_task(
     at the same moment. Deterministic names and 409-means-done keep it to one Job each."""
     values = {"replicas": 1, "leaderElection": {"enabled": False}}
     with (installed(cluster, namespaces, s3_server, tmp_path, values) as install,
-          only_this_operator()):
+          only_this_operator(), stopped_at_exit(replicas)):
         assert "EVAL_LEADER_ELECTION_LEASE" not in install.env
         both = [replica(install, name, tmp_path) for name in ("one", "two")]
         replicas += both

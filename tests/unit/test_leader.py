@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-from evaluation_operator import leader
+from evaluation_operator import leader, metrics
 from evaluation_operator.config import OperatorSettings, SettingsError
 from evaluation_operator.leader import (
     Candidate,
@@ -244,8 +244,18 @@ def test_the_lease_namespace_defaults_to_the_pods(tmp_path: Any) -> None:
 
 def test_leader_election_is_off_unless_a_lease_is_named() -> None:
     assert OperatorSettings.from_env({}).leader_election_lease is None
-    with leader.leadership(OperatorSettings(), []):
-        pass  # no API server needed
+    with leader.leadership(OperatorSettings(), []):  # no API server needed
+        assert metrics.REGISTRY.get_sample_value("evaluation_operator_leader") == 1
+
+
+def test_the_metrics_server_started_by_a_standby_is_reused_once_it_leads() -> None:
+    port = free_port()
+    first = metrics.start_metrics_server(port, addr="127.0.0.1")
+    try:
+        assert metrics.start_metrics_server(port, addr="127.0.0.1") is first
+    finally:
+        first.shutdown()
+        metrics._servers.clear()
 
 
 @pytest.mark.parametrize("env", [

@@ -294,6 +294,13 @@ class Elector:
     def keep_renewing(self) -> None:
         last_renewed = self.clock()
         while not self.stopping.wait(self.retry_period):
+            remaining = self.renew_deadline - (self.clock() - last_renewed)
+            if remaining <= 0:
+                self.on_lost(f"not renewed for {self.renew_deadline} s")
+                return
+            # A hanging request must not outlast the deadline (the API client tries a timed
+            # out request once more, hence half).
+            self.store.timeout = max(0.5, remaining / 2)
             try:
                 if not self.renew_once():
                     self.on_lost("another candidate holds it")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime
 import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -265,3 +266,28 @@ def test_the_metrics_server_started_by_a_standby_is_reused_once_it_leads() -> No
 def test_lease_timings_that_could_overlap_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match="EVAL_LEASE_RENEW_DEADLINE_SECONDS"):
         OperatorSettings.from_env(env)
+
+
+class HangingStore(MemoryStore):
+    """An API server that answers nothing: every call takes its whole timeout, twice (the
+    client retries a timed out request once)."""
+
+    def write(self, lease: dict[str, Any]) -> dict[str, Any] | None:
+        if self.failing:
+            time.sleep(2 * self.timeout)
+            raise TimeoutError("read timed out")
+        return super().write(lease)
+
+
+def test_a_hanging_api_server_cannot_keep_a_leader_past_its_renew_deadline() -> None:
+    """The leader must have stopped before a standby may take over (lease duration)."""
+    store = HangingStore()
+    lost: list[float] = []
+    elector = Elector(store, "a", 3, 1.0, 0.2, on_lost=lambda _: lost.append(time.monotonic()))
+    assert elector.try_acquire(Candidate("a", 3))
+    last_renewed = time.monotonic()
+    store.failing = True
+    thread = threading.Thread(target=elector.keep_renewing)
+    thread.start()
+    thread.join(timeout=10)
+    assert lost and lost[0] - last_renewed < 1.0 + 0.2 + 0.3

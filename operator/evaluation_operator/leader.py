@@ -129,10 +129,10 @@ class Candidate:
         self.seen_at = 0.0
 
     def judge(self, record: Record | None) -> Verdict:
-        # Our own name as holder: this pod's previous container led and died (a container
-        # restart keeps the pod name); nobody else can be leading, so no need to wait.
         if record is None:
             return Verdict.CREATE
+        # Our own name as holder: this pod's previous container led and died (a restarted
+        # container keeps the pod name); nobody else can be leading, so no need to wait.
         if not record.holder or record.holder == self.identity:
             return Verdict.TAKE
         now = self.clock()

@@ -57,6 +57,7 @@ class Replica:
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path,
                  health: int) -> None:
         self.name, self.command, self.env, self.health = name, command, env, health
+        self.metrics = int(env["EVAL_METRICS_PORT"])
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -223,6 +224,13 @@ def replica(install: Install, name: str, log_dir: Path, **env: str) -> Replica:
     return Replica(name, command, environment, log_dir, health)
 
 
+def leader_gauge(r: Replica) -> str:
+    """The replica's `evaluation_operator_leader` metric, as scraped."""
+    _, text = _get(f"http://127.0.0.1:{r.metrics}/metrics")
+    found = re.search(r"^evaluation_operator_leader (\S+)$", text, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
 def lease_holder(cluster: Cluster, install: Install) -> str:
     result = cluster.kubectl("get", "lease", f"{install.name}-evaluation-operator", "-n",
                              install.release_ns, "-o", "jsonpath={.spec.holderIdentity}",
@@ -272,6 +280,11 @@ def test_a_standby_takes_over_when_the_leader_is_killed_mid_run(
         b.start()
         cluster.wait_until("replica-b to wait as a standby",
                            lambda: "standby; Lease" in b.log(), timeout=60)
+        # A standby answers its liveness probe and is scraped like any replica.
+        assert _get(f"http://127.0.0.1:{b.health}/healthz") == (200, '{"standby": true}')
+        cluster.wait_until("replica-b's metrics", lambda: leader_gauge(b) == "0.0",
+                           timeout=30)
+        assert leader_gauge(a) == "1.0"
 
         tasks = [f"ha-{i}" for i in range(1, 7)]
         with watching_jobs(cluster, install.team) as jobs:
@@ -299,6 +312,10 @@ def test_a_standby_takes_over_when_the_leader_is_killed_mid_run(
             first_job = jobs.added(tasks[4])[0] - killed
             print(f"\nfailover after SIGKILL of the leader: Lease taken by the standby after "
                   f"{lease_taken:.1f} s, its first Job after {first_job:.1f} s")
+            # Kopf now serves b's liveness endpoint and metrics (the standby's are gone).
+            status, body = _get(f"http://127.0.0.1:{b.health}/healthz")
+            assert status == 200 and "standby" not in body, body
+            assert leader_gauge(b) == "1.0"
 
             # The killed pod restarts (as Kubernetes would restart it): now a standby.
             a.start()

@@ -315,6 +315,7 @@ def test_a_standby_takes_over_when_the_leader_is_killed_mid_run(
             # Kopf now serves b's liveness endpoint and metrics (the standby's are gone).
             status, body = _get(f"http://127.0.0.1:{b.health}/healthz")
             assert status == 200 and "standby" not in body, body
+            assert "Starting Kopf" in b.log()  # what it must not have logged before
             assert leader_gauge(b) == "1.0"
 
             # The killed pod restarts (as Kubernetes would restart it): now a standby.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from devcluster.cluster import Cluster
 from evaluation_operator.naming import job_name
 from kubernetes import client, watch
@@ -46,6 +47,7 @@ from tests.integration.conftest import (
 )
 from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint, free_port
+from tests.support.tcp_proxy import SilenceableProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
 BUCKET = "ha-results"
@@ -389,3 +391,72 @@ def test_two_operators_active_at_once_create_one_job_per_task(
         for r in both:
             log = r.log()
             assert all(task in log for task in tasks), (r.name, log[-3000:])
+
+
+def behind(proxy: SilenceableProxy, kubeconfig: Path, path: Path) -> Path:
+    """The same credentials, talking to the API server through the proxy."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    for entry in config["clusters"]:
+        server = entry["cluster"]["server"]
+        entry["cluster"]["server"] = f"{server.rsplit(':', 1)[0]}:{proxy.port}"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over(
+        cluster: Cluster, namespaces: list[str], s3_server: S3Endpoint, tmp_path: Path,
+        replicas: list[Replica]) -> None:
+    """A silent network (no reset) between the leader and the API server: the leader cannot
+    renew and exits after the renew deadline, before the standby may take the Lease, so
+    the two never run at once; the standby then carries on with the work."""
+    core = client.CoreV1Api(cluster.api_client())
+    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    host, port = server.split("://", 1)[1].rsplit(":", 1)
+    proxy = SilenceableProxy(host, int(port))
+    proxy.start()
+    try:
+        with (installed(cluster, namespaces, s3_server, tmp_path, {}) as install,
+              only_this_operator(), stopped_at_exit(replicas)):
+            a = replica(install, "replica-a", tmp_path, KUBECONFIG=str(
+                behind(proxy, install.kubeconfig, tmp_path / "proxied-kubeconfig")))
+            b = replica(install, "replica-b", tmp_path)
+            replicas += [a, b]
+            a.start()
+            cluster.wait_until("replica-a to lead", lambda: lease_holder(cluster, install)
+                               == "replica-a", timeout=60)
+            b.start()
+            cluster.wait_until("replica-b to wait as a standby",
+                               lambda: "standby; Lease" in b.log(), timeout=60)
+            with watching_jobs(cluster, install.team) as jobs:
+                create_task(cluster, install.team, task_manifest("cut-1"))
+                running_pod(cluster, install.team, "cut-1", timeout=120)
+
+                proxy.silence()
+                silenced = time.monotonic()
+                exited = taken = None
+                deadline = silenced + 60
+                while (exited is None or taken is None) and time.monotonic() < deadline:
+                    if exited is None and not a.alive:
+                        exited = time.monotonic() - silenced
+                    if taken is None and lease_holder(cluster, install) == "replica-b":
+                        taken = time.monotonic() - silenced
+                    time.sleep(0.2)
+                assert exited is not None, "the cut-off leader kept running:\n" + a.log()[-3000:]
+                assert taken is not None, "the standby never took over:\n" + b.log()[-3000:]
+                print(f"\ncut-off leader exited after {exited:.1f} s; the standby took the "
+                      f"Lease after {taken:.1f} s")
+                assert exited < taken, "the old leader still ran when the standby took over"
+                assert a.process is not None and a.process.returncode == 3
+                assert "lost the Lease" in a.log()
+
+                create_task(cluster, install.team, task_manifest("cut-2"))
+                for task in ("cut-1", "cut-2"):
+                    finish(cluster, core, install.team, task)
+                for task in ("cut-1", "cut-2"):
+                    completed(cluster, install.team, task)
+                time.sleep(3)  # let late Job events arrive
+            for task in ("cut-1", "cut-2"):
+                assert len(jobs.uids(task)) == 1, (task, jobs.events)
+    finally:
+        proxy.heal()
+        proxy.stop()

@@ -13,6 +13,7 @@ from collections.abc import MutableMapping
 import kopf.cli
 
 from evaluation_operator.config import OperatorSettings, SettingsError, apply_flags
+from evaluation_operator.leader import LeaderElectionError, leadership
 from evaluation_operator.logsafety import quiet_credential_loggers
 
 
@@ -44,8 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(env)
     ensure_login_name(os.environ)
     quiet_credential_loggers()
-    kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
-                  standalone_mode=True)
+    # With leader election on, a standby waits here until it leads (leader.py); Kopf's own
+    # peering stays off (--standalone).
+    try:
+        with leadership(settings, kopf_args):
+            kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
+                          standalone_mode=True)
+    except LeaderElectionError as error:
+        sys.exit(f"evaluation-operator: bad configuration: {error}")
 
 
 if __name__ == "__main__":

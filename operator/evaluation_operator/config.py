@@ -26,6 +26,12 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_API_BURST | --api-burst | API calls allowed at once above that rate |
 | EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
 | EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
+| EVAL_LEADER_ELECTION_LEASE | --leader-election-lease | Lease to elect a leader on; empty: off |
+| EVAL_LEADER_ELECTION_NAMESPACE | --leader-election-namespace | its namespace (default: pod's) |
+| EVAL_LEADER_ELECTION_IDENTITY | --leader-election-identity | this replica (default: host+random) |
+| EVAL_LEASE_DURATION_SECONDS | --lease-duration | a standby takes a Lease unrenewed this long |
+| EVAL_LEASE_RENEW_DEADLINE_SECONDS | --lease-renew-deadline | a leader unable to renew: exits |
+| EVAL_LEASE_RETRY_PERIOD_SECONDS | --lease-retry-period | how often it is renewed or checked |
 
 The operator's own S3 credentials come from the standard AWS variables or files
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE...).
@@ -37,6 +43,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_RUNNER_IMAGE = "ghcr.io/evaluation-operator/runner:0.1.0"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -65,6 +72,13 @@ FLAGS: dict[str, str] = {
     "--api-burst": "EVAL_API_BURST",
     "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
     "--job-ttl": "EVAL_JOB_TTL_SECONDS",
+    # leader election (leader.py)
+    "--leader-election-lease": "EVAL_LEADER_ELECTION_LEASE",
+    "--leader-election-namespace": "EVAL_LEADER_ELECTION_NAMESPACE",
+    "--leader-election-identity": "EVAL_LEADER_ELECTION_IDENTITY",
+    "--lease-duration": "EVAL_LEASE_DURATION_SECONDS",
+    "--lease-renew-deadline": "EVAL_LEASE_RENEW_DEADLINE_SECONDS",
+    "--lease-retry-period": "EVAL_LEASE_RETRY_PERIOD_SECONDS",
 }
 
 
@@ -126,6 +140,15 @@ class OperatorSettings:
     # also go when their task goes; the cap only bounds what a leak could cost.
     memory_tasks: int = 20000
 
+    # Leader election on a Lease (leader.py): off without a Lease name. client-go's defaults:
+    # a dead leader is replaced within about lease_duration + retry_period.
+    leader_election_lease: str | None = None
+    leader_election_namespace: str | None = None
+    leader_election_identity: str | None = None
+    lease_duration_seconds: int = 15
+    lease_renew_deadline_seconds: int = 10
+    lease_retry_period_seconds: int = 2
+
     @property
     def watch_client_timeout_seconds(self) -> int:
         """A watch still open this long after the server should have ended it is dead."""
@@ -171,7 +194,27 @@ class OperatorSettings:
             api_burst=_int(env, "EVAL_API_BURST", 800, minimum=1),
             status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 1500),
             job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
+            **_leader_election(env),
         )
+
+
+def _leader_election(env: Mapping[str, str]) -> dict[str, Any]:
+    duration = _int(env, "EVAL_LEASE_DURATION_SECONDS", 15, minimum=2)
+    deadline = _int(env, "EVAL_LEASE_RENEW_DEADLINE_SECONDS", 10, minimum=1)
+    retry = _int(env, "EVAL_LEASE_RETRY_PERIOD_SECONDS", 2, minimum=1)
+    # The leader must give up before a standby may take over, and try more than once first.
+    if not retry < deadline < duration:
+        raise SettingsError(
+            f"EVAL_LEASE_RETRY_PERIOD_SECONDS={retry} < EVAL_LEASE_RENEW_DEADLINE_SECONDS="
+            f"{deadline} < EVAL_LEASE_DURATION_SECONDS={duration} must hold")
+    return {
+        "leader_election_lease": env.get("EVAL_LEADER_ELECTION_LEASE") or None,
+        "leader_election_namespace": env.get("EVAL_LEADER_ELECTION_NAMESPACE") or None,
+        "leader_election_identity": env.get("EVAL_LEADER_ELECTION_IDENTITY") or None,
+        "lease_duration_seconds": duration,
+        "lease_renew_deadline_seconds": deadline,
+        "lease_retry_period_seconds": retry,
+    }
 
 
 def apply_flags(argv: Sequence[str], env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

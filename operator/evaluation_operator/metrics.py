@@ -188,8 +188,20 @@ def forget_task(namespace: str, name: str) -> None:
             GATES_PASSED.remove(namespace, name)
 
 
+LEADER = Gauge(
+    "evaluation_operator_leader",
+    "1 on the operator replica that leads (holds the Lease, or runs alone), 0 on a standby.",
+    registry=REGISTRY)
+_servers: dict[tuple[str, int], Any] = {}
+
+
 def start_metrics_server(port: int, addr: str = "0.0.0.0") -> Any:
     """Serve REGISTRY on http://addr:port/metrics in a daemon thread; returns the server
-    (call `.shutdown()` to stop it)."""
+    (call `.shutdown()` to stop it). A standby starts it before it leads (leader.py): the
+    same port again returns the server already running."""
+    if port and (addr, port) in _servers:
+        return _servers[addr, port]
     server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    if port:
+        _servers[addr, port] = server
     return server

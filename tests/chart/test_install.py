@@ -141,7 +141,7 @@ def test_helm_install_and_uninstall(cluster: Cluster, namespaces: list[str]) -> 
         assert status["info"]["status"] == "deployed"
         deployment = cluster.kubectl_json("get", "deployment", f"{name}-evaluation-operator",
                                           "-n", release_ns)
-        assert deployment["status"].get("readyReplicas") == 1
+        assert deployment["status"].get("readyReplicas") == deployment["spec"]["replicas"] == 2
         assert cluster.kubectl("get", "role", f"{name}-evaluation-operator", "-n", watched,
                                check=False).returncode == 0
         assert cluster.kubectl("get", "secret", "evaluation-operator-s3", "-n",
@@ -171,6 +171,15 @@ def test_namespaced_install_grants_exactly_what_the_operator_uses(
                 assert not can_i(cluster, me, verb, resource, ns), (verb, resource, ns)
         for verb, resource in FORBIDDEN_CLUSTER_WIDE:
             assert not can_i(cluster, me, verb, resource), (verb, resource)
+        # Leader election: its own Lease in the release namespace, nothing else.
+        leases, lease = "leases.coordination.k8s.io", f"{name}-evaluation-operator"
+        assert can_i(cluster, me, "create", leases, release_ns)
+        for verb in ("get", "update"):
+            assert can_i(cluster, me, verb, f"{leases}/{lease}", release_ns), verb
+            assert not can_i(cluster, me, verb, f"{leases}/kube-scheduler", release_ns), verb
+            assert not can_i(cluster, me, verb, f"{leases}/{lease}", watched), verb
+        assert not can_i(cluster, me, "delete", f"{leases}/{lease}", release_ns)
+        assert not can_i(cluster, me, "update", f"{leases}/kube-scheduler", "kube-system")
         # Nothing cluster-wide: not even reading CRD definitions or namespace names.
         assert not can_i(cluster, me, "list", "customresourcedefinitions.apiextensions.k8s.io")
         assert not can_i(cluster, me, "list", "namespaces")
@@ -244,6 +253,11 @@ def container_env(cluster: Cluster, namespace: str, container: dict[str, Any]
     for entry in container.get("env") or []:
         if "valueFrom" not in entry:  # the API server drops empty values
             env[entry["name"]] = entry.get("value", "")
+            continue
+        if "fieldRef" in entry["valueFrom"]:  # the pod's own name or namespace
+            field = entry["valueFrom"]["fieldRef"]["fieldPath"]
+            env[entry["name"]] = {"metadata.name": f"{container['name']}-pod-0",
+                                  "metadata.namespace": namespace}[field]
             continue
         ref = entry["valueFrom"]["secretKeyRef"]
         secret = cluster.kubectl("get", "secret", ref["name"], "-n", namespace, "-o", "json",

@@ -51,6 +51,14 @@ def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+LEADER_ROLE = "eval-evaluation-operator-leader-election"
+
+
+def task_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles for handling tasks (not the one for leader election)."""
+    return [r for r in find(objects, "Role") if r["metadata"]["name"] != LEADER_ROLE]
+
+
 # --- lint and CRDs ------------------------------------------------------------------------------
 
 
@@ -94,10 +102,61 @@ def test_chart_crd_is_the_evaluationtask_crd() -> None:
 # --- the Deployment -----------------------------------------------------------------------------
 
 
-def test_one_operator_replaced_not_rolled() -> None:
-    deployment = one(render(), "Deployment", "eval-evaluation-operator")
+def test_two_replicas_elect_a_leader_on_a_lease_and_roll() -> None:
+    objects = render()
+    deployment = one(objects, "Deployment", "eval-evaluation-operator")
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod starts as a standby before an old one goes.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    env = env_of(operator_container(objects))
+    assert env["EVAL_LEADER_ELECTION_LEASE"] == "eval-evaluation-operator"
+    assert env["EVAL_LEADER_ELECTION_NAMESPACE"] == "evaluation-system"
+    assert env["EVAL_LEADER_ELECTION_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    settings = config.OperatorSettings.from_env(
+        {k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.leader_election_lease == "eval-evaluation-operator"
+    assert (settings.lease_duration_seconds, settings.lease_renew_deadline_seconds,
+            settings.lease_retry_period_seconds) == (15, 10, 2)
+    pdb = one(objects, "PodDisruptionBudget", "eval-evaluation-operator")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"] == deployment["spec"]["selector"]
+
+
+def test_own_affinity_replaces_the_default_anti_affinity() -> None:
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["system"]}]}]}}}
+    deployment = one(render({"affinity": mine}), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["affinity"] == mine
+
+
+def test_without_leader_election_one_operator_is_replaced_not_rolled() -> None:
+    objects = render({"replicas": 1, "leaderElection": {"enabled": False}})
+    deployment = one(objects, "Deployment", "eval-evaluation-operator")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "EVAL_LEADER_ELECTION_LEASE" not in env_of(operator_container(objects))
+    assert not find(objects, "PodDisruptionBudget") and not find(objects, "Role")
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+
+
+def test_replicas_without_leader_election_are_refused() -> None:
+    result = render_text({"replicas": 2, "leaderElection": {"enabled": False}}, check=False)
+    assert result.returncode != 0
+    assert "replicas > 1 needs leaderElection.enabled" in result.stderr
+
+
+def test_lease_timings_that_could_overlap_are_refused() -> None:
+    """A leader must give up (renewDeadline) before a standby may take over (leaseDuration)."""
+    result = render_text({"leaderElection": {"leaseDurationSeconds": 10,
+                                             "renewDeadlineSeconds": 10}}, check=False)
+    assert result.returncode != 0
+    assert "retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds" in result.stderr
 
 
 def test_probes_use_kopfs_health_endpoint() -> None:
@@ -195,7 +254,8 @@ def test_workload_identity_install_has_no_credentials_env() -> None:
 def test_cluster_wide_install_binds_a_clusterrole_to_the_serviceaccount() -> None:
     objects = render()
     sa = one(objects, "ServiceAccount")["metadata"]
-    assert not find(objects, "Role") and not find(objects, "RoleBinding")
+    assert not task_roles(objects)
+    assert [b["metadata"]["name"] for b in find(objects, "RoleBinding")] == [LEADER_ROLE]
     role = one(objects, "ClusterRole", "eval-evaluation-operator")
     assert {r for _, r, _ in rules_of(role)} == NAMESPACED_RESOURCES
     # ...and reading CRD definitions (Kopf notices CRDs coming and going), nothing more.
@@ -210,10 +270,10 @@ def test_cluster_wide_install_binds_a_clusterrole_to_the_serviceaccount() -> Non
 
 def test_namespaced_install_grants_only_in_watched_namespaces() -> None:
     objects = render({"watchNamespaces": ["team-a", "team-b"]})
-    roles = find(objects, "Role")
+    roles = task_roles(objects)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")) == [
-        "team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")
+                  if b["metadata"]["name"] != LEADER_ROLE) == ["team-a", "team-b"]
     assert {r for role in roles for _, r, _ in rules_of(role)} == NAMESPACED_RESOURCES
     # Nothing cluster-wide at all.
     assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
@@ -224,7 +284,7 @@ def test_namespaced_install_grants_only_in_watched_namespaces() -> None:
                          ids=["cluster-wide", "namespaced"])
 def test_rbac_is_least_privilege(values: dict[str, Any]) -> None:
     objects = render(values)
-    granted = {rule for kind in ("Role", "ClusterRole") for role in find(objects, kind)
+    granted = {rule for role in task_roles(objects) + find(objects, "ClusterRole")
                for rule in rules_of(role)}
     assert not any(r == "secrets" for _, r, _ in granted), "the operator never reads Secrets"
     assert not any("*" in (g, r, v) for g, r, v in granted), "no wildcards"
@@ -236,6 +296,21 @@ def test_rbac_is_least_privilege(values: dict[str, Any]) -> None:
     assert {v for _, r, v in granted if r == "pods"} == {"get", "list", "watch"}
     assert {v for _, r, v in granted if r == "configmaps"} == {"create", "get"}
     assert {v for _, r, v in granted if r == "events"} == {"create"}
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]}],
+                         ids=["cluster-wide", "namespaced"])
+def test_leader_election_may_touch_its_own_lease_only(values: dict[str, Any]) -> None:
+    objects = render(values)
+    role = one(objects, "Role", LEADER_ROLE)
+    assert role["metadata"]["namespace"] == "evaluation-system"
+    # create cannot name an object that does not exist yet; reading and renewing can.
+    assert sorted((tuple(r["verbs"]), tuple(r.get("resourceNames") or ())) for r in role["rules"]
+                  ) == [(("create",), ()), (("get", "update"), ("eval-evaluation-operator",))]
+    assert {(g, r) for g, r, _ in rules_of(role)} == {("coordination.k8s.io", "leases")}
+    binding = one(objects, "RoleBinding", LEADER_ROLE)
+    assert binding["roleRef"]["name"] == LEADER_ROLE
+    assert binding["subjects"][0]["name"] == one(objects, "ServiceAccount")["metadata"]["name"]
 
 
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:
@@ -252,6 +327,8 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 
 @pytest.mark.parametrize(("values", "error"), [
     ({"s3": {"bucket": "Results_2024"}}, "at '/s3/bucket'"),
+    ({"replicas": 0}, "at '/replicas'"),
+    ({"leaderElection": {"leaseDurationSeconds": "15s"}}, "at '/leaderElection/leaseDuration"),
     ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
     ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
     ({"runnr": {"image": "x"}}, "additional properties 'runnr' not allowed"),

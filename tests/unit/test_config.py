@@ -49,7 +49,9 @@ def test_all_namespaces_flag_clears_the_namespace_list() -> None:
 
 def test_every_flag_maps_to_a_setting() -> None:
     """A flag whose variable nothing reads would silently do nothing."""
+    special = {"--runner-image-pull-policy": "Never", "--lease-duration": "30",
+               "--lease-renew-deadline": "12", "--lease-retry-period": "3"}
     for flag, variable in FLAGS.items():
-        value = "7" if flag not in ("--runner-image-pull-policy",) else "Never"
+        value = special.get(flag, "7")
         env, _ = apply_flags([flag, value], {})
         assert OperatorSettings.from_env(env) != OperatorSettings.from_env({}), (flag, variable)

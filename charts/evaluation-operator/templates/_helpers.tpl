@@ -135,3 +135,8 @@ task lifecycle under this identity, so a missing rule fails a test.
   resources: [events]
   verbs: [create]
 {{- end }}
+
+{{/* The Lease the replicas elect their leader on. */}}
+{{- define "evaluation-operator.leaseName" -}}
+{{- default (include "evaluation-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}

@@ -20,6 +20,8 @@ from evaluation_operator.s3 import ResultsLocation, purge
 
 from tests.runner.conftest import RESULTS_BUCKET, base_config, run_runner
 from tests.runner.fake_llm import FakeLLM
+from tests.runner.test_lm_eval_adapter import MC_ROWS, VllmLike
+from tests.runner.test_lm_eval_adapter import _server as vllm_server
 from tests.support.requirements import require_module
 from tests.support.s3 import S3Endpoint
 
@@ -176,6 +178,60 @@ def test_sigterm_saves_lm_evals_answers_for_the_retry(
     summary = json.loads(read(runner_buckets, prefix + "summary.json"))
     assert summary["resumed"]["benchmarks"]["qa"]["answersReused"] == saved
     assert summary["benchmarks"][0]["metrics"]["exact-match"] == 0.5
+
+
+class FailingVllm(VllmLike):
+    """Serves `answer` log-likelihood requests, then drops every connection (a crashed server);
+    records the questions it was asked about."""
+
+    def __init__(self, answer: int) -> None:
+        super().__init__()
+        self.left = answer
+        self.asked: list[str] = []
+
+    def echo(self, prompt: Any) -> dict[str, Any]:
+        text = self.decode(prompt) if isinstance(prompt, list) else str(prompt)
+        if self.left <= 0:
+            raise ConnectionAbortedError("scripted crash")
+        self.left -= 1
+        self.asked.append(text.split("\n")[0])
+        return super().echo(prompt)
+
+
+def test_multiple_choice_resumes_log_likelihoods_mid_benchmark(
+        tmp_path: Path, runner_buckets: S3Endpoint) -> None:
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in MC_ROWS))
+    model = FailingVllm(answer=5)  # of 4 questions x 3 choices = 12 requests
+    server = vllm_server(model)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    prefix = f"runs/lm-eval/mc-resume/{uuid.uuid4()}/"
+    config = base_config(url, runner_buckets, prefix, [
+        {"name": "qa", "task": "multiple-choice", "metrics": ["accuracy"],
+         "dataset": {"uri": str(data), "format": None,
+                     "fields": {"prompt": "question", "reference": "answer"}},
+         "limit": None, "weight": 1.0, "fewShot": 0, "labels": None}],
+        api="completions", framework={"name": "lm-eval"})
+    config["parameters"]["concurrency"] = 1
+    config["model"]["endpoint"]["maxRetries"] = 0
+    env = {"HF_HOME": str(tmp_path / HF)}
+    try:
+        result = run_runner(tmp_path, config, runner_buckets, env)
+        assert result.exit_code == 75, result.stderr[-3000:]
+        assert snapshot_answers(runner_buckets, prefix, tmp_path) == 5
+
+        model.left, model.asked = 100, []
+        result = run_runner(tmp_path, config, runner_buckets, env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.stderr[-3000:]
+    assert len(model.asked) == 12 - 5
+    assert result.termination["benchmarks"][0]["metrics"] == {"accuracy": 0.75}
+    resumed = json.loads(read(runner_buckets, prefix + "summary.json"))["resumed"]
+    # A question is requested when any of its choices had to be asked again.
+    assert resumed["benchmarks"]["qa"]["answersRequested"] == len(set(model.asked))
+    assert resumed["benchmarks"]["qa"]["answersReused"] == 4 - len(set(model.asked))
 
 
 class Counting:

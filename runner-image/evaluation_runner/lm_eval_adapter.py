@@ -3,6 +3,8 @@ our own dataset rows, run with lm-eval's OpenAI-compatible API models (`local-co
 `local-chat-completions`) against the same endpoint. lm-eval's per-sample answers are then
 scored with our metrics, so the bundle has the same shape and the same metric definitions as
 a builtin run; lm-eval's own headline figures are kept beside them in `frameworkResults`.
+A benchmark interrupted part-way resumes from lm-eval's own request cache, saved to S3 as it
+grows (lm_eval_cache.py).
 
 lm_eval is imported lazily: it is an optional extra of the runner image.
 """

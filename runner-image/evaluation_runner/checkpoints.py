@@ -6,6 +6,9 @@ Layout (below the task's prefix, so the operator's purge removes it with the res
         one line per answered request: {"key", "prompt", "prediction", "choiceLogprobs"}
     checkpoints/<benchmark>/<dataset-sha16>-done.json
         the benchmark finished: {"key", "sha256", "samples", "native"}
+    checkpoints/<benchmark>/lm-eval-cache-<dataset-sha16>-<key16>.sqlite
+        framework lm-eval: a snapshot of lm-eval's request cache (lm_eval_cache.py); its
+        name does not start with the dataset checksum, so `open` leaves it alone
 
 A request's key is the SHA-256 of everything that decides the model's answer (model, API,
 generation parameters, prompt, choices, few-shot examples, dataset checksum), so a retry of the
@@ -22,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,13 +98,18 @@ class BenchmarkCheckpoint:
         return Prediction(sample, str(found["prompt"]), str(found["prediction"]),
                           tuple(float(v) for v in logprobs) if logprobs is not None else None)
 
-    def put(self, sample: Sample, prediction: Prediction) -> None:
+    def put(self, sample: Sample, prediction: Prediction, reused: bool = False) -> None:
+        """`reused`: the answer came from an earlier attempt by another way (lm-eval's
+        request cache), not from the model now."""
         record = {"key": request_key(self.base, sample, self.examples),
                   "prompt": prediction.prompt, "prediction": prediction.prediction,
                   "choiceLogprobs": (list(prediction.choice_logprobs)
                                      if prediction.choice_logprobs is not None else None)}
         with self.store.lock:
-            self.requested += 1
+            if reused:
+                self.reused += 1
+            else:
+                self.requested += 1
             self.store.in_flight = max(0, self.store.in_flight - 1)
             self.store.pending.setdefault(self.name, []).append((self.sha16, record))
 
@@ -131,6 +140,19 @@ class CheckpointStore:
         self.stopping = threading.Event()
         self.stopped = threading.Event()  # never set: what new requests wait on while stopping
         self.in_flight = 0  # requests asked for (get found nothing) and not yet answered
+        # State kept outside the answer files (lm-eval's request cache), saved at every flush.
+        self.savers: list[Callable[[], None]] = []
+
+    @contextmanager
+    def saving(self, saver: Callable[[], None]) -> Iterator[None]:
+        """Call `saver` at every flush (the progress interval, SIGTERM) while in the block."""
+        with self.lock:
+            self.savers.append(saver)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.savers.remove(saver)
 
     def stop(self, drain_seconds: float) -> None:
         """Start no more requests, give those under way `drain_seconds` to finish, save."""
@@ -181,6 +203,7 @@ class CheckpointStore:
             pending, self.pending = self.pending, {}
             self.sequence += 1
             sequence = self.sequence
+            savers = list(self.savers)
         for name, records in pending.items():
             by_version: dict[str, list[dict[str, Any]]] = {}
             for sha16, record in records:
@@ -190,6 +213,8 @@ class CheckpointStore:
                 self.writer.put(
                     f"{DIRECTORY}/{name}/{sha16}-answers-{self.attempt}-{sequence:05d}.jsonl",
                     body.encode(), "application/x-ndjson")
+        for saver in savers:
+            saver()
 
     def report(self) -> dict[str, Any]:
         reports = {name: c.report() for name, c in self.benchmarks.items()}

@@ -3,21 +3,28 @@ our own dataset rows, run with lm-eval's OpenAI-compatible API models (`local-co
 `local-chat-completions`) against the same endpoint. lm-eval's per-sample answers are then
 scored with our metrics, so the bundle has the same shape and the same metric definitions as
 a builtin run; lm-eval's own headline figures are kept beside them in `frameworkResults`.
+A benchmark interrupted part-way resumes from lm-eval's own request cache, saved to S3 as it
+grows (lm_eval_cache.py).
 
 lm_eval is imported lazily: it is an optional extra of the runner image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from evaluation_runner import lm_eval_cache
+from evaluation_runner.checkpoints import BenchmarkCheckpoint
 from evaluation_runner.config import BenchmarkConfig, EndpointConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, Sample
 from evaluation_runner.errors import ConfigurationError, TransientError
@@ -26,6 +33,7 @@ from evaluation_runner.tasks import Prediction, match_label
 INSTALL_HINT = ("framework.name: lm-eval is not installed in this runner image; use the image "
                 "built with the lm-eval extra (docker build --build-arg WITH_LM_EVAL=true, "
                 "tag -lm-eval; or pip install 'evaluation-operator[runner,lm-eval]')")
+log = logging.getLogger("evaluation_runner.lm_eval")
 MC_TEMPLATE = "Question: {{prompt}}\nAnswer:"
 
 
@@ -33,6 +41,8 @@ MC_TEMPLATE = "Question: {{prompt}}\nAnswer:"
 class FrameworkRun:
     predictions: list[Prediction]
     native: dict[str, Any]  # lm-eval's own aggregated figures for the task
+    # Positions of the samples answered wholly from an earlier attempt's cache snapshot.
+    cached: frozenset[int] = frozenset()
 
 
 def lm_eval_version() -> str | None:
@@ -241,8 +251,24 @@ def _unreachable(error: BaseException) -> bool:
     return any(w in text for w in ("cannot connect", "connection", "refused", "timed out"))
 
 
+def _count_sent(lm: Any, sent: set[int]) -> None:
+    """Record which samples' requests reach the model: lm-eval's CachingLM passes the model
+    only the requests its cache has no answer for, so the others were resumed."""
+    for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        method = getattr(lm, name)
+
+        def counted(requests: list[Any], *args: Any, _method: Any = method,
+                    **kwargs: Any) -> Any:
+            sent.update(int(request.doc_id) for request in requests)
+            return _method(requests, *args, **kwargs)
+
+        setattr(lm, name, counted)  # an instance attribute: CachingLM looks it up by name
+
+
 def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
-                  dataset: LoadedDataset, api_key: str | None) -> FrameworkRun:
+                  dataset: LoadedDataset, api_key: str | None,
+                  checkpoint: BenchmarkCheckpoint | None = None) -> FrameworkRun:
+    """`checkpoint`: resume from, and keep saving, this benchmark's lm-eval cache snapshot."""
     lm_eval = _import_lm_eval()
     model, model_args = model_spec(config, benchmark, index)
     if api_key:
@@ -250,15 +276,36 @@ def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
     # The Job's HOME is /tmp; keep the datasets cache there, never reach the Hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sent: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="lm-eval-") as tmp:
         task = task_config(benchmark, dataset, Path(tmp), config)
+        snapshot: lm_eval_cache.CacheSnapshot | None = None
+        use_cache: str | None = None
+        if checkpoint is not None:
+            use_cache = str(Path(tmp) / "cache")
+            # lm-eval opens <use_cache>_rank<rank>.db; an API model is rank 0.
+            snapshot = lm_eval_cache.CacheSnapshot(
+                checkpoint.store.writer, lm_eval_cache.snapshot_key(checkpoint,
+                                                                    lm_eval_version()),
+                Path(f"{use_cache}_rank{int(os.environ.get('LOCAL_RANK', '0'))}.db"))
+            restored = snapshot.restore()
+            if restored:
+                log.info("benchmark %s: %d lm-eval answers from an earlier attempt's cache",
+                         benchmark.name, restored)
         try:
-            output = lm_eval.simple_evaluate(
-                model=model, model_args=model_args, tasks=[task], log_samples=True,
-                apply_chat_template=model == "local-chat-completions",
-                random_seed=config.seed, numpy_random_seed=config.seed,
-                torch_random_seed=config.seed, fewshot_random_seed=config.seed,
-                bootstrap_iters=0)
+            # Built here, not by simple_evaluate, to count what reaches the model.
+            from lm_eval.api.registry import get_model
+
+            lm = get_model(model).create_from_arg_obj(
+                model_args, {"batch_size": None, "max_batch_size": None, "device": None})
+            _count_sent(lm, sent)
+            with _saving(checkpoint, snapshot, lm):
+                output = lm_eval.simple_evaluate(
+                    model=lm, tasks=[task], log_samples=True, use_cache=use_cache,
+                    apply_chat_template=model == "local-chat-completions",
+                    random_seed=config.seed, numpy_random_seed=config.seed,
+                    torch_random_seed=config.seed, fewshot_random_seed=config.seed,
+                    bootstrap_iters=0)
         except ConfigurationError:
             raise
         except Exception as error:
@@ -285,4 +332,36 @@ def run_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: int,
                    for sample, record in zip(dataset.samples, records, strict=True)]
     native = {key: value for key, value in output.get("results", {}).get(name, {}).items()
               if isinstance(value, int | float) and not isinstance(value, bool)}
-    return FrameworkRun(predictions, native)
+    cached = frozenset(range(len(records))) - sent if checkpoint is not None else frozenset()
+    return FrameworkRun(predictions, native, cached)
+
+
+@contextlib.contextmanager
+def _saving(checkpoint: BenchmarkCheckpoint | None, snapshot: lm_eval_cache.CacheSnapshot | None,
+            lm: Any) -> Iterator[None]:
+    """Save the cache snapshot at every checkpoint flush and when lm-eval fails."""
+    if checkpoint is None or snapshot is None:
+        yield
+        return
+
+    def attach() -> None:
+        # CachingLM hands the model its SqliteDict through the cache hook.
+        if snapshot.dbdict is None:
+            snapshot.dbdict = getattr(getattr(lm, "cache_hook", None), "dbdict", None)
+
+    def save() -> None:
+        attach()
+        snapshot.save()
+
+    try:
+        with checkpoint.store.saving(save):
+            yield
+    except BaseException:
+        try:
+            save()
+        except Exception as error:
+            log.warning("lm-eval cache snapshot not saved: %s", error)
+        raise
+    finally:
+        attach()
+        snapshot.close()

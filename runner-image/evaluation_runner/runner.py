@@ -245,16 +245,18 @@ def _lm_eval_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: 
                        dataset: LoadedDataset, api_key: str | None,
                        checkpoint: BenchmarkCheckpoint
                        ) -> tuple[list[Prediction], dict[str, Any]]:
-    """lm-eval runs a benchmark whole: resume reuses a finished one, never half of one."""
+    """A finished benchmark is reused from its answers; an interrupted one resumes from the
+    snapshot of lm-eval's request cache (lm_eval_cache.py)."""
     done = checkpoint.reusable_done()
     if done is not None:
         cached = [checkpoint.get(sample) for sample in dataset.samples]
         if all(p is not None for p in cached):
             log.info("benchmark %s: finished by an earlier attempt, reused", benchmark.name)
             return [p for p in cached if p is not None], dict(done.get("native") or {})
-    run_result = lm_eval_adapter.run_benchmark(config, benchmark, index, dataset, api_key)
-    for prediction in run_result.predictions:
-        checkpoint.put(prediction.sample, prediction)
+    run_result = lm_eval_adapter.run_benchmark(config, benchmark, index, dataset, api_key,
+                                               checkpoint)
+    for position, prediction in enumerate(run_result.predictions):
+        checkpoint.put(prediction.sample, prediction, reused=position in run_result.cached)
     return run_result.predictions, run_result.native
 
 

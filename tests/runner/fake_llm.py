@@ -3,6 +3,8 @@
 Answers come from `answers` (prompt substring -> text); a prompt not found gets "I don't know".
 `logprobs` gives each choice's log-probability for the completions API with echo.
 `faults` is a list of HTTP statuses to return first (e.g. [429, 500]) before answering.
+`fail_after`: once the server has received that many requests (over its life), fail every
+later one with HTTP 500 (a model that goes down mid-benchmark).
 `trickle_seconds`: instead of answering, send the headers and then one byte every 0.2 s for
 that long (a hung server that a socket timeout never notices); bounded so tests end.
 """
@@ -29,6 +31,7 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.fail_after: int | None = None
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.server.daemon_threads = True
@@ -89,6 +92,9 @@ class FakeLLM:
                     fake.requests.append({"path": self.path, **payload,
                                           "auth": self.headers.get("Authorization")})
                     fault = fake.faults.pop(0) if fake.faults else None
+                    if fault is None and fake.fail_after is not None and \
+                            len(fake.requests) > fake.fail_after:
+                        fault = 500
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 self.counted = True

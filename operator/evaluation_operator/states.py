@@ -47,6 +47,8 @@ class Reason(enum.StrEnum):
     JOB_DELETED = "JobDeleted"
     INVALID_RUNNER_OUTPUT = "InvalidRunnerOutput"  # the runner broke its contract
     RESULTS_UNREADABLE = "ResultsUnreadable"  # succeeded, scores unreadable past the limit
+    # failurePolicy: Continue and some benchmarks failed: the others' scores and the bundle.
+    PARTIALLY_FAILED = "PartiallyFailed"
 
     @property
     def phase(self) -> Phase:
@@ -84,7 +86,7 @@ _FAILED = frozenset({
     Reason.CONFIGURATION_ERROR, Reason.RETRIES_EXHAUSTED, Reason.RUNNER_FAILED,
     Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.IMAGE_PULL_ERROR,
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
-    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE,
+    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.PARTIALLY_FAILED,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,

@@ -12,6 +12,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation_operator.benchmark_status import final_benchmarks, stopped_benchmarks
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
 from evaluation_operator.runner_output import (
     InvalidRunnerOutput,
@@ -466,6 +467,13 @@ def render_status(
         status["completionTime"] = previous.get("completionTime") or a.completion_time or now
     if scores:
         status.update(scores)
+        status["benchmarks"] = final_benchmarks(previous.get("benchmarks"),
+                                                scores.get("benchmarks") or [])
+    elif previous.get("benchmarks"):
+        status["benchmarks"] = (stopped_benchmarks(previous["benchmarks"], a.reason)
+                                if a.phase.terminal else previous["benchmarks"])
+    if not a.phase.terminal and previous.get("currentBenchmark") is not None:
+        status["currentBenchmark"] = previous["currentBenchmark"]
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):

@@ -165,7 +165,7 @@ def test_progress_within_the_contract() -> None:
                                  b' "samplesTotal": 500}}}')
     assert progress.status_field() == {"samplesDone": 350, "samplesTotal": 1000,
                                        "text": "350/1000"}
-    assert progress.benchmarks == {"arc": (350, 500)}
+    assert progress.benchmarks == (ro.BenchmarkProgress("arc", 350, 500),)
 
 
 def test_long_values_are_quoted_short() -> None:

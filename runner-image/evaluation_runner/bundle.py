@@ -61,10 +61,10 @@ class BenchmarkFailure:
     def summary_entry(self) -> dict[str, Any]:
         return {"name": self.name, "task": self.task, "state": BenchmarkState.FAILED.value,
                 "error": self.error[:MAX_ERROR_LENGTH], "weight": self.weight,
-                **_times(self.started_at, self.finished_at)}
+                **times(self.started_at, self.finished_at)}
 
 
-def _times(started: str | None, finished: str | None) -> dict[str, str]:
+def times(started: str | None, finished: str | None) -> dict[str, str]:
     return {k: v for k, v in (("startedAt", started), ("finishedAt", finished)) if v}
 
 
@@ -80,7 +80,7 @@ def summary_document(results: list[BenchmarkResult], overall: float, context: di
             "metrics": {k: v.value for k, v in r.metrics.items()},
             "stderr": {k: v.stderr for k, v in r.metrics.items()},
             "samples": len(r.samples), "weight": r.weight,
-            **_times(r.started_at, r.finished_at),
+            **times(r.started_at, r.finished_at),
         } for r in results), *(f.summary_entry() for f in failures)],
         "datasets": [{"name": r.name, **r.dataset} for r in results],
         **context,

@@ -20,6 +20,7 @@ from evaluation_runner.bundle import (
     BenchmarkResult,
     bundle_files,
     summary_document,
+    times,
     zip_bundle,
 )
 from evaluation_runner.checkpoints import BenchmarkCheckpoint, CheckpointStore
@@ -366,9 +367,11 @@ def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: floa
     writer.put(layout.PROGRESS_JSON, progress, "application/json")
     compact = [{"name": r.name, "score": r.score, "primaryMetric": r.primary_metric,
                 "metrics": {k: v.value for k, v in r.metrics.items()},
-                "samples": len(r.samples)} for r in results]
+                "samples": len(r.samples), **times(r.started_at, r.finished_at)}
+               for r in results]
     compact += [{"name": f.name, "state": BenchmarkState.FAILED.value,
-                 "error": f.error[:TERMINATION_ERROR_LENGTH]} for f in failures]
+                 "error": f.error[:TERMINATION_ERROR_LENGTH],
+                 **times(f.started_at, f.finished_at)} for f in failures]
     return termination.success_message(overall, compact, writer.uri(),
                                        writer.uri(layout.RESULTS_ZIP),
                                        writer.uri(LOG_KEY) if log_contents else None,

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from evaluation_operator import manifests, spec, status
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.runner_output import RunnerReason
+from evaluation_operator.runner_output import BenchmarkState, RunnerReason
 from evaluation_runner import config as runner_config
 from evaluation_runner import errors
+from evaluation_runner import progress as runner_progress
 from evaluation_runner.errors import ConfigurationError
 from evaluation_runner.metrics import REGISTRY
 
@@ -125,3 +126,32 @@ def test_exit_codes_are_one_list() -> None:
     assert table == {str(errors.EXIT_OK): "success",
                      str(errors.EXIT_CONFIGURATION): "configuration",
                      str(errors.EXIT_TRANSIENT): "transient"}
+
+
+def _crd_root(path: Path) -> dict[str, Any]:
+    root: dict[str, Any] = yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]
+    return root
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_failure_policies_are_one_list(crd: Path) -> None:
+    policies = list(runner_config.FAILURE_POLICIES)
+    field = _crd_root(crd)["properties"]["spec"]["properties"]["failurePolicy"]
+    assert field["enum"] == policies and list(spec.FAILURE_POLICIES) == policies
+    assert field["default"] == spec.CONTINUE == runner_config.CONTINUE
+    assert contract_list("- `failurePolicy`:") == policies
+    raw = {"model": {"name": "m", "endpoint": {"url": "http://m/v1"}}, "failurePolicy": "Maybe",
+           "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
+                           "task": "generation", "metrics": ["exact-match"]}]}
+    with pytest.raises(spec.SpecError, match=r"spec\.failurePolicy"):
+        spec.parse_task_spec(raw, OperatorSettings(s3_bucket="r"))
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_benchmark_states_are_one_list(crd: Path) -> None:
+    states = [s.value for s in runner_progress.BenchmarkState]
+    status = _crd_root(crd)["properties"]["status"]["properties"]
+    assert status["benchmarks"]["items"]["properties"]["state"]["enum"] == states
+    assert [s.value for s in BenchmarkState] == states
+    assert contract_list("Per benchmark, in the spec's order: `state` is") == states

@@ -472,8 +472,9 @@ def render_status(
     elif previous.get("benchmarks"):
         status["benchmarks"] = (stopped_benchmarks(previous["benchmarks"], a.reason)
                                 if a.phase.terminal else previous["benchmarks"])
-    if not a.phase.terminal and previous.get("currentBenchmark") is not None:
-        status["currentBenchmark"] = previous["currentBenchmark"]
+    if previous.get("currentBenchmark") is not None:
+        # "" at the end, not absent: a status patch is a merge patch, it never removes a key.
+        status["currentBenchmark"] = "" if a.phase.terminal else previous["currentBenchmark"]
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):

@@ -155,3 +155,11 @@ def test_benchmark_states_are_one_list(crd: Path) -> None:
     assert status["benchmarks"]["items"]["properties"]["state"]["enum"] == states
     assert [s.value for s in BenchmarkState] == states
     assert contract_list("Per benchmark, in the spec's order: `state` is") == states
+
+
+def test_the_console_offers_the_bundle_of_exactly_the_failures_that_upload_one() -> None:
+    from evaluation_console.model import BUNDLE_REASONS
+    from evaluation_operator.states import Phase, Reason
+
+    assert [Reason(r) for r in BUNDLE_REASONS] == [Reason.PARTIALLY_FAILED]
+    assert all(Reason(r).phase is Phase.FAILED for r in BUNDLE_REASONS)

@@ -18,11 +18,14 @@ SUCCEEDED = "Succeeded"
 # The bundle is uploaded but some benchmarks failed (failurePolicy: Continue); exit code 0.
 PARTIALLY_FAILED = "PartiallyFailed"
 FAILED = "Failed"
+# What a truncated message leaves out of each benchmark first (summary.json has it all).
+DROPPED_FIRST = ("metrics", "startedAt", "finishedAt")
 
 
 def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
                     bundle: str, log: str | None = None, *, partial: bool = False) -> bytes:
-    """Drop per-benchmark metrics first, then the benchmarks, to stay within the limit.
+    """Drop per-benchmark metrics (and times) first, then the benchmarks, to stay within
+    the limit.
 
     `partial`: some `benchmarks` are `{"name", "state": "Failed", "error"}`; the message says
     `PartiallyFailed` and `overallScore` is over the others."""
@@ -35,7 +38,8 @@ def success_message(overall: float, benchmarks: list[dict[str, Any]], uri: str,
     if len(data) <= LIMIT:
         return data
     message["truncated"] = True
-    message["benchmarks"] = [{k: v for k, v in b.items() if k != "metrics"} for b in benchmarks]
+    message["benchmarks"] = [{k: v for k, v in b.items() if k not in DROPPED_FIRST}
+                             for b in benchmarks]
     data = encode(message)
     if len(data) <= LIMIT:
         return data

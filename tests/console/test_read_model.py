@@ -25,6 +25,7 @@ from evaluation_runner.bundle import (
     zip_bundle,
 )
 from evaluation_runner.metrics import MetricValue
+from rich.console import Console
 
 
 def task(name: str = "t1", phase: str | None = "Completed", **status: Any) -> dict[str, Any]:
@@ -210,6 +211,10 @@ def test_a_partially_failed_task_offers_its_bundle_and_shows_what_failed() -> No
     rows = {b.name: b for b in details.benchmarks}
     assert rows["arc"].score == 0.6 and rows["arc"].error == ""
     assert rows["lost"].score is None and "NoSuchKey" in rows["lost"].error
+    shown = io.StringIO()
+    Console(file=shown, width=200, color_system=None).print(render.details_view(details))
+    assert "failed: benchmarks[1].dataset.uri: s3://d/lost.jsonl: NoSuchKey" in \
+        shown.getvalue()
     from_status = task_details(task(phase="Failed", reason="PartiallyFailed", benchmarks=[
         {"name": "lost", "state": "Failed", "error": "NoSuchKey"}]), None)
     assert from_status.benchmarks[0].error == "NoSuchKey"

@@ -212,3 +212,14 @@ def test_progress_json_moves_each_benchmark_from_pending_to_running_to_completed
     running = next(doc for doc in writer.progress
                    if doc["benchmarks"]["say"]["state"] == "Running")
     assert "finishedAt" not in running["benchmarks"]["say"]
+
+
+def test_an_unknown_metric_fails_at_once_whatever_the_policy(
+        tmp_path: Path, capitals_llm: FakeLLM, runner_buckets: S3Endpoint) -> None:
+    bad = {**generation("say", upload(runner_buckets, SAY)), "metrics": ["bleurt"]}
+    config = base_config(capitals_llm.url, runner_buckets, f"runs/metric/{uuid.uuid4().hex}/", [
+        generation("capitals", upload(runner_buckets, CAPITALS)), bad], failurePolicy="Continue")
+    result = run_runner(tmp_path, config, runner_buckets)
+    assert result.exit_code == EXIT_CONFIGURATION
+    assert "bleurt" in result.termination["message"]
+    assert capitals_llm.requests == []

@@ -23,7 +23,7 @@ from rich.progress import (
 from evaluation_console import render
 from evaluation_console.errors import ConsoleError, NotFoundError
 from evaluation_console.kube import Kube, KubeOptions
-from evaluation_console.model import Phase, task_row
+from evaluation_console.model import task_row
 from evaluation_console.reader import Reader, split_ref
 from evaluation_console.samples import Verdict
 
@@ -261,7 +261,7 @@ def delete(state: State, task: str, yes: bool, download_first: Path | None, wait
     row = task_row(reader.task(namespace, name))
     err.print(f"[bold red]Deleting {namespace}/{name} is irreversible.[/bold red] "
               f"It removes {escape(reader.purge_preview(namespace, name))}.")
-    if download_first is None and not yes and row.phase is Phase.COMPLETED and click.confirm(
+    if download_first is None and not yes and row.has_bundle and click.confirm(
             "Download results.zip first?", default=True, err=True):
         download_first = Path(f"{name}-results.zip")
     if download_first is not None:

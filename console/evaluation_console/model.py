@@ -31,6 +31,11 @@ class Phase(enum.StrEnum):
             return cls.PENDING
 
 
+# Failed tasks whose bundle was uploaded: some benchmarks failed, the others' results are in
+# it (failurePolicy: Continue). tests/contract/test_shared_lists.py ties it to the operator.
+BUNDLE_REASONS = ("PartiallyFailed",)
+
+
 @dataclass(frozen=True)
 class Progress:
     done: int
@@ -64,6 +69,13 @@ class TaskRow:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def has_bundle(self) -> bool:
+        """The runner uploaded results.zip and summary.json: a Completed task, or a Failed
+        one whose reason says it did (the operator's Reason values; docs/operator.md)."""
+        return self.phase is Phase.COMPLETED or (
+            self.phase is Phase.FAILED and self.reason in BUNDLE_REASONS)
+
 
 def metric_scale(name: str) -> float:
     """From the runner's own score conversion, so the two never disagree."""
@@ -95,6 +107,7 @@ class BenchmarkRow:
     metrics: list[MetricRow]
     samples: int | None
     weight: float | None
+    error: str = ""  # why it failed (failurePolicy: Continue), "" when it did not
 
     @property
     def primary_stderr(self) -> float | None:
@@ -177,6 +190,12 @@ def _metric_rows(metrics: dict[str, Any], stderr: dict[str, Any], primary: str
     return rows
 
 
+def _failure(benchmark: dict[str, Any]) -> str:
+    if benchmark.get("state") != "Failed":
+        return ""
+    return str(benchmark.get("error") or "failed")
+
+
 def _benchmarks_from_status(status: dict[str, Any]) -> list[BenchmarkRow]:
     rows = []
     for item in _list(status.get("benchmarks")):
@@ -185,7 +204,7 @@ def _benchmarks_from_status(status: dict[str, Any]) -> list[BenchmarkRow]:
         rows.append(BenchmarkRow(
             name=str(b.get("name") or ""), task="", score=_number(b.get("score")),
             primary_metric=primary, metrics=_metric_rows(_dict(b.get("metrics")), {}, primary),
-            samples=_int(b.get("samples")), weight=None))
+            samples=_int(b.get("samples")), weight=None, error=_failure(b)))
     return rows
 
 
@@ -198,7 +217,8 @@ def _benchmarks_from_summary(summary: dict[str, Any]) -> list[BenchmarkRow]:
             name=str(b.get("name") or ""), task=str(b.get("task") or ""),
             score=_number(b.get("score")), primary_metric=primary,
             metrics=_metric_rows(_dict(b.get("metrics")), _dict(b.get("stderr")), primary),
-            samples=_int(b.get("samples")), weight=_number(b.get("weight"))))
+            samples=_int(b.get("samples")), weight=_number(b.get("weight")),
+            error=_failure(b)))
     return rows
 
 

@@ -22,7 +22,6 @@ from evaluation_console.errors import ConsoleError, NotFoundError, ResultsUnavai
 from evaluation_console.kube import Kube
 from evaluation_console.model import (
     BenchmarkRow,
-    Phase,
     TaskDetails,
     TaskRow,
     task_details,
@@ -76,7 +75,7 @@ class Reader:
         task = self.task(namespace, name)
         summary: dict[str, Any] | None = None
         note = ""
-        if task_row(task).phase is Phase.COMPLETED:
+        if task_row(task).has_bundle:
             try:
                 value = json.loads(self.results(task).read(layout.SUMMARY_JSON))
                 summary = value if isinstance(value, dict) else None
@@ -140,10 +139,11 @@ class Reader:
     # --- download, logs, delete ---------------------------------------------------------
     def bundle(self, namespace: str, name: str) -> tuple[TaskResults, int, Iterator[bytes]]:
         task = self.task(namespace, name)
-        if task_row(task).phase is not Phase.COMPLETED:
+        row = task_row(task)
+        if not row.has_bundle:
             raise ResultsUnavailableError(
-                f"task {namespace}/{name} is {task_row(task).phase.value}: results.zip exists "
-                "once it has Completed")
+                f"task {namespace}/{name} is {row.phase.value}: results.zip exists once it "
+                "has Completed (or Failed with reason PartiallyFailed)")
         results = self.results(task)
         size, chunks = results.stream(layout.RESULTS_ZIP)
         return results, size, chunks

@@ -80,7 +80,9 @@ def details_view(d: TaskDetails) -> Group:
         for column in ("BENCHMARK", "SCORE", "PRIMARY", "METRICS (± stderr)", "SAMPLES"):
             bench.add_column(column)
         for b in d.benchmarks:
-            metrics = "\n".join(f"{m.name}: {metric_value(m)}" for m in b.metrics)
+            metrics = Text("\n".join(f"{m.name}: {metric_value(m)}" for m in b.metrics))
+            if b.error:
+                metrics = Text(f"failed: {b.error}", style="red")
             bench.add_row(b.name, score(b.score), b.primary_metric, metrics,
                           "-" if b.samples is None else str(b.samples))
         parts.append(bench)

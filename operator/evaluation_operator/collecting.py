@@ -2,7 +2,8 @@
 summary.json, within a time limit.
 
 Pure apart from the `read_summary` callable it is given, so every outcome is reachable from
-unit tests: scores; `Failed/InvalidRunnerOutput` when the runner's output breaks the
+unit tests: scores; `Failed/PartiallyFailed` with the finished benchmarks' scores when some
+failed (failurePolicy: Continue); `Failed/InvalidRunnerOutput` when the runner's output breaks the
 contract; `Evaluating/CollectingResults` while summary.json is missing (until the limit) or S3
 cannot be reached (without limit: an S3 outage must not fail finished runs); then
 `Failed/ResultsUnreadable`.
@@ -14,10 +15,12 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+from evaluation_operator.benchmark_status import partial_failure_message
 from evaluation_operator.runner_output import (
     MAX_SUMMARY_BYTES,
     InvalidRunnerOutput,
     RunnerSucceeded,
+    Scores,
     Source,
     parse_summary,
 )
@@ -53,13 +56,17 @@ def collect_scores(
         return completed, None
     message = completed.runner_summary
     if isinstance(message, RunnerSucceeded) and message.scores is not None:
-        return completed, message.scores.status_fields()
+        return _outcome(completed, message.scores, location)
     summary_uri = f"{location.uri}summary.json"
     unreachable = False
     try:
         data = read_summary()
         if data is not None:
-            return completed, parse_summary(data).status_fields()
+            scores = parse_summary(data)
+            if isinstance(message, RunnerSucceeded) and message.partial and not scores.partial:
+                raise InvalidRunnerOutput(Source.SUMMARY, "benchmarks", (
+                    "no benchmark failed, but the termination message says PartiallyFailed"))
+            return _outcome(completed, scores, location)
         problem = f"{summary_uri} does not exist"
     except InvalidRunnerOutput as error:
         return _failed_output(completed, error), None
@@ -96,6 +103,17 @@ def collect_scores(
         f"{Reason.RESULTS_UNREADABLE.value}. "
         "If this lasts, check that summary.json exists and that the operator's S3 endpoint "
         "and credentials can read it.")), None
+
+
+def _outcome(completed: Assessment, scores: Scores, location: ResultsLocation
+             ) -> tuple[Assessment, dict[str, Any]]:
+    """Completed with every score, or Failed/PartiallyFailed with the finished ones."""
+    if not scores.partial:
+        return completed, scores.status_fields()
+    return Assessment(
+        Reason.PARTIALLY_FAILED, partial_failure_message(scores, location.bundle_uri),
+        scheduled=True, start_time=completed.start_time,
+        completion_time=completed.completion_time), scores.status_fields()
 
 
 def _collecting(completed: Assessment, message: str) -> Assessment:

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 from kubernetes.client.exceptions import ApiException
 
 from evaluation_operator import events, metrics, runner_output
+from evaluation_operator.benchmark_status import progress_fields
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
@@ -237,11 +238,16 @@ class Reconciler:
         else:
             await self.create_children(task)
 
-    def set_progress(self, uid: str, progress: dict[str, Any]) -> None:
+    def set_progress(self, uid: str, fields: dict[str, Any]) -> None:
+        """Status fields from progress.json (benchmark_status.progress_fields); written
+        only when one of them changed."""
         task = self.world.task(uid)
-        if task is None or self._status(task).get("progress") == progress:
+        if task is None:
             return
-        self._progress[uid] = progress
+        status = self._status(task)
+        if all(status.get(key) == value for key, value in fields.items()):
+            return
+        self._progress[uid] = fields
         self.mark(uid)
 
     def forget(self, uid: str) -> None:
@@ -457,7 +463,7 @@ class Reconciler:
             gates=task.spec.gates if task.spec else ())
         progress = self._progress.pop(uid, None)
         if progress and not assessment.phase.terminal:
-            status["progress"] = progress
+            status.update(progress)
         self._recheck(uid, assessment)
         self._schedule_polls(uid, assessment.reason)
         if status == previous:
@@ -574,7 +580,7 @@ class Reconciler:
                                        "progress.json", runner_output.MAX_PROGRESS_BYTES)
             if data is None:
                 return
-            value = runner_output.parse_progress(data).status_field()
+            value = progress_fields(runner_output.parse_progress(data))
         except Exception as error:
             # Progress is informational: a bad progress.json is not shown, and the run goes on.
             log.warning("progress.json of %s not shown: %s", task.key, error)

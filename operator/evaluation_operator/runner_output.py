@@ -10,12 +10,13 @@ else raises `InvalidRunnerOutput`, whose message names the document, the field a
 
 from __future__ import annotations
 
+import datetime
 import enum
 import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from evaluation_operator.spec import METRICS
@@ -31,6 +32,8 @@ MAX_DEPTH = 32
 MAX_BENCHMARKS = 32  # the CRD's spec.benchmarks maxItems
 MAX_NAME_LENGTH = 63  # the CRD's spec.benchmarks[].name maxLength
 MAX_RUNNER_MESSAGE = 1024
+MAX_BENCHMARK_ERROR = 512  # a benchmark's error, cut to this in status
+MAX_TIME_LENGTH = 40  # an RFC 3339 time, with room for fractions and an offset
 MAX_INT_DIGITS = 18  # keeps int() far from Python's 4,300-digit limit
 MAX_COUNT = 10**15  # sample counts; well inside the int64 of the CRD's integer fields
 # Reported on sacrebleu's 0-100 scale; every other metric is 0-1 (runner contract, section 2).
@@ -55,6 +58,24 @@ class RunnerReason(enum.StrEnum):
 
 
 _REASONS = frozenset(r.value for r in RunnerReason)
+
+
+class BenchmarkState(enum.StrEnum):
+    """A benchmark's state in progress.json, summary.json and status.benchmarks[].state
+    (runner contract, section 2)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class RunnerStatus(enum.StrEnum):
+    """The termination message's `status` (runner contract, section 3)."""
+
+    SUCCEEDED = "Succeeded"
+    PARTIALLY_FAILED = "PartiallyFailed"  # bundle uploaded, some benchmarks failed
+    FAILED = "Failed"
 
 
 class InvalidRunnerOutput(ValueError):
@@ -87,20 +108,38 @@ def quote(value: Any) -> str:
 
 @dataclass(frozen=True)
 class BenchmarkScore:
+    """One benchmark of a finished run. A failed one (failurePolicy: Continue) has no score,
+    its `error` says why."""
+
     name: str
-    score: float
+    score: float | None
     primary_metric: str | None = None
     metrics: Mapping[str, float] | None = None
     samples: int | None = None
+    state: BenchmarkState = BenchmarkState.COMPLETED
+    error: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.state is BenchmarkState.FAILED
 
     def status_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": self.name, "score": self.score}
+        entry: dict[str, Any] = {"name": self.name, "state": self.state.value}
+        if self.score is not None:
+            entry["score"] = self.score
         if self.primary_metric is not None:
             entry["primaryMetric"] = self.primary_metric
         if self.metrics is not None:
             entry["metrics"] = dict(self.metrics)
         if self.samples is not None:
             entry["samples"] = self.samples
+            entry["samplesDone"] = entry["samplesTotal"] = self.samples
+        for key, value in (("startedAt", self.started_at), ("finishedAt", self.finished_at),
+                           ("error", self.error)):
+            if value is not None:
+                entry[key] = value
         return entry
 
 
@@ -109,19 +148,32 @@ class Scores:
     overall: float
     benchmarks: tuple[BenchmarkScore, ...]
 
+    @property
+    def failed(self) -> tuple[BenchmarkScore, ...]:
+        return tuple(b for b in self.benchmarks if b.failed)
+
+    @property
+    def partial(self) -> bool:
+        """Some benchmarks failed: `overall` is over the others only."""
+        return bool(self.failed)
+
     def status_fields(self) -> dict[str, Any]:
-        """`overallScore` and `benchmarks` of the task's status."""
+        """`overallScore`, `overallScorePartial` (when partial) and `benchmarks` of the
+        task's status."""
         return {"overallScore": self.overall,
+                **({"overallScorePartial": True} if self.partial else {}),
                 "benchmarks": [b.status_entry() for b in self.benchmarks]}
 
 
 @dataclass(frozen=True)
 class RunnerSucceeded:
-    """A success message. `scores` is None when the runner truncated it to fit 4 KiB: the
-    figures are then in summary.json."""
+    """A success message (or a partial one: bundle uploaded, some benchmarks failed).
+    `scores` is None when the runner truncated it to fit 4 KiB: the figures are then in
+    summary.json."""
 
     scores: Scores | None
     truncated: bool = False
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,14 +186,41 @@ TerminationMessage = RunnerSucceeded | RunnerFailed
 
 
 @dataclass(frozen=True)
+class BenchmarkProgress:
+    name: str
+    done: int
+    total: int
+    state: BenchmarkState | None = None  # None: a runner that reports no states
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+
+    def status_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "samplesDone": self.done,
+                                 "samplesTotal": self.total}
+        for key, value in (("state", self.state.value if self.state else None),
+                           ("startedAt", self.started_at), ("finishedAt", self.finished_at),
+                           ("error", self.error)):
+            if value is not None:
+                entry[key] = value
+        return entry
+
+
+@dataclass(frozen=True)
 class Progress:
     done: int
     total: int
-    benchmarks: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    benchmarks: tuple[BenchmarkProgress, ...] = ()
 
     def status_field(self) -> dict[str, Any]:
         return {"samplesDone": self.done, "samplesTotal": self.total,
                 "text": f"{self.done}/{self.total}"}
+
+    @property
+    def current(self) -> str | None:
+        """The benchmark running now (the first, should a runner report several)."""
+        return next((b.name for b in self.benchmarks if b.state is BenchmarkState.RUNNING),
+                    None)
 
 
 # --- bytes to JSON, within the caps ---------------------------------------------------------
@@ -256,6 +335,33 @@ class _Fields:
         _check_text(value, self.source, self.where(key))
         return value
 
+    def text(self, key: str, max_length: int) -> str:
+        """A free text (an error), cut to `max_length`."""
+        value = self.value.get(key)
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {quote(value)}")
+        value = value[:max_length]
+        _check_text(value, self.source, self.where(key))
+        return value
+
+    def time(self, key: str) -> str:
+        """An RFC 3339 time with its offset, as status writes them (UTC, seconds, Z)."""
+        value = self.string(key, MAX_TIME_LENGTH)
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise self.fail(key, f"{quote(value)} is not an RFC 3339 time") from None
+        if moment.tzinfo is None:
+            raise self.fail(key, f"{quote(value)} has no UTC offset")
+        return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def state(self, key: str) -> BenchmarkState:
+        return BenchmarkState(self.string(key, 16, tuple(s.value for s in BenchmarkState)))
+
+    def optional_times(self) -> tuple[str | None, str | None]:
+        return (self.time("startedAt") if self.has("startedAt") else None,
+                self.time("finishedAt") if self.has("finishedAt") else None)
+
     def items(self, key: str, max_items: int) -> list[Any]:
         value = self.value.get(key)
         if not isinstance(value, list):
@@ -286,6 +392,16 @@ def metric_range(metric: str) -> float:
 def _benchmark(value: Any, source: Source, path: str, with_metrics: bool) -> BenchmarkScore:
     fields = _Fields(value, source, path)
     name = fields.string("name", MAX_NAME_LENGTH)
+    state = fields.state("state") if fields.has("state") else BenchmarkState.COMPLETED
+    started, finished = fields.optional_times()
+    if state is BenchmarkState.FAILED:
+        error = fields.text("error", MAX_BENCHMARK_ERROR) if fields.has("error") else None
+        return BenchmarkScore(name=name, score=None, state=state,
+                              error=error or "failed (the runner gave no reason)",
+                              started_at=started, finished_at=finished)
+    if state is not BenchmarkState.COMPLETED:
+        raise fields.fail("state", f"{quote(state.value)} in a finished run: expected "
+                                   "Completed or Failed")
     score = fields.number("score", 0.0, 1.0)
     primary = fields.string("primaryMetric", 32, METRICS) if fields.has("primaryMetric") \
         else None
@@ -300,7 +416,7 @@ def _benchmark(value: Any, source: Source, path: str, with_metrics: bool) -> Ben
                                        f"contract ({', '.join(METRICS)})")
             metrics[metric] = raw.number(metric, 0.0, metric_range(metric))
     return BenchmarkScore(name=name, score=score, primary_metric=primary, metrics=metrics,
-                          samples=samples)
+                          samples=samples, started_at=started, finished_at=finished)
 
 
 def _scores(fields: _Fields, with_metrics: bool = True) -> Scores:
@@ -310,7 +426,22 @@ def _scores(fields: _Fields, with_metrics: bool = True) -> Scores:
         raise fields.fail("benchmarks", "is empty: a run scores at least one benchmark")
     benchmarks = tuple(_benchmark(b, fields.source, f"{fields.where('benchmarks')}[{i}]",
                                   with_metrics) for i, b in enumerate(raw))
-    return Scores(overall=overall, benchmarks=benchmarks)
+    scores = Scores(overall=overall, benchmarks=benchmarks)
+    if len(scores.failed) == len(benchmarks):
+        raise fields.fail("benchmarks", "every benchmark failed: such a run must report "
+                                        "failure, not scores")
+    _check_partial(fields, scores.partial)
+    return scores
+
+
+def _check_partial(fields: _Fields, partial: bool) -> None:
+    """`partial: true` exactly when a benchmark failed (absent reads as false)."""
+    flag = fields.value.get("partial", False)
+    if not isinstance(flag, bool):
+        raise fields.fail("partial", f"expected true or false, got {quote(flag)}")
+    if flag != partial:
+        raise fields.fail("partial", f"is {quote(flag)}, but "
+                                     f"{'a' if partial else 'no'} benchmark failed")
 
 
 # --- the three documents ------------------------------------------------------------------
@@ -326,8 +457,8 @@ def parse_termination_message(text: str | bytes | None) -> TerminationMessage | 
     if isinstance(version, bool) or version != 1:
         raise fields.fail("v", f"expected 1 (the runner contract's version), got "
                                f"{quote(version)}")
-    status = fields.string("status", 16, ("Succeeded", "Failed"))
-    if status == "Failed":
+    status = RunnerStatus(fields.string("status", 16, tuple(s.value for s in RunnerStatus)))
+    if status is RunnerStatus.FAILED:
         raw_reason = fields.value.get("reason")
         known = isinstance(raw_reason, str) and raw_reason in _REASONS
         message = fields.value.get("message")
@@ -340,14 +471,25 @@ def parse_termination_message(text: str | bytes | None) -> TerminationMessage | 
     truncated = fields.value.get("truncated", False)
     if not isinstance(truncated, bool):
         raise fields.fail("truncated", f"expected true or false, got {quote(truncated)}")
+    partial = status is RunnerStatus.PARTIALLY_FAILED
     if truncated:
         # Figures the runner kept are checked all the same; summary.json has the full set.
         if fields.has("overallScore"):
             fields.number("overallScore", 0.0, 1.0)
         if fields.has("benchmarks"):
-            _scores(fields, with_metrics=False)
-        return RunnerSucceeded(scores=None, truncated=True)
-    return RunnerSucceeded(scores=_scores(fields))
+            _benchmarks_only(fields)
+        return RunnerSucceeded(scores=None, truncated=True, partial=partial)
+    scores = _scores(fields)
+    if scores.partial != partial:
+        raise fields.fail("status", f"{quote(status.value)}, but {'a' if scores.partial else 'no'}"
+                                    " benchmark failed")
+    return RunnerSucceeded(scores=scores, partial=partial)
+
+
+def _benchmarks_only(fields: _Fields) -> None:
+    """A truncated message may keep some benchmarks: each is checked like the full ones."""
+    for i, b in enumerate(fields.items("benchmarks", MAX_BENCHMARKS)):
+        _benchmark(b, fields.source, f"benchmarks[{i}]", with_metrics=False)
 
 
 def failure_report(text: str | None) -> RunnerFailed | None:
@@ -371,7 +513,7 @@ def parse_progress(data: bytes | str) -> Progress:
     source = Source.PROGRESS
     fields = _Fields(load_json(data, source, MAX_PROGRESS_BYTES), source, "")
     done, total = _done_of_total(fields)
-    benchmarks: dict[str, tuple[int, int]] = {}
+    benchmarks: list[BenchmarkProgress] = []
     if fields.has("benchmarks"):
         raw = _Fields(fields.mapping("benchmarks"), source, "benchmarks")
         if len(raw.value) > MAX_BENCHMARKS:
@@ -381,8 +523,17 @@ def parse_progress(data: bytes | str) -> Progress:
             if not name or len(name) > MAX_NAME_LENGTH:
                 raise raw.fail(name[:MAX_NAME_LENGTH], "is not a benchmark name")
             _check_text(name, source, raw.where(name[:MAX_NAME_LENGTH]))
-            benchmarks[name] = _done_of_total(_Fields(entry, source, raw.where(name)))
-    return Progress(done=done, total=total, benchmarks=benchmarks)
+            benchmarks.append(_benchmark_progress(name, _Fields(entry, source, raw.where(name))))
+    return Progress(done=done, total=total, benchmarks=tuple(benchmarks))
+
+
+def _benchmark_progress(name: str, fields: _Fields) -> BenchmarkProgress:
+    done, total = _done_of_total(fields)
+    state = fields.state("state") if fields.has("state") else None
+    started, finished = fields.optional_times()
+    error = fields.text("error", MAX_BENCHMARK_ERROR) if fields.has("error") else None
+    return BenchmarkProgress(name=name, done=done, total=total, state=state,
+                             started_at=started, finished_at=finished, error=error)
 
 
 def _done_of_total(fields: _Fields) -> tuple[int, int]:

@@ -102,6 +102,13 @@ class Output:
     credentials_secret: str
 
 
+# What a benchmark that cannot be scored does to the run: FailFast fails it, Continue scores
+# the others and ends PartiallyFailed. The CRD's enum and the runner's list are the same
+# (tests/contract/test_shared_lists.py).
+FAILURE_POLICIES = ("FailFast", "Continue")
+FAIL_FAST, CONTINUE = FAILURE_POLICIES
+
+
 @dataclass(frozen=True)
 class Gate:
     """A threshold the run must meet to pass: on one benchmark's metric (`benchmark` and
@@ -139,6 +146,7 @@ class TaskSpec:
     retries: int
     output: Output
     gates: tuple[Gate, ...] = ()
+    failure_policy: str = "Continue"  # one of FAILURE_POLICIES
 
 
 # Bucket and prefix rules, mirrored one for one by the CRD's CEL rules on spec.output.s3
@@ -359,6 +367,10 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
     retries = int(spec.get("retries", 2))
     if retries < 0:
         raise SpecError("spec.retries", "must be >= 0")
+    failure_policy = str(spec.get("failurePolicy", CONTINUE))
+    if failure_policy not in FAILURE_POLICIES:
+        raise SpecError("spec.failurePolicy",
+                        f"{failure_policy!r}: use {' or '.join(FAILURE_POLICIES)}")
     parameters = {"temperature": 0.0, "maxTokens": 256, "concurrency": 16, "seed": 1234}
     parameters.update(spec.get("parameters") or {})
     benchmarks = _parse_benchmarks(spec.get("benchmarks"))
@@ -388,4 +400,5 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
             credentials_secret=str((s3.get("credentialsSecretRef") or {}).get("name")
                                    or settings.s3_credentials_secret),
         ),
+        failure_policy=failure_policy,
     )

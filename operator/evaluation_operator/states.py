@@ -48,6 +48,8 @@ class Reason(enum.StrEnum):
     INVALID_RUNNER_OUTPUT = "InvalidRunnerOutput"  # the runner broke its contract
     RESULTS_UNREADABLE = "ResultsUnreadable"  # succeeded, scores unreadable past the limit
     CANCELLED = "Cancelled"  # spec.cancel: true; results uploaded so far are kept
+    # failurePolicy: Continue and some benchmarks failed: the others' scores and the bundle.
+    PARTIALLY_FAILED = "PartiallyFailed"
 
     @property
     def phase(self) -> Phase:
@@ -91,6 +93,7 @@ _FAILED = frozenset({
     Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.IMAGE_PULL_ERROR,
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
     Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.CANCELLED,
+    Reason.PARTIALLY_FAILED,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,

@@ -14,6 +14,7 @@ from typing import Any
 
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
 from evaluation_operator.gates import ScoreTable, evaluate, passed_condition
+from evaluation_operator.benchmark_status import final_benchmarks, stopped_benchmarks
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
 from evaluation_operator.runner_output import (
     InvalidRunnerOutput,
@@ -479,6 +480,14 @@ def render_status(
         status["completionTime"] = previous.get("completionTime") or a.completion_time or now
     if scores:
         status.update(scores)
+        status["benchmarks"] = final_benchmarks(previous.get("benchmarks"),
+                                                scores.get("benchmarks") or [])
+    elif previous.get("benchmarks"):
+        status["benchmarks"] = (stopped_benchmarks(previous["benchmarks"], a.reason)
+                                if a.phase.terminal else previous["benchmarks"])
+    if previous.get("currentBenchmark") is not None:
+        # "" at the end, not absent: a status patch is a merge patch, it never removes a key.
+        status["currentBenchmark"] = "" if a.phase.terminal else previous["currentBenchmark"]
     if previous.get("progress"):
         status["progress"] = previous["progress"]
     if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):

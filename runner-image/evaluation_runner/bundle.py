@@ -6,11 +6,13 @@ import csv
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from evaluation_runner import layout
 from evaluation_runner.metrics import REGISTRY, MetricValue
+from evaluation_runner.progress import MAX_ERROR_LENGTH, BenchmarkState
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class BenchmarkResult:
     samples: list[dict[str, Any]]
     dataset: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # the metric options in force
+    started_at: str | None = None
+    finished_at: str | None = None
 
     def metrics_json(self) -> dict[str, Any]:
         return {
@@ -42,16 +46,42 @@ class BenchmarkResult:
         }
 
 
-def summary_document(results: list[BenchmarkResult], overall: float, context: dict[str, Any]
-                     ) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchmarkFailure:
+    """A benchmark that could not be scored while the run went on (failurePolicy:
+    Continue): no score, no metrics.json or samples.jsonl, its error in summary.json."""
+
+    name: str
+    task: str
+    weight: float
+    error: str
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    def summary_entry(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task, "state": BenchmarkState.FAILED.value,
+                "error": self.error[:MAX_ERROR_LENGTH], "weight": self.weight,
+                **times(self.started_at, self.finished_at)}
+
+
+def times(started: str | None, finished: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("startedAt", started), ("finishedAt", finished)) if v}
+
+
+def summary_document(results: list[BenchmarkResult], overall: float, context: dict[str, Any],
+                     failures: Sequence[BenchmarkFailure] = ()) -> dict[str, Any]:
+    """`overallScore` is over `results` only; with failures the summary says `partial`."""
     return {
         "overallScore": overall,
-        "benchmarks": [{
-            "name": r.name, "task": r.task, "primaryMetric": r.primary_metric, "score": r.score,
+        **({"partial": True} if failures else {}),
+        "benchmarks": [*({
+            "name": r.name, "task": r.task, "state": BenchmarkState.COMPLETED.value,
+            "primaryMetric": r.primary_metric, "score": r.score,
             "metrics": {k: v.value for k, v in r.metrics.items()},
             "stderr": {k: v.stderr for k, v in r.metrics.items()},
             "samples": len(r.samples), "weight": r.weight,
-        } for r in results],
+            **times(r.started_at, r.finished_at),
+        } for r in results), *(f.summary_entry() for f in failures)],
         "datasets": [{"name": r.name, **r.dataset} for r in results],
         **context,
     }

@@ -33,6 +33,10 @@ MAX_BOOTSTRAP_ITERATIONS = 100_000
 # metricOptions keys: one per option group a registered metric reads.
 OPTION_KEYS = OPTION_GROUPS
 FRAMEWORKS = ("builtin", "lm-eval")
+# What a benchmark that cannot be scored does to the run (docs/runner-contract.md, section 1):
+# FailFast fails the run at once; Continue scores the others and reports PartiallyFailed.
+FAILURE_POLICIES = ("FailFast", "Continue")
+FAIL_FAST, CONTINUE = FAILURE_POLICIES
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class RunnerConfig:
     progress_interval_seconds: float
     raw: dict[str, Any]
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    # A config without the key (an operator that predates it) keeps the old behaviour.
+    failure_policy: str = FAIL_FAST
 
 
 
@@ -306,7 +312,14 @@ def parse_config(raw: Any) -> RunnerConfig:
                             endpoint_url=s3.get("endpointUrl"), region=s3.get("region")),
         progress_interval_seconds=float(raw.get("progressIntervalSeconds", 10)),
         raw=raw, watchdog=_watchdog(raw.get("watchdog")),
+        failure_policy=_failure_policy(raw.get("failurePolicy", FAIL_FAST)),
     )
+
+
+def _failure_policy(value: Any) -> str:
+    if value not in FAILURE_POLICIES:
+        raise ConfigurationError(f"failurePolicy: {value!r}: use {' or '.join(FAILURE_POLICIES)}")
+    return str(value)
 
 
 def _watchdog(raw: Any) -> WatchdogConfig:

@@ -22,6 +22,12 @@ class ConfigurationError(RunnerError):
     reason = "ConfigurationError"
 
 
+class RequestRejected(ConfigurationError):
+    """The model refused one of a benchmark's requests for good (HTTP 4xx other than a
+    rejected key or a rate limit, or no log-likelihoods where the task needs them): that
+    benchmark cannot be scored, the others may (failurePolicy: Continue)."""
+
+
 class TransientError(RunnerError):
     """The model endpoint or S3 failed after retries: a later attempt may succeed."""
 

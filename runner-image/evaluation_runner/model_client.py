@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation_runner.config import EndpointConfig
-from evaluation_runner.errors import ConfigurationError, TransientError
+from evaluation_runner.errors import ConfigurationError, RequestRejected, TransientError
 from evaluation_runner.watchdog import NoWatchdog, Watchdog
 
 API_KEY_FILE = Path("/etc/evaluation/secrets/model-api-key")
@@ -80,10 +80,11 @@ class ModelClient:
             except urllib.error.HTTPError as error:
                 detail = error.read()[:300].decode(errors="replace")
                 if error.code not in RETRY_STATUSES:
-                    what = ("rejected the API key" if error.code in (401, 403)
-                            else "rejected the request")
-                    raise ConfigurationError(
-                        f"model.endpoint: {url} {what}: HTTP {error.code} {detail}") from error
+                    if error.code in (401, 403):  # every benchmark would fail the same way
+                        raise ConfigurationError(f"model.endpoint: {url} rejected the API key: "
+                                                 f"HTTP {error.code} {detail}") from error
+                    raise RequestRejected(f"model.endpoint: {url} rejected the request: "
+                                          f"HTTP {error.code} {detail}") from error
                 last_problem = f"HTTP {error.code} {detail}"
                 header = error.headers.get("Retry-After") if error.headers else None
                 retry_after = parse_retry_after(header)
@@ -137,7 +138,7 @@ class ModelClient:
             logprobs = response["choices"][0]["logprobs"]
             offsets, values = logprobs["text_offset"], logprobs["token_logprobs"]
         except (KeyError, IndexError, TypeError) as error:
-            raise ConfigurationError(
+            raise RequestRejected(
                 "model.endpoint: the completions API returned no prompt logprobs (echo); "
                 "multiple-choice log-likelihood needs a server that supports them, or use "
                 "api: chat") from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -14,14 +15,26 @@ from importlib import metadata
 from typing import Any
 
 from evaluation_runner import layout, lm_eval_adapter, termination
-from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
+from evaluation_runner.bundle import (
+    BenchmarkFailure,
+    BenchmarkResult,
+    bundle_files,
+    summary_document,
+    times,
+    zip_bundle,
+)
 from evaluation_runner.checkpoints import BenchmarkCheckpoint, CheckpointStore
-from evaluation_runner.config import BenchmarkConfig, RunnerConfig
+from evaluation_runner.config import CONTINUE, BenchmarkConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, load_dataset
-from evaluation_runner.errors import ConfigurationError, RunnerError, TransientError
+from evaluation_runner.errors import (
+    ConfigurationError,
+    RequestRejected,
+    RunnerError,
+    TransientError,
+)
 from evaluation_runner.metrics import REGISTRY, Answer, as_score, compute_metric, overall_score
 from evaluation_runner.model_client import ModelClient, resolve_api_key
-from evaluation_runner.progress import ProgressTracker
+from evaluation_runner.progress import BenchmarkState, ProgressTracker
 from evaluation_runner.storage import ResultsWriter, s3_client
 from evaluation_runner.tasks import Generation, Prediction, predict_all, predict_batched
 from evaluation_runner.watchdog import Watchdog
@@ -32,6 +45,8 @@ LOG_KEY = layout.RUNNER_LOG
 # Kubernetes' default grace period is 30 s: requests under way get a few to finish, then
 # the answers are saved and the log uploaded before the SIGKILL.
 SIGTERM_DRAIN_SECONDS = 5.0
+# A failed benchmark's error in the 4 KiB termination message (summary.json has more).
+TERMINATION_ERROR_LENGTH = 200
 
 
 def _now() -> str:
@@ -146,12 +161,10 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
                         if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
                         else None)
-    datasets = [load_dataset(b, i, s3) for i, b in enumerate(config.benchmarks)]
-    for benchmark, dataset in zip(config.benchmarks, datasets, strict=True):
-        log.info("benchmark %s: %d samples from %s (sha256 %s)", benchmark.name,
-                 len(dataset.samples), dataset.uri, dataset.sha256)
+    datasets, unreadable = load_datasets(config, s3)
     generation = Generation(config.max_tokens, config.temperature, config.seed)
-    totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
+    totals = {b.name: len(d.samples) if d else 0
+              for b, d in zip(config.benchmarks, datasets, strict=True)}
     framework_results: dict[str, dict[str, Any]] = {}
 
     def publish_progress(document: bytes) -> None:
@@ -159,6 +172,8 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         checkpoints.flush()
 
     tracker = ProgressTracker(totals, publish_progress, config.progress_interval_seconds)
+    for name, error in unreadable.items():
+        tracker.fail(name, str(error))
     # Before any model time is spent: a results location we cannot write to fails the run
     # now (78 for a missing bucket or bad credentials, 75 for an outage), not hours later.
     writer.put(layout.PROGRESS_JSON, tracker.document(), "application/json")
@@ -179,6 +194,9 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+    failures = failures_of(config, tracker)
+    if not results:  # nothing finished: a plain failure, as with FailFast
+        raise all_failed(failures, unreadable)
     overall = overall_score([(r.score, r.weight) for r in results])
     context = {
         "task": config.task,
@@ -193,10 +211,61 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         "timings": {"startedAt": started, "finishedAt": _now(),
                     "seconds": round(time.monotonic() - clock, 3)},
     }
-    return publish(writer, results, overall, context, tracker.document(), log_contents)
+    return publish(writer, results, overall, context, tracker.document(), log_contents,
+                   failures)
 
 
-def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset],
+def load_datasets(config: RunnerConfig, s3: Any | None
+                  ) -> tuple[list[LoadedDataset | None], dict[str, ConfigurationError]]:
+    """Every benchmark's dataset, before any model time is spent. One that cannot be read
+    fails the run (FailFast) or only its benchmark (Continue: None in its place, the error
+    by name). An outage (TransientError) is the run's either way: a retry may read it."""
+    datasets: list[LoadedDataset | None] = []
+    unreadable: dict[str, ConfigurationError] = {}
+    for index, benchmark in enumerate(config.benchmarks):
+        try:
+            dataset = load_dataset(benchmark, index, s3)
+        except ConfigurationError as error:
+            if config.failure_policy != CONTINUE:
+                raise
+            log.error("benchmark %s failed: %s; the others go on (failurePolicy: Continue)",
+                      benchmark.name, error)
+            datasets.append(None)
+            unreadable[benchmark.name] = error
+            continue
+        log.info("benchmark %s: %d samples from %s (sha256 %s)", benchmark.name,
+                 len(dataset.samples), dataset.uri, dataset.sha256)
+        datasets.append(dataset)
+    if unreadable and len(unreadable) == len(config.benchmarks):
+        raise all_failed([], unreadable)
+    return datasets, unreadable
+
+
+def failures_of(config: RunnerConfig, tracker: ProgressTracker) -> list[BenchmarkFailure]:
+    failures = []
+    for benchmark in config.benchmarks:
+        entry = tracker.entry(benchmark.name)
+        if entry.state is BenchmarkState.FAILED:
+            failures.append(BenchmarkFailure(benchmark.name, benchmark.task, benchmark.weight,
+                                             entry.error or "failed", entry.started_at,
+                                             entry.finished_at))
+    return failures
+
+
+def all_failed(failures: list[BenchmarkFailure], unreadable: dict[str, ConfigurationError]
+               ) -> ConfigurationError:
+    """No benchmark finished: the run fails as it would have with FailFast."""
+    if len(unreadable) == 1 and not failures:
+        return next(iter(unreadable.values()))
+    errors = {**{name: str(e) for name, e in unreadable.items()},
+              **{f.name: f.error for f in failures}}
+    if len(errors) == 1:
+        return ConfigurationError(next(iter(errors.values())))
+    return ConfigurationError("every benchmark failed: " + "; ".join(
+        f"{name}: {error}" for name, error in errors.items()))
+
+
+def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset | None],
               generation: Generation, checkpoints: CheckpointStore, tracker: ProgressTracker,
               watchdog: Watchdog, api_key: str | None,
               framework_results: dict[str, dict[str, Any]]) -> list[BenchmarkResult]:
@@ -209,29 +278,52 @@ def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset],
     with tracker, watchdog:
         for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
                                                          strict=True)):
-            checkpoint = checkpoints.open(config, benchmark, dataset, generation)
-            native: dict[str, Any] | None = None
-            if config.framework == "lm-eval":
-                with watchdog.paused():
-                    predictions, native = _lm_eval_benchmark(config, benchmark, index,
-                                                             dataset, api_key, checkpoint)
-                framework_results[benchmark.name] = native
-                for _ in predictions:
-                    advance(benchmark.name)
-            elif hasattr(client, "loglikelihood_many"):  # an in-pod model: batches
-                predictions = predict_batched(
-                    client, benchmark, dataset.samples, dataset.examples, generation,
-                    on_done=functools.partial(advance, benchmark.name), cache=checkpoint)
-            else:
-                predictions = predict_all(
-                    client, benchmark, dataset.samples, dataset.examples, generation,
-                    config.concurrency, on_done=functools.partial(advance, benchmark.name),
-                    cache=checkpoint)
-            checkpoint.finished(len(predictions), native)
-            log.info("benchmark %s: answered (%d reused from checkpoints, %d requested)",
-                     benchmark.name, checkpoint.reused, checkpoint.requested)
-            results.append(score_benchmark(benchmark, dataset, predictions))
+            if dataset is None:
+                continue  # unreadable, already marked failed
+            tracker.start(benchmark.name)
+            try:
+                result = _benchmark(config, client, index, benchmark, dataset, generation,
+                                    checkpoints, watchdog, api_key, framework_results,
+                                    functools.partial(advance, benchmark.name))
+            except RequestRejected as error:
+                if config.failure_policy != CONTINUE:
+                    raise
+                log.error("benchmark %s failed: %s; the others go on (failurePolicy: "
+                          "Continue)", benchmark.name, error)
+                tracker.fail(benchmark.name, str(error))
+                continue
+            tracker.finish(benchmark.name)
+            entry = tracker.entry(benchmark.name)
+            results.append(dataclasses.replace(result, started_at=entry.started_at,
+                                               finished_at=entry.finished_at))
     return results
+
+
+def _benchmark(config: RunnerConfig, client: Any, index: int, benchmark: BenchmarkConfig,
+               dataset: LoadedDataset, generation: Generation, checkpoints: CheckpointStore,
+               watchdog: Watchdog, api_key: str | None,
+               framework_results: dict[str, dict[str, Any]], advance: Callable[[], None]
+               ) -> BenchmarkResult:
+    checkpoint = checkpoints.open(config, benchmark, dataset, generation)
+    native: dict[str, Any] | None = None
+    if config.framework == "lm-eval":
+        with watchdog.paused():
+            predictions, native = _lm_eval_benchmark(config, benchmark, index, dataset,
+                                                     api_key, checkpoint)
+        framework_results[benchmark.name] = native
+        for _ in predictions:
+            advance()
+    elif hasattr(client, "loglikelihood_many"):  # an in-pod model: batches
+        predictions = predict_batched(client, benchmark, dataset.samples, dataset.examples,
+                                      generation, on_done=advance, cache=checkpoint)
+    else:
+        predictions = predict_all(client, benchmark, dataset.samples, dataset.examples,
+                                  generation, config.concurrency, on_done=advance,
+                                  cache=checkpoint)
+    checkpoint.finished(len(predictions), native)
+    log.info("benchmark %s: answered (%d reused from checkpoints, %d requested)",
+             benchmark.name, checkpoint.reused, checkpoint.requested)
+    return score_benchmark(benchmark, dataset, predictions)
 
 
 def _best_effort(action: Callable[[], None]) -> None:
@@ -262,8 +354,10 @@ def _lm_eval_benchmark(config: RunnerConfig, benchmark: BenchmarkConfig, index: 
 
 def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: float,
             context: dict[str, Any], progress: bytes,
-            log_contents: Callable[[], bytes] | None = None) -> bytes:
-    files = bundle_files(results, summary_document(results, overall, context))
+            log_contents: Callable[[], bytes] | None = None,
+            failures: list[BenchmarkFailure] | None = None) -> bytes:
+    failures = failures or []
+    files = bundle_files(results, summary_document(results, overall, context, failures))
     if log_contents is not None:
         files[LOG_KEY] = log_contents()
     for name, body in files.items():
@@ -275,10 +369,15 @@ def publish(writer: ResultsWriter, results: list[BenchmarkResult], overall: floa
     writer.put(layout.PROGRESS_JSON, progress, "application/json")
     compact = [{"name": r.name, "score": r.score, "primaryMetric": r.primary_metric,
                 "metrics": {k: v.value for k, v in r.metrics.items()},
-                "samples": len(r.samples)} for r in results]
+                "samples": len(r.samples), **times(r.started_at, r.finished_at)}
+               for r in results]
+    compact += [{"name": f.name, "state": BenchmarkState.FAILED.value,
+                 "error": f.error[:TERMINATION_ERROR_LENGTH],
+                 **times(f.started_at, f.finished_at)} for f in failures]
     return termination.success_message(overall, compact, writer.uri(),
                                        writer.uri(layout.RESULTS_ZIP),
-                                       writer.uri(LOG_KEY) if log_contents else None)
+                                       writer.uri(LOG_KEY) if log_contents else None,
+                                       partial=bool(failures))
 
 
 def require_endpoint(config: RunnerConfig) -> None:

@@ -7,13 +7,15 @@ are tested against what the operator really produces rather than hand-written st
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
+from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.deletion import purge_failed_status
 from evaluation_operator.reconcile import cancelled
-from evaluation_operator.runner_output import RunnerSucceeded
+from evaluation_operator.s3 import ResultsLocation
 from evaluation_operator.spec import Gate
 from evaluation_operator.status import (
     Assessment,
@@ -28,9 +30,9 @@ CTX = TaskContext(job_name="llm-eval-eval", timeout="2h", retries=2, gpus=1,
                   gpu_resource="nvidia.com/gpu", memory="16Gi")
 RESULTS = {"uri": "s3://eval-results/runs/team-a/llm-eval/u1/",
            "bundle": "s3://eval-results/runs/team-a/llm-eval/u1/results.zip"}
-SUMMARY = {"v": 1, "status": "Succeeded", "overallScore": 0.7132,
-           "benchmarks": [{"name": "arc-easy", "score": 0.81, "primaryMetric": "accuracy",
-                           "metrics": {"accuracy": 0.81}, "samples": 500}],
+ARC_EASY = {"name": "arc-easy", "score": 0.81, "primaryMetric": "accuracy",
+            "metrics": {"accuracy": 0.81}, "samples": 500}
+SUMMARY = {"v": 1, "status": "Succeeded", "overallScore": 0.7132, "benchmarks": [ARC_EASY],
            "results": RESULTS}
 
 
@@ -70,13 +72,21 @@ def task(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
     return body
 
 
+PARTIAL = {"v": 1, "status": "PartiallyFailed", "partial": True, "overallScore": 0.81,
+           "benchmarks": [ARC_EASY,
+                          {"name": "gsm8k", "state": "Failed",
+                           "error": "benchmarks[1].dataset.uri: s3://datasets/gsm8k.jsonl "
+                                    "cannot be read: NoSuchKey"}],
+           "results": RESULTS}
+
+
 def _render(job: dict[str, Any] | None, pods: list[dict[str, Any]], generation: int = 1,
             gates: tuple[Gate, ...] = (), previous: dict[str, Any] | None = None,
             assessment: Assessment | None = None) -> dict[str, Any]:
-    assessment = assessment or assess(job, pods, CTX)
-    message = assessment.runner_summary
-    scores = message.scores.status_fields() if isinstance(message, RunnerSucceeded) and \
-        message.scores else None
+    assessment, scores = collect_scores(
+        assessment or assess(job, pods, CTX), lambda: None,
+        ResultsLocation("eval-results", "runs/team-a/llm-eval/u1/"),
+        limit_seconds=300, now=datetime.datetime(2026, 1, 1, 0, 31, tzinfo=datetime.UTC))
     return render_status(previous or {}, assessment, generation=generation,
                          now="2026-01-01T00:31:00Z", job_name=CTX.job_name,
                          configmap_name="llm-eval-config", results=RESULTS, scores=scores,
@@ -109,7 +119,15 @@ def statuses() -> dict[str, tuple[dict[str, Any], str]]:
         "running": (task(running), "Progressing"),
         "running-with-progress": (task({**running, "progress": {
             "samplesDone": 350, "samplesTotal": 1000, "text": "350/1000"}}), "Progressing"),
+        "running-a-benchmark": (task({**running, "currentBenchmark": "arc-easy", "benchmarks": [
+            {"name": "arc-easy", "state": "Running", "samplesDone": 350, "samplesTotal": 500,
+             "startedAt": "2026-01-01T00:10:00Z"},
+            {"name": "gsm8k", "state": "Pending", "samplesDone": 0, "samplesTotal": 500}]}),
+            "Progressing"),
         "completed": (task(completed), "Healthy"),
+        "partially-failed": (task(_render(
+            _job([{"type": "Complete", "status": "True"}]),
+            [_pod("Succeeded", state=_terminated(0, PARTIAL, "Completed"))])), "Degraded"),
         "retries-exhausted": (task(_render(
             _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
             [_pod("Failed", state=_terminated(1))])), "Degraded"),

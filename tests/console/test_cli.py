@@ -14,8 +14,15 @@ import yaml
 from devcluster.cluster import Cluster
 from evaluation_runner import layout
 
-from tests.console.conftest import RESULTS_BUCKET, Completed, Plugin, run_task_with_runner
+from tests.console.conftest import (
+    DATA_BUCKET,
+    RESULTS_BUCKET,
+    Completed,
+    Plugin,
+    run_task_with_runner,
+)
 from tests.runner.fake_llm import FakeLLM
+from tests.support import play_runner
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
@@ -231,3 +238,34 @@ def test_show_of_a_failed_task_says_why(plugin: Plugin, completed: Completed,
     assert details["summarySource"] == "status"
     download = plugin.run("download", "broken", "-n", ns, check=False)
     assert download.returncode == 1 and "is Failed" in download.stderr
+
+
+def test_a_partially_failed_task_shows_what_failed_and_its_bundle_downloads(
+        plugin: Plugin, cluster: Cluster, completed: Completed, s3_server: S3Endpoint,
+        llm: FakeLLM, tmp_path: Path) -> None:
+    namespace = f"{completed.namespace}-partial"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={s3_server.access_key}",
+                    f"--from-literal=AWS_SECRET_ACCESS_KEY={s3_server.secret_key}")
+    try:
+        play_runner.script_answers(llm, play_runner.BASELINE)
+        task = play_runner.manifest("partial", llm.url, DATA_BUCKET)
+        task["spec"]["benchmarks"][1]["dataset"]["uri"] = f"s3://{DATA_BUCKET}/missing.jsonl"
+        status = play_runner.run_task(
+            cluster, namespace, task, {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                       "AWS_SECRET_ACCESS_KEY": s3_server.secret_key},
+            tmp_path / "partial-run")
+        assert (status["phase"], status["reason"]) == ("Failed", "PartiallyFailed")
+        plugin.run("download", "partial", "-n", namespace, "-o", "partial.zip")
+        assert (plugin.home / "partial.zip").read_bytes() == bundle_object(
+            s3_server, status, layout.RESULTS_ZIP)
+        details = json.loads(plugin.run("show", "partial", "-n", namespace, "-o",
+                                        "json").stdout)
+        assert details["summarySource"] == "summary.json"
+        by_name = {b["name"]: b for b in details["benchmarks"]}
+        assert by_name["arc-mini"]["score"] == pytest.approx(4 / 6)
+        assert by_name["translate"]["score"] is None
+        assert "missing.jsonl" in by_name["translate"]["error"]
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)

@@ -17,8 +17,15 @@ from evaluation_console.reader import split_ref
 from evaluation_console.samples import Verdict, differences, judge, page, parse_lines
 from evaluation_console.web.server import csrf_token, filter_rows
 from evaluation_runner import layout
-from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
+from evaluation_runner.bundle import (
+    BenchmarkFailure,
+    BenchmarkResult,
+    bundle_files,
+    summary_document,
+    zip_bundle,
+)
 from evaluation_runner.metrics import MetricValue
+from rich.console import Console
 
 
 def task(name: str = "t1", phase: str | None = "Completed", **status: Any) -> dict[str, Any]:
@@ -185,3 +192,29 @@ def test_metric_scales_come_from_the_runner() -> None:
     assert metric_scale("bleu") == metric_scale("chrf") == 100.0
     assert metric_scale("accuracy") == metric_scale("rouge-l") == 1.0
     assert metric_scale("not-a-metric") == 1.0
+
+
+def test_a_partially_failed_task_offers_its_bundle_and_shows_what_failed() -> None:
+    partial = task(phase="Failed", reason="PartiallyFailed", overallScore=0.6)
+    assert task_row(partial).has_bundle and task_row(task()).has_bundle
+    assert not task_row(task(phase="Failed", reason="RunnerFailed")).has_bundle
+    assert not task_row(task(phase="Evaluating", reason="PartiallyFailed")).has_bundle
+    arc = BenchmarkResult(name="arc", task="multiple-choice", primary_metric="accuracy",
+                          score=0.6, weight=1.0,
+                          metrics={"accuracy": MetricValue(0.6, 0.05, 5)}, samples=[],
+                          dataset={"uri": "s3://d/arc.jsonl", "sha256": "ab", "rows": 5,
+                                   "samples": 5, "fewShotExamples": 0})
+    lost = BenchmarkFailure(name="lost", task="generation", weight=1.0,
+                            error="benchmarks[1].dataset.uri: s3://d/lost.jsonl: NoSuchKey")
+    document = summary_document([arc], 0.6, {}, [lost])
+    details = task_details(partial, json.loads(json.dumps(document)))
+    rows = {b.name: b for b in details.benchmarks}
+    assert rows["arc"].score == 0.6 and rows["arc"].error == ""
+    assert rows["lost"].score is None and "NoSuchKey" in rows["lost"].error
+    shown = io.StringIO()
+    Console(file=shown, width=200, color_system=None).print(render.details_view(details))
+    assert "failed: benchmarks[1].dataset.uri: s3://d/lost.jsonl: NoSuchKey" in \
+        shown.getvalue()
+    from_status = task_details(task(phase="Failed", reason="PartiallyFailed", benchmarks=[
+        {"name": "lost", "state": "Failed", "error": "NoSuchKey"}]), None)
+    assert from_status.benchmarks[0].error == "NoSuchKey"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.spec import parse_task_spec
+from evaluation_operator.spec import FAILURE_POLICIES, parse_task_spec
 from evaluation_runner.config import RunnerConfig, load_config
 
 from tests.contract.conftest import EXAMPLES, example_task, mounted_config, operator_children
@@ -61,6 +61,15 @@ def test_every_example_reaches_the_runner_as_written(example: Path, tmp_path: Pa
     assert config.output.prefix.endswith(f"/{meta['namespace']}/{meta['name']}/{meta['uid']}/")
     assert config.output.endpoint_url == SETTINGS.pod_s3_endpoint
     assert config.output.region == SETTINGS.s3_region
+    assert config.failure_policy == spec.failure_policy
+
+
+@pytest.mark.parametrize("policy", FAILURE_POLICIES)
+def test_the_failure_policy_reaches_the_runner(policy: str, tmp_path: Path) -> None:
+    task = example_task(EXAMPLES[0])
+    task["spec"]["failurePolicy"] = policy
+    configmap, job = operator_children(task, SETTINGS)
+    assert load_config(mounted_config(configmap, job, tmp_path)).failure_policy == policy
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])

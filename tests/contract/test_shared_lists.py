@@ -14,9 +14,10 @@ import pytest
 import yaml
 from evaluation_operator import manifests, spec, status
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.runner_output import RunnerReason
+from evaluation_operator.runner_output import BenchmarkState, RunnerReason
 from evaluation_runner import config as runner_config
 from evaluation_runner import errors
+from evaluation_runner import progress as runner_progress
 from evaluation_runner.errors import ConfigurationError
 from evaluation_runner.metrics import REGISTRY
 
@@ -135,3 +136,40 @@ def test_the_status_points_at_the_runners_bundle_and_log() -> None:
     location = ResultsLocation("eval-results", "runs/team-a/t/uid/")
     assert location.bundle_uri == location.uri + layout.RESULTS_ZIP
     assert location.log_uri == location.uri + layout.RUNNER_LOG
+
+
+def _crd_root(path: Path) -> dict[str, Any]:
+    root: dict[str, Any] = yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]
+    return root
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_failure_policies_are_one_list(crd: Path) -> None:
+    policies = list(runner_config.FAILURE_POLICIES)
+    field = _crd_root(crd)["properties"]["spec"]["properties"]["failurePolicy"]
+    assert field["enum"] == policies and list(spec.FAILURE_POLICIES) == policies
+    assert field["default"] == spec.CONTINUE == runner_config.CONTINUE
+    assert contract_list("- `failurePolicy`:") == policies
+    raw = {"model": {"name": "m", "endpoint": {"url": "http://m/v1"}}, "failurePolicy": "Maybe",
+           "benchmarks": [{"name": "b", "dataset": {"uri": "s3://data/b.jsonl"},
+                           "task": "generation", "metrics": ["exact-match"]}]}
+    with pytest.raises(spec.SpecError, match=r"spec\.failurePolicy"):
+        spec.parse_task_spec(raw, OperatorSettings(s3_bucket="r"))
+
+
+@pytest.mark.parametrize("crd", CRDS, ids=["crds", "chart"])
+def test_benchmark_states_are_one_list(crd: Path) -> None:
+    states = [s.value for s in runner_progress.BenchmarkState]
+    status = _crd_root(crd)["properties"]["status"]["properties"]
+    assert status["benchmarks"]["items"]["properties"]["state"]["enum"] == states
+    assert [s.value for s in BenchmarkState] == states
+    assert contract_list("Per benchmark, in the spec's order: `state` is") == states
+
+
+def test_the_console_offers_the_bundle_of_exactly_the_failures_that_upload_one() -> None:
+    from evaluation_console.model import BUNDLE_REASONS
+    from evaluation_operator.states import Phase, Reason
+
+    assert [Reason(r) for r in BUNDLE_REASONS] == [Reason.PARTIALLY_FAILED]
+    assert all(Reason(r).phase is Phase.FAILED for r in BUNDLE_REASONS)

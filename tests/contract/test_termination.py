@@ -88,12 +88,13 @@ def benchmark(name: str, metrics: list[str], uri: str = f"s3://{DATA}/capitals.j
 
 
 def run_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Endpoint, llm: FakeLLM,
-             benchmarks: list[dict[str, Any]], retries: int = 0) -> Finished:
+             benchmarks: list[dict[str, Any]], retries: int = 0,
+             **spec: Any) -> Finished:
     settings = OperatorSettings(s3_bucket=RESULTS, s3_endpoint=s3.endpoint_url,
                                 s3_region=s3.region, progress_interval_seconds=1)
     task = task_object("contract", {
         "model": {"name": "scripted", "endpoint": {"url": llm.url, "api": "chat"}},
-        "benchmarks": benchmarks, "resources": {"gpu": 0}, "retries": retries})
+        "benchmarks": benchmarks, "resources": {"gpu": 0}, "retries": retries, **spec})
     configmap, job = operator_children(task, settings)
     config = mounted_config(configmap, job, tmp_path / "pod")
     log = tmp_path / "termination-log"
@@ -172,6 +173,43 @@ def test_a_message_over_4_kib_is_truncated_and_the_operator_reads_summary_json(
     assert all(len(b["metrics"]) == len(ALL_GENERATION_METRICS) for b in scores["benchmarks"])
     assert scores["overallScore"] == json.loads(summary_json(s3, finished))["overallScore"]
     assert written["results"]["bundle"].endswith("/results.zip")
+
+
+def test_a_partial_run_fails_partially_with_the_bundles_scores(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Endpoint, llm: FakeLLM) -> None:
+    """The spec's default failurePolicy (Continue) reaches the runner through config.json;
+    its PartiallyFailed message and summary.json give the operator the same status."""
+    missing = f"s3://{DATA}/no-such-dataset.jsonl"
+    finished = run_task(tmp_path, monkeypatch, s3, llm, [
+        benchmark("capitals", ["exact-match"]), benchmark("lost", ["f1"], uri=missing)])
+    assert finished.exit_code == 0
+    message = finished.assessment.runner_summary
+    assert isinstance(message, RunnerSucceeded) and message.partial and message.scores
+    assessment, scores = collect_scores(
+        finished.assessment, lambda: summary_json(s3, finished), finished.location,
+        limit_seconds=60, now=datetime.datetime.now(datetime.UTC))
+    assert (assessment.phase, assessment.reason) == (Phase.FAILED, Reason.PARTIALLY_FAILED)
+    assert "lost: benchmarks[1].dataset.uri" in assessment.message and missing in \
+        assessment.message
+    assert finished.location.bundle_uri in assessment.message
+    assert scores is not None and scores["overallScorePartial"] is True
+    assert scores["overallScore"] == pytest.approx(2 / 3)
+    from_summary = parse_summary(summary_json(s3, finished)).status_fields()
+    # The message's error is cut shorter than summary.json's; everything else agrees.
+    assert [{k: v for k, v in b.items() if k != "error"} for b in scores["benchmarks"]] == \
+        [{k: v for k, v in b.items() if k != "error"} for b in from_summary["benchmarks"]]
+    assert [b["state"] for b in scores["benchmarks"]] == ["Completed", "Failed"]
+
+
+def test_fail_fast_from_the_spec_fails_the_task_at_the_unreadable_dataset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Endpoint, llm: FakeLLM) -> None:
+    missing = f"s3://{DATA}/no-such-dataset.jsonl"
+    finished = run_task(tmp_path, monkeypatch, s3, llm, [
+        benchmark("capitals", ["exact-match"]), benchmark("lost", ["f1"], uri=missing)],
+        failurePolicy="FailFast")
+    assert finished.exit_code == EXIT_CONFIGURATION
+    assert finished.assessment.reason is Reason.CONFIGURATION_ERROR
+    assert missing in finished.assessment.message and llm.requests == []
 
 
 def test_configuration_error_fails_the_task_quoting_the_runner(

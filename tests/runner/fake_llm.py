@@ -25,6 +25,8 @@ class FakeLLM:
         self.answers: dict[str, str] = {}
         self.choice_logprobs: dict[str, float] = {}
         self.faults: list[int] = []
+        # Prompts containing a key are answered with its HTTP status, every time.
+        self.reject: dict[str, int] = {}
         self.delay_seconds = 0.0
         self.trickle_seconds = 0.0
         self.require_key: str | None = None
@@ -107,6 +109,12 @@ class FakeLLM:
                         return
                     if fake.trickle_seconds:
                         self._trickle(fake.trickle_seconds)
+                        return
+                    prompt_text = json.dumps(payload.get("messages") or payload.get("prompt"))
+                    rejected = next((code for needle, code in fake.reject.items()
+                                     if needle in prompt_text), None)
+                    if rejected:
+                        self._send(rejected, {"error": {"message": f"scripted {rejected}"}})
                         return
                     if fault:
                         self._send(fault, {"error": {"message": f"scripted {fault}"}},

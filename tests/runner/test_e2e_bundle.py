@@ -173,4 +173,7 @@ def test_full_run_scores_bundle_and_termination_message(
 
     progress = json.loads(files["progress.json"])
     assert progress["samplesDone"] == progress["samplesTotal"] == 9
-    assert progress["benchmarks"]["translate"] == {"samplesDone": 4, "samplesTotal": 4}
+    translate_progress = progress["benchmarks"]["translate"]
+    assert (translate_progress["samplesDone"], translate_progress["samplesTotal"]) == (4, 4)
+    assert translate_progress["state"] == "Completed"
+    assert translate_progress["startedAt"] <= translate_progress["finishedAt"]

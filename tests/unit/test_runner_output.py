@@ -131,7 +131,8 @@ def test_caps_match_the_crd() -> None:
      "benchmarks[0].score: expected a number, got true"),
     (json.dumps(good_message(v=2)), "v: expected 1"),
     (json.dumps(good_message(v=True)), "v: expected 1"),
-    (json.dumps(good_message(status="Done")), 'status: "Done" is not one of Succeeded, Failed'),
+    (json.dumps(good_message(status="Done")),
+     'status: "Done" is not one of Succeeded, PartiallyFailed, Failed'),
     ("done, all good", "not JSON"),
     ('{"v": 1, "status": "Succeeded", "overallScore": 0.5, "benchmarks": [{"name": "'
      + "a" * 5000 + '"}]}', "more than the limit of 4096 bytes"),
@@ -165,7 +166,7 @@ def test_progress_within_the_contract() -> None:
                                  b' "samplesTotal": 500}}}')
     assert progress.status_field() == {"samplesDone": 350, "samplesTotal": 1000,
                                        "text": "350/1000"}
-    assert progress.benchmarks == {"arc": (350, 500)}
+    assert progress.benchmarks == (ro.BenchmarkProgress("arc", 350, 500),)
 
 
 def test_long_values_are_quoted_short() -> None:

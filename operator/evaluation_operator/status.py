@@ -12,9 +12,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation_operator.benchmark_status import final_benchmarks, stopped_benchmarks
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
 from evaluation_operator.gates import ScoreTable, evaluate, passed_condition
-from evaluation_operator.benchmark_status import final_benchmarks, stopped_benchmarks
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
 from evaluation_operator.runner_output import (
     InvalidRunnerOutput,

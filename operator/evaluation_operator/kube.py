@@ -9,6 +9,8 @@ tasks does not flood the API server.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import json
 import threading
 import time
@@ -23,6 +25,16 @@ from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
 
 T = TypeVar("T")
+KUEUE = ("kueue.x-k8s.io", "v1beta1", "localqueues")
+
+
+class Found(enum.Enum):
+    """Whether an object a task names exists, as far as the operator may tell."""
+
+    YES = "yes"
+    NO = "no"
+    NO_API = "no-api"  # the cluster does not serve this kind (Kueue not installed)
+    UNKNOWN = "unknown"  # not allowed to look (an older chart's RBAC)
 
 
 class KubeApi(Protocol):
@@ -37,6 +49,15 @@ class KubeApi(Protocol):
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
     def delete_job(self, namespace: str, name: str) -> None: ...
+
+    def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The keys of a ConfigMap; None when it does not exist. Raises on 403."""
+
+    def failed_create(self, namespace: str, job_uid: str
+                      ) -> tuple[str, datetime.datetime | None] | None:
+        """The newest FailedCreate event of a Job (message, since when), or None."""
+
+    def local_queue(self, namespace: str, name: str) -> Found: ...
 
 
 def api_message(error: ApiException) -> str:
@@ -130,6 +151,56 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+    def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        self.throttle.wait()
+        try:
+            found = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return frozenset({*(found.data or {}), *(found.binary_data or {})})
+
+    def failed_create(self, namespace: str, job_uid: str
+                      ) -> tuple[str, datetime.datetime | None] | None:
+        self.throttle.wait()
+        listed = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={job_uid},reason=FailedCreate",
+            limit=20)
+        if not listed.items:
+            return None
+
+        def when(event: Any) -> datetime.datetime:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+        newest = max(listed.items, key=when)
+        since = min((e.first_timestamp or when(e) for e in listed.items), default=None)
+        return str(newest.message or "").removeprefix("Error creating: "), since
+
+    def local_queue(self, namespace: str, name: str) -> Found:
+        self.throttle.wait()
+        try:
+            self.custom.get_namespaced_custom_object(*KUEUE[:2], namespace, KUEUE[2], name)
+        except ApiException as error:
+            if error.status == 404:
+                return Found.NO if _names_object(error, name) else Found.NO_API
+            if error.status == 403:
+                return Found.UNKNOWN
+            raise
+        return Found.YES
+
+
+def _names_object(error: ApiException, name: str) -> bool:
+    """A 404 for a missing object names it in the Status details; a 404 for a resource the
+    API server does not serve at all does not."""
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except ValueError:
+        return False
+    return bool(details.get("name") == name)
 
 
 class Api:

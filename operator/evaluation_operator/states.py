@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     STARTING = "Starting"
     IMAGE_PULL_BACKOFF = "ImagePullBackOff"
     CONTAINER_CONFIG_PENDING = "ContainerConfigPending"
+    MISSING_REFERENCE = "MissingReference"  # a Secret, ConfigMap, PVC... the spec names
     PREVIOUS_RUN_CLEANUP = "PreviousRunCleanup"
     RUNNING = "Running"
     COLLECTING_RESULTS = "CollectingResults"
@@ -47,6 +48,7 @@ class Reason(enum.StrEnum):
     JOB_DELETED = "JobDeleted"
     INVALID_RUNNER_OUTPUT = "InvalidRunnerOutput"  # the runner broke its contract
     RESULTS_UNREADABLE = "ResultsUnreadable"  # succeeded, scores unreadable past the limit
+    REFERENCE_NOT_FOUND = "ReferenceNotFound"  # MissingReference past its grace period
 
     @property
     def phase(self) -> Phase:
@@ -71,7 +73,8 @@ class Reason(enum.StrEnum):
     @property
     def stops_job(self) -> bool:
         """The Job would wait until its deadline holding a GPU: delete it at once."""
-        return self in (Reason.IMAGE_PULL_ERROR, Reason.CONTAINER_CONFIG_ERROR)
+        return self in (Reason.IMAGE_PULL_ERROR, Reason.CONTAINER_CONFIG_ERROR,
+                        Reason.REFERENCE_NOT_FOUND)
 
     @property
     def reads_s3(self) -> bool:
@@ -84,11 +87,11 @@ _FAILED = frozenset({
     Reason.CONFIGURATION_ERROR, Reason.RETRIES_EXHAUSTED, Reason.RUNNER_FAILED,
     Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.IMAGE_PULL_ERROR,
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
-    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE,
+    Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.REFERENCE_NOT_FOUND,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,
-    Reason.COLLECTING_RESULTS,
+    Reason.COLLECTING_RESULTS, Reason.MISSING_REFERENCE,
 })
 
 

@@ -293,7 +293,8 @@ def test_what_each_reason_implies() -> None:
     assert Reason.SUCCEEDED.phase is Phase.COMPLETED and Phase.COMPLETED.terminal
     assert Reason.RUNNING.phase is Phase.EVALUATING and not Phase.EVALUATING.terminal
     assert {r for r in Reason if r.stops_job} == {Reason.IMAGE_PULL_ERROR,
-                                                 Reason.CONTAINER_CONFIG_ERROR}
+                                                 Reason.CONTAINER_CONFIG_ERROR,
+                                                 Reason.REFERENCE_NOT_FOUND}
     # Progress in between is in the status only; warnings and failures are Events too.
     assert not Reason.POD_PENDING.posts_event and not Reason.RUNNING.posts_event
     assert not Reason.SUCCEEDED.posts_event

@@ -25,7 +25,8 @@ from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
 
 T = TypeVar("T")
-KUEUE = ("kueue.x-k8s.io", "v1beta1", "localqueues")
+KUEUE_GROUP, KUEUE_PLURAL = "kueue.x-k8s.io", "localqueues"
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")  # newest first; Kueue 0.17 serves both
 
 
 class Found(enum.Enum):
@@ -181,16 +182,21 @@ class Kube:
         return str(newest.message or "").removeprefix("Error creating: "), since
 
     def local_queue(self, namespace: str, name: str) -> Found:
-        self.throttle.wait()
-        try:
-            self.custom.get_namespaced_custom_object(*KUEUE[:2], namespace, KUEUE[2], name)
-        except ApiException as error:
-            if error.status == 404:
-                return Found.NO if _names_object(error, name) else Found.NO_API
-            if error.status == 403:
-                return Found.UNKNOWN
-            raise
-        return Found.YES
+        for version in KUEUE_VERSIONS:
+            self.throttle.wait()
+            try:
+                self.custom.get_namespaced_custom_object(KUEUE_GROUP, version, namespace,
+                                                         KUEUE_PLURAL, name)
+            except ApiException as error:
+                if error.status == 404 and not _names_object(error, name):
+                    continue  # this version is not served: try the next one
+                if error.status == 404:
+                    return Found.NO
+                if error.status == 403:
+                    return Found.UNKNOWN
+                raise
+            return Found.YES
+        return Found.NO_API
 
 
 def _names_object(error: ApiException, name: str) -> bool:

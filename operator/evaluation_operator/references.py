@@ -89,7 +89,7 @@ class Missing:
         where = f' in namespace "{self.namespace}"' if ref.kind.namespaced else ""
         note = f" ({ref.note})" if ref.note else ""
         if self.no_api:
-            return (f"{self.field}{note}: {ref.kind.value} {ref.name!r} cannot be looked up: "
+            return (f"{self.field}{note}: {ref.kind.value} \"{ref.name}\" cannot be looked up: "
                     "this cluster does not serve Kueue's LocalQueue API (is Kueue installed?)")
         if self.key_missing:
             return (f"{self.field}{note}: {ref.kind.value} \"{ref.name}\"{where} has no key "
@@ -99,8 +99,8 @@ class Missing:
     def fix(self) -> str:
         ref = self.reference
         if self.no_api:
-            return (f"Install Kueue and create LocalQueue {ref.name!r} in this namespace, or "
-                    f"remove {ref.field} and create a new task")
+            return (f"Install Kueue and create LocalQueue \"{ref.name}\" in this namespace, "
+                    f"or remove {ref.field} and create a new task")
         if self.key_missing:
             return (f"Add key \"{ref.key}\" to {ref.kind.value} \"{ref.name}\", or fix "
                     f"{self.field}")

@@ -189,6 +189,10 @@ def missing_reference(missing: Missing, ctx: TaskContext, grace_left: int, *,
     which field names it, and either wait for it or (past the grace period) fail."""
     what, fix = missing.what(), missing.fix()
     if missing.policy is Policy.WAIT:
+        if missing.no_api:
+            return Assessment(Reason.MISSING_REFERENCE, f"{what}. {fix}. Until then the Job "
+                              "stays suspended and holds no resources.", scheduled=False,
+                              scheduled_reason=Reason.MISSING_REFERENCE.value)
         if missing.reference.kind is references.Kind.LOCAL_QUEUE:
             then = ("Kueue admits the Job once it exists; until then the Job stays suspended "
                     "and holds no resources")

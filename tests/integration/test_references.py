@@ -6,10 +6,12 @@ of a missing Secret is played by the test (KWOK has no kubelet)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.tools import pinned_versions, tools_dir
 
 from tests.integration.conftest import (
     START_FAILURE_GRACE_SECONDS,
@@ -202,10 +204,53 @@ def test_a_queue_name_without_kueue_says_so(
                                                   scheduling={"queueName": "gpu-q"}))
     waiting = wait_status(cluster, namespace, "no-kueue", "MissingReference",
                           lambda s: s.get("reason") == "MissingReference")
-    assert waiting["message"].startswith("spec.scheduling.queueName: LocalQueue 'gpu-q' "
+    assert waiting["message"].startswith('spec.scheduling.queueName: LocalQueue "gpu-q" '
                                          "cannot be looked up"), waiting
     assert "is Kueue installed?" in waiting["message"]
+    assert "Until then the Job stays suspended" in waiting["message"]
     _warned(cluster, namespace, "no-kueue", "MissingReference", "is Kueue installed?")
     job = cluster.kubectl_json("get", "job", "no-kueue-eval", "-n", namespace)
     assert job["spec"]["suspend"] is True
     assert json.dumps(waiting).count("no-kueue-eval") == 1  # jobName only, not the message
+
+
+def _kueue_crd() -> Path:
+    """Kueue's own LocalQueue CRD, fetched by `make tools` from Kueue's Go module."""
+    version = pinned_versions()["KUEUE_VERSION"]
+    path = tools_dir() / f"kueue-{version}" / "kueue.x-k8s.io_localqueues.yaml"
+    assert path.is_file(), f"{path} is missing: run `make tools`"
+    return path
+
+
+def test_a_missing_local_queue_waits_until_it_exists_and_kueue_admits(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess,
+) -> None:
+    crd = "localqueues.kueue.x-k8s.io"
+    served = cluster.kubectl("api-resources", "--api-group=kueue.x-k8s.io", "-o", "name")
+    installed_here = "localqueues" not in served.stdout
+    if installed_here:
+        cluster.kubectl("apply", "--server-side", "-f", str(_kueue_crd()))
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    try:
+        create_task(cluster, namespace, task_manifest("no-queue",
+                                                      scheduling={"queueName": "eval-q"}))
+        text = (f'spec.scheduling.queueName: LocalQueue "eval-q" not found in namespace '
+                f'"{namespace}". Create LocalQueue "eval-q", or fix spec.scheduling.queueName: '
+                "Kueue admits the Job once it exists")
+        waiting = wait_status(cluster, namespace, "no-queue", "MissingReference",
+                              lambda s: s.get("reason") == "MissingReference")
+        assert waiting["phase"] == "Evaluating" and text in waiting["message"], waiting
+        assert condition(waiting, "Scheduled")["reason"] == "MissingReference"
+        _warned(cluster, namespace, "no-queue", "MissingReference", text)
+        # The team creates its queue; Kueue then admits the Job by unsuspending it.
+        cluster.apply({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                       "metadata": {"name": "eval-q", "namespace": namespace},
+                       "spec": {"clusterQueue": "gpus"}})
+        cluster.kubectl("patch", "job", "no-queue-eval", "-n", namespace, "--type=merge",
+                        "-p", '{"spec": {"suspend": false}}')
+        running_pod(cluster, namespace, "no-queue")
+        wait_status(cluster, namespace, "no-queue", "Running",
+                    lambda s: s.get("reason") == "Running")
+    finally:
+        if installed_here:  # the other tests run without Kueue, as most clusters do
+            cluster.kubectl("delete", "crd", crd, "--timeout=60s", check=False)

@@ -309,6 +309,8 @@ class Reconciler:
                 keys = await self.api.call(self.api.kube.configmap_keys, task.namespace, ref.name)
             except ApiException as error:
                 if error.status == 403:  # an older chart's RBAC: the pod will tell
+                    log.warning("cannot read ConfigMap %s for %s (RBAC): %s", ref.name,
+                                task.key, api_message(error))
                     return False
                 raise
             missing = references.from_configmap(ref, keys, task.namespace)
@@ -545,6 +547,8 @@ class Reconciler:
             cached = (loop.time(), await self.api.call(self.api.kube.local_queue,
                                                        task.namespace, queue))
             self._queues.put(key, cached)
+        if cached[1] is Found.UNKNOWN:
+            log.warning("cannot read LocalQueue %s for %s (RBAC)", queue, task.key)
         if cached[1] not in (Found.NO, Found.NO_API):
             return None
         assert task.spec is not None

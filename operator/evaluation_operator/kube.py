@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from kubernetes import client
@@ -27,6 +28,17 @@ from evaluation_operator.config import OperatorSettings
 T = TypeVar("T")
 KUEUE_GROUP, KUEUE_PLURAL = "kueue.x-k8s.io", "localqueues"
 KUEUE_VERSIONS = ("v1beta2", "v1beta1")  # newest first; Kueue 0.17 serves both
+
+
+FAILED_CREATE_EVENTS_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class FailedCreate:
+    """The Job controller's latest FailedCreate event of a Job, and since when it fails."""
+
+    message: str
+    since: datetime.datetime | None
 
 
 class Found(enum.Enum):
@@ -54,9 +66,8 @@ class KubeApi(Protocol):
     def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         """The keys of a ConfigMap; None when it does not exist. Raises on 403."""
 
-    def failed_create(self, namespace: str, job_uid: str
-                      ) -> tuple[str, datetime.datetime | None] | None:
-        """The newest FailedCreate event of a Job (message, since when), or None."""
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
+        """The Jobs of a namespace the Job controller cannot create pods for, by Job uid."""
 
     def local_queue(self, namespace: str, name: str) -> Found: ...
 
@@ -164,22 +175,27 @@ class Kube:
             raise
         return frozenset({*(found.data or {}), *(found.binary_data or {})})
 
-    def failed_create(self, namespace: str, job_uid: str
-                      ) -> tuple[str, datetime.datetime | None] | None:
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
+        # One list for the whole namespace, not one per Job: a burst of tasks whose pods
+        # come late costs one call (reconcile.py caches it), whatever the number of tasks.
         self.throttle.wait()
         listed = self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.uid={job_uid},reason=FailedCreate",
-            limit=20)
-        if not listed.items:
-            return None
+            namespace, field_selector="involvedObject.kind=Job,reason=FailedCreate",
+            limit=FAILED_CREATE_EVENTS_LIMIT)
 
         def when(event: Any) -> datetime.datetime:
             stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
             return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
-        newest = max(listed.items, key=when)
-        since = min((e.first_timestamp or when(e) for e in listed.items), default=None)
-        return str(newest.message or "").removeprefix("Error creating: "), since
+        found: dict[str, FailedCreate] = {}
+        for event in sorted(listed.items, key=when):  # the newest message wins
+            uid = str(event.involved_object.uid or "")
+            earlier = found.get(uid)
+            since = event.first_timestamp or when(event)
+            found[uid] = FailedCreate(
+                str(event.message or "").removeprefix("Error creating: "),
+                min(earlier.since, since) if earlier and earlier.since else since)
+        return found
 
     def local_queue(self, namespace: str, name: str) -> Found:
         for version in KUEUE_VERSIONS:

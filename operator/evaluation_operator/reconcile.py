@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from evaluation_operator import events, metrics, references, runner_output
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.kube import Api, Found, api_message
+from evaluation_operator.kube import Api, FailedCreate, Found, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
 from evaluation_operator.s3 import ResultsLocation, read_capped
@@ -179,6 +179,8 @@ class Reconciler:
         self._lookups: dict[str, _Lookup] = {}
         # LocalQueue lookups shared by the tasks of one queue: (namespace, name) -> (when, found).
         self._queues: LRU[tuple[str, str], tuple[float, Found]] = LRU(1024)
+        # FailedCreate events of a namespace's Jobs, shared by its tasks: ns -> (when, by uid).
+        self._failed_creates: LRU[str, tuple[float, dict[str, FailedCreate]]] = LRU(1024)
 
     def bind(self, world: World) -> None:
         """The indexes are the same objects for the operator's whole life; handlers hand
@@ -514,9 +516,10 @@ class Reconciler:
         try:
             if wants_events:
                 lookup.missing_queue = None
-                found = await self.api.call(self.api.kube.failed_create, task.namespace,
-                                            str(job["metadata"].get("uid") or ""))
-                lookup.failed_create, lookup.failed_create_since = found or ("", None)
+                found = (await self._failed_creates_in(task.namespace)).get(
+                    str(job["metadata"].get("uid") or ""))
+                lookup.failed_create = found.message if found else ""
+                lookup.failed_create_since = found.since if found else None
                 interval = EVENTS_LOOKUP_SECONDS
             else:
                 lookup.failed_create, lookup.failed_create_since = "", None
@@ -538,6 +541,14 @@ class Reconciler:
             self.mark(uid)
 
         lookup.timer = asyncio.get_running_loop().call_later(delay, again)
+
+    async def _failed_creates_in(self, namespace: str) -> dict[str, FailedCreate]:
+        loop = asyncio.get_running_loop()
+        cached = self._failed_creates.get(namespace)
+        if cached is None or loop.time() - cached[0] >= EVENTS_LOOKUP_SECONDS:
+            cached = (loop.time(), await self.api.call(self.api.kube.failed_creates, namespace))
+            self._failed_creates.put(namespace, cached)
+        return cached[1]
 
     async def _queue_missing(self, task: Task, queue: str) -> references.Missing | None:
         loop = asyncio.get_running_loop()

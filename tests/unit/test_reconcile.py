@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from evaluation_operator import deletion, reconcile
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.kube import Api, Found, Throttle
+from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
 from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
 from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod
@@ -70,7 +70,7 @@ class FakeKube:
         self.status_patches: list[dict[str, Any]] = []
         self.refuse_with: ApiException | None = None
         self.configmaps: dict[str, frozenset[str]] = {}  # name -> keys (dataset ConfigMaps)
-        self.events: tuple[str, datetime.datetime | None] | None = None  # FailedCreate
+        self.failed: dict[str, FailedCreate] = {}  # Job uid -> its FailedCreate event
         self.queues: dict[str, Found] = {}
 
     def create(self, manifest: dict[str, Any]) -> bool:
@@ -97,10 +97,9 @@ class FakeKube:
         self.calls.append(f"get ConfigMap {name}")
         return self.configmaps.get(name)
 
-    def failed_create(self, namespace: str, job_uid: str
-                      ) -> tuple[str, datetime.datetime | None] | None:
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
         self.calls.append("list events")
-        return self.events
+        return self.failed
 
     def local_queue(self, namespace: str, name: str) -> Found:
         self.calls.append(f"get LocalQueue {name}")
@@ -643,8 +642,9 @@ def test_a_job_without_a_pod_is_explained_by_its_failed_create_event(
 
     async def scenario() -> Cluster:
         c = Cluster(t)
-        c.kube.events = ('pods "t-eval-1" is forbidden: no PriorityClass with name urgent was '
-                         "found", datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+        c.kube.failed = {"job-1": FailedCreate(
+            'pods "t-eval-1" is forbidden: no PriorityClass with name urgent was found',
+            datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))}
         c.set(job(), [])
         await c.changed()
         c.set(pods=[pod("Running")])  # once a pod exists, no more lookups
@@ -684,3 +684,14 @@ def test_a_queued_task_whose_local_queue_is_missing_says_so_and_shares_the_looku
     assert status["message"].startswith('spec.scheduling.queueName: LocalQueue "gpu-q" not '
                                         'found in namespace "team-a"')
     assert c.kube.calls.count("get LocalQueue gpu-q") == 1
+
+
+def test_failed_create_events_are_listed_once_per_namespace_for_all_its_tasks() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task())
+        for _ in range(3):  # three tasks of team-a looking within EVENTS_LOOKUP_SECONDS
+            await c.reconciler._failed_creates_in("team-a")
+        await c.reconciler._failed_creates_in("team-b")
+        return c.kube.calls
+
+    assert run(scenario()) == ["list events", "list events"]

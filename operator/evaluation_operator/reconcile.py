@@ -319,10 +319,11 @@ class Reconciler:
             if missing is None:
                 continue
             ctx = task_context(task, self.settings)
-            grace = grace_left_since(_parse_time(task.created), ctx, self.clock())
-            assessment = missing_reference(missing, ctx, grace, scheduled=None)
+            since = _parse_time(task.created)
+            assessment = missing_reference(missing, ctx, since, self.clock(), scheduled=None)
             self._override(task.uid, assessment)
             if not assessment.phase.terminal:
+                grace = grace_left_since(since, ctx, self.clock())
                 self._retry_later(task.uid, min(CONFIGMAP_RECHECK_SECONDS, grace + 1))
             return True
         return False

@@ -183,11 +183,15 @@ def _grace_left(pod: dict[str, Any], ctx: TaskContext, now: datetime.datetime | 
     return grace_left_since(_waiting_since(pod), ctx, now)
 
 
-def missing_reference(missing: Missing, ctx: TaskContext, grace_left: int, *,
-                      scheduled: bool | None, first_run: str | None = None) -> Assessment:
+def missing_reference(missing: Missing, ctx: TaskContext, since: datetime.datetime | None,
+                      now: datetime.datetime | None, *, scheduled: bool | None,
+                      first_run: str | None = None) -> Assessment:
     """A Secret, ConfigMap, PVC, PriorityClass or LocalQueue the spec names is missing: say
-    which field names it, and either wait for it or (past the grace period) fail."""
+    which field names it, and either wait for it or, once the grace period counted from
+    `since` is over, fail. The message names the moment it fails (not a countdown), so it
+    stays the same, and is written once, however often it is recomputed."""
     what, fix = missing.what(), missing.fix()
+    grace_left = grace_left_since(since, ctx, now)
     if missing.policy is Policy.WAIT:
         if missing.no_api:
             return Assessment(Reason.MISSING_REFERENCE, f"{what}. {fix}. Until then the Job "
@@ -203,9 +207,12 @@ def missing_reference(missing: Missing, ctx: TaskContext, grace_left: int, *,
                           scheduled=False, scheduled_reason=Reason.MISSING_REFERENCE.value,
                           start_time=first_run)
     if grace_left:
+        grace = ctx.start_failure_grace_seconds
+        when = (f"at {since + datetime.timedelta(seconds=grace):%Y-%m-%dT%H:%M:%SZ}"
+                if since else f"{grace}s after it was first seen missing")
         return Assessment(
             Reason.MISSING_REFERENCE,
-            f"{what}. {fix}: the task fails if it is still missing in {grace_left}s.",
+            f"{what}. {fix}: the task fails if it is still missing {when}.",
             scheduled=scheduled, start_time=first_run, recheck_seconds=grace_left)
     return Assessment(Reason.REFERENCE_NOT_FOUND, f"{what}. {fix}, then create a new task.",
                       scheduled=scheduled)
@@ -342,7 +349,8 @@ def _queued(seen: Observed) -> Assessment | None:
     if not (seen.job.get("spec") or {}).get("suspend"):
         return None
     if seen.ctx.missing_queue is not None:
-        return missing_reference(seen.ctx.missing_queue, seen.ctx, 0, scheduled=False)
+        return missing_reference(seen.ctx.missing_queue, seen.ctx, None, seen.now,
+                                 scheduled=False)
     queue = f" in queue {seen.ctx.queue_name}" if seen.ctx.queue_name else ""
     return Assessment(Reason.QUEUED, f"Waiting for Kueue to admit the Job{queue}.",
                       scheduled=False, scheduled_reason="Queued")
@@ -357,9 +365,8 @@ def _no_pod(seen: Observed) -> Assessment | None:
     if ctx.failed_create:
         missing = references.from_failed_create(ctx.failed_create, ctx.references, ctx.namespace)
         if missing is not None:
-            return missing_reference(
-                missing, ctx, grace_left_since(ctx.failed_create_since, ctx, seen.now),
-                scheduled=False, first_run=seen.first_run)
+            return missing_reference(missing, ctx, ctx.failed_create_since, seen.now,
+                                     scheduled=False, first_run=seen.first_run)
         return Assessment(Reason.POD_PENDING, "Kubernetes refuses to create the runner pod: "
                           f"{ctx.failed_create}." + seen.retry_note, start_time=seen.first_run)
     return Assessment(Reason.POD_PENDING, "Waiting for the Job controller to create the "
@@ -374,7 +381,7 @@ def _unschedulable(seen: Observed) -> Assessment | None:
             missing = references.from_scheduler_message(
                 str(condition.get("message") or ""), ctx.references, ctx.namespace)
             if missing is not None:
-                return missing_reference(missing, ctx, 0, scheduled=False,
+                return missing_reference(missing, ctx, None, seen.now, scheduled=False,
                                          first_run=seen.first_run)
             what = (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
                     else "a node with enough CPU and memory")
@@ -400,8 +407,8 @@ def _cannot_start(seen: Observed) -> Assessment | None:
         missing = references.from_container_config_error(
             str(waiting.get("message") or ""), seen.ctx.references, seen.ctx.namespace)
         if missing is not None:
-            return missing_reference(missing, seen.ctx, grace_left, scheduled=True,
-                                     first_run=seen.first_run)
+            return missing_reference(missing, seen.ctx, _waiting_since(current), seen.now,
+                                     scheduled=True, first_run=seen.first_run)
     return _start_failure(waiting, runner.get("image"), grace_left, seen.first_run)
 
 

@@ -610,7 +610,7 @@ def test_a_missing_dataset_configmap_holds_back_the_job_until_it_exists() -> Non
     assert (waiting["phase"], waiting["reason"]) == ("Evaluating", "MissingReference")
     assert waiting["message"].startswith('spec.benchmarks[0].dataset.configMap.name: '
                                          'ConfigMap "qa" not found in namespace "team-a"')
-    assert "still missing in 50s" in waiting["message"]
+    assert "still missing at 2026-01-01T00:01:00Z" in waiting["message"]
     assert c.kube.calls[2:] == ["get ConfigMap qa", "create ConfigMap", "create Job"]
     assert c.reconciler.state_sizes()["overrides"] == 0
 

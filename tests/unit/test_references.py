@@ -154,7 +154,10 @@ def test_secret_status_waits_out_the_grace_then_fails_naming_the_field() -> None
     assert (early.phase, early.reason) == (Phase.EVALUATING, Reason.MISSING_REFERENCE)
     assert early.message.startswith("spec.model.endpoint.apiKeySecretRef.name: Secret "
                                     '"llm-key" not found in namespace "team-a". Create')
-    assert "still missing in 90s" in early.message and early.recheck_seconds == 90
+    assert "still missing at 2026-01-01T00:02:00Z" in early.message
+    assert early.recheck_seconds == 90
+    # Recomputed later, the message is the same: no new status write for a ticking clock.
+    assert assess(job(), [waiting], ctx(), now=at(60)).message == early.message
     assert early.reason.warning and early.reason.posts_event
     late = assess(job(), [waiting], ctx(), now=at(200))
     assert (late.phase, late.reason) == (Phase.FAILED, Reason.REFERENCE_NOT_FOUND)
@@ -181,7 +184,7 @@ def test_priority_class_status_from_the_failed_create_event() -> None:
     early = assess(job(), [], refused, now=at(60))
     assert (early.reason, early.scheduled) == (Reason.MISSING_REFERENCE, False)
     assert early.message.startswith("spec.scheduling.priorityClassName: PriorityClass")
-    assert "still missing in 60s" in early.message
+    assert "still missing at 2026-01-01T00:02:00Z" in early.message
     assert assess(job(), [], refused, now=at(121)).reason is Reason.REFERENCE_NOT_FOUND
     quota = ctx(failed_create='pods "t-eval-x" is forbidden: exceeded quota: gpus')
     pending = assess(job(), [], quota, now=at(60))

@@ -82,8 +82,20 @@ $(HELM_BIN)/.built:
 	GOBIN=$(HELM_BIN) go install -ldflags '-s -w' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	touch $@
 
+# Kueue's LocalQueue CRD alone (no Kueue controller): the integration tests install it to
+# check that a task naming a LocalQueue that does not exist says so (tests/integration/
+# test_references.py). From Kueue's Go module, through the module proxy.
+KUEUE_CRD := $(TOOLS_DIR)/kueue-$(KUEUE_VERSION)/kueue.x-k8s.io_localqueues.yaml
+$(KUEUE_CRD):
+	mkdir -p $(dir $@)
+	zip=$$(go mod download -json sigs.k8s.io/kueue@$(KUEUE_VERSION) | $(PYTHON) -c \
+		'import json, sys; print(json.load(sys.stdin)["Zip"])') && \
+	$(PYTHON) -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+		"$$zip" 'sigs.k8s.io/kueue@$(KUEUE_VERSION)/config/components/crd/bases/kueue.x-k8s.io_localqueues.yaml' > $@.tmp
+	mv $@.tmp $@
+
 .PHONY: tools
-tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.built  ## build kube-apiserver, controller-manager, scheduler, etcd, kwok, helm (cached)
+tools: $(K8S_BIN)/.built $(ETCD_BIN)/.built $(KWOK_BIN)/.built $(HELM_BIN)/.built $(KUEUE_CRD)  ## build kube-apiserver, controller-manager, scheduler, etcd, kwok, helm; fetch Kueue's LocalQueue CRD (cached)
 
 .PHONY: kubelet
 kubelet: $(K8S_BIN)/.kubelet-built  ## the kubelet for a real node (same Kubernetes version as the control plane; cached)

@@ -9,11 +9,14 @@ tasks does not flood the API server.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import json
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from kubernetes import client
@@ -23,6 +26,28 @@ from evaluation_operator import naming
 from evaluation_operator.config import OperatorSettings
 
 T = TypeVar("T")
+KUEUE_GROUP, KUEUE_PLURAL = "kueue.x-k8s.io", "localqueues"
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")  # newest first; Kueue 0.17 serves both
+
+
+FAILED_CREATE_EVENTS_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class FailedCreate:
+    """The Job controller's latest FailedCreate event of a Job, and since when it fails."""
+
+    message: str
+    since: datetime.datetime | None
+
+
+class Found(enum.Enum):
+    """Whether an object a task names exists, as far as the operator may tell."""
+
+    YES = "yes"
+    NO = "no"
+    NO_API = "no-api"  # the cluster does not serve this kind (Kueue not installed)
+    UNKNOWN = "unknown"  # not allowed to look (an older chart's RBAC)
 
 
 class KubeApi(Protocol):
@@ -37,6 +62,14 @@ class KubeApi(Protocol):
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
     def delete_job(self, namespace: str, name: str) -> None: ...
+
+    def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The keys of a ConfigMap; None when it does not exist. Raises on 403."""
+
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
+        """The Jobs of a namespace the Job controller cannot create pods for, by Job uid."""
+
+    def local_queue(self, namespace: str, name: str) -> Found: ...
 
 
 def api_message(error: ApiException) -> str:
@@ -130,6 +163,66 @@ class Kube:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+    def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        self.throttle.wait()
+        try:
+            found = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return frozenset({*(found.data or {}), *(found.binary_data or {})})
+
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
+        # One list for the whole namespace, not one per Job: a burst of tasks whose pods
+        # come late costs one call (reconcile.py caches it), whatever the number of tasks.
+        self.throttle.wait()
+        listed = self.core.list_namespaced_event(
+            namespace, field_selector="involvedObject.kind=Job,reason=FailedCreate",
+            limit=FAILED_CREATE_EVENTS_LIMIT)
+
+        def when(event: Any) -> datetime.datetime:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+        found: dict[str, FailedCreate] = {}
+        for event in sorted(listed.items, key=when):  # the newest message wins
+            uid = str(event.involved_object.uid or "")
+            earlier = found.get(uid)
+            since = event.first_timestamp or when(event)
+            found[uid] = FailedCreate(
+                str(event.message or "").removeprefix("Error creating: "),
+                min(earlier.since, since) if earlier and earlier.since else since)
+        return found
+
+    def local_queue(self, namespace: str, name: str) -> Found:
+        for version in KUEUE_VERSIONS:
+            self.throttle.wait()
+            try:
+                self.custom.get_namespaced_custom_object(KUEUE_GROUP, version, namespace,
+                                                         KUEUE_PLURAL, name)
+            except ApiException as error:
+                if error.status == 404 and not _names_object(error, name):
+                    continue  # this version is not served: try the next one
+                if error.status == 404:
+                    return Found.NO
+                if error.status == 403:
+                    return Found.UNKNOWN
+                raise
+            return Found.YES
+        return Found.NO_API
+
+
+def _names_object(error: ApiException, name: str) -> bool:
+    """A 404 for a missing object names it in the Status details; a 404 for a resource the
+    API server does not serve at all does not."""
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except ValueError:
+        return False
+    return bool(details.get("name") == name)
 
 
 class Api:

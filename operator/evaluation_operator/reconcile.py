@@ -30,13 +30,13 @@ from typing import Any, Generic, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import events, metrics, runner_output
+from evaluation_operator import events, metrics, references, runner_output
 from evaluation_operator.benchmark_status import progress_fields
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
 from evaluation_operator.gates import GateReason
-from evaluation_operator.kube import Api, api_message
+from evaluation_operator.kube import Api, FailedCreate, Found, api_message
 from evaluation_operator.manifests import build_configmap, build_job
 from evaluation_operator.runner_config import build_runner_config
 from evaluation_operator.s3 import ResultsLocation, read_capped
@@ -47,7 +47,9 @@ from evaluation_operator.status import (
     acknowledge_generation,
     assess,
     condition_of,
+    grace_left_since,
     has_scores,
+    missing_reference,
     render_status,
 )
 from evaluation_operator.task import Task
@@ -58,6 +60,13 @@ K = TypeVar("K")
 V = TypeVar("V")
 FOREIGN_CHILD_RETRY_SECONDS = 3.0
 FAILED_WRITE_RETRY_SECONDS = 5.0
+# Looking up what Kubernetes reports about a missing reference (see `_look_up`): first look
+# this long after the Job appears (the Job controller tries to create the pod meanwhile), then
+# again at these intervals while the situation lasts.
+FIRST_LOOKUP_SECONDS = 2.0
+EVENTS_LOOKUP_SECONDS = 5.0
+QUEUE_LOOKUP_SECONDS = 30.0
+CONFIGMAP_RECHECK_SECONDS = 5.0
 
 
 class RetryLater(Exception):
@@ -104,7 +113,8 @@ class LRU(Generic[K, V]):
         return len(self.items)
 
 
-def task_context(task: Task, settings: OperatorSettings) -> TaskContext:
+def task_context(task: Task, settings: OperatorSettings, lookup: _Lookup | None = None
+                 ) -> TaskContext:
     spec = task.spec
     assert spec is not None
     return TaskContext(
@@ -112,6 +122,10 @@ def task_context(task: Task, settings: OperatorSettings) -> TaskContext:
         gpus=spec.resources.gpu, gpu_resource=spec.resources.gpu_resource,
         memory=spec.resources.memory, queue_name=spec.scheduling.queue_name,
         start_failure_grace_seconds=settings.start_failure_grace_seconds,
+        namespace=task.namespace, references=references.references(spec),
+        failed_create=lookup.failed_create if lookup else "",
+        failed_create_since=lookup.failed_create_since if lookup else None,
+        missing_queue=lookup.missing_queue if lookup else None,
     )
 
 
@@ -148,6 +162,17 @@ def cancelled(task: Task, previous: dict[str, Any], job_existed: bool) -> Assess
 
 
 @dataclass
+class _Lookup:
+    """What the reconciler looked up for a task whose Job has no pod, or is queued."""
+
+    due: float  # loop time of the next look
+    timer: asyncio.TimerHandle | None = None
+    failed_create: str = ""
+    failed_create_since: datetime.datetime | None = None
+    missing_queue: references.Missing | None = None
+
+
+@dataclass
 class _Pending:
     """A task with a status write scheduled or in flight."""
 
@@ -174,6 +199,12 @@ class Reconciler:
         self._retry: dict[str, asyncio.TimerHandle] = {}
         # Tasks whose state reads S3 (Reason.reads_s3) -> when to read next (loop time).
         self._polls: dict[str, float] = {}
+        # Tasks whose Job has no pod yet or is queued: what was looked up about them.
+        self._lookups: dict[str, _Lookup] = {}
+        # LocalQueue lookups shared by the tasks of one queue: (namespace, name) -> (when, found).
+        self._queues: LRU[tuple[str, str], tuple[float, Found]] = LRU(1024)
+        # FailedCreate events of a namespace's Jobs, shared by its tasks: ns -> (when, by uid).
+        self._failed_creates: LRU[str, tuple[float, dict[str, FailedCreate]]] = LRU(1024)
 
     def bind(self, world: World) -> None:
         """The indexes are the same objects for the operator's whole life; handlers hand
@@ -254,6 +285,7 @@ class Reconciler:
         """The task is gone: so is everything remembered about it."""
         for table in (self._overrides, self._progress, self._polls):
             table.pop(uid, None)
+        self._drop_lookup(uid)
         self._written.pop(uid)
         self._created.pop(uid)
         handle = self._retry.pop(uid, None)
@@ -266,6 +298,7 @@ class Reconciler:
                 "created": len(self._created), "creating": len(self._creating),
                 "overrides": len(self._overrides), "progress": len(self._progress),
                 "retry": len(self._retry), "polls": len(self._polls),
+                "lookups": len(self._lookups),
                 "tasks": len(self._tasks)}
 
     async def drain(self, timeout: float = 10) -> None:
@@ -321,6 +354,8 @@ class Reconciler:
             return
         self._creating.add(task.uid)
         try:
+            if await self._waiting_for_configmap(task):
+                return
             await self._create_owned(task, build_configmap(task, build_runner_config(
                 task.spec, name=task.name, namespace=task.namespace, uid=task.uid,
                 location=task.location, settings=self.settings)))
@@ -347,6 +382,36 @@ class Reconciler:
             self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
         finally:
             self._creating.discard(task.uid)
+
+    async def _waiting_for_configmap(self, task: Task) -> bool:
+        """A dataset ConfigMap (or its key) is missing: the kubelet would only say so in a
+        FailedMount event while the pod holds its GPU, so look before making the Job. The
+        task waits for it (no Job, nothing held) for the start failure grace period, counted
+        from the task's creation, then fails."""
+        assert task.spec is not None
+        for ref in references.references(task.spec):
+            if ref.kind is not references.Kind.CONFIG_MAP:
+                continue
+            try:
+                keys = await self.api.call(self.api.kube.configmap_keys, task.namespace, ref.name)
+            except ApiException as error:
+                if error.status == 403:  # an older chart's RBAC: the pod will tell
+                    log.warning("cannot read ConfigMap %s for %s (RBAC): %s", ref.name,
+                                task.key, api_message(error))
+                    return False
+                raise
+            missing = references.from_configmap(ref, keys, task.namespace)
+            if missing is None:
+                continue
+            ctx = task_context(task, self.settings)
+            since = _parse_time(task.created)
+            assessment = missing_reference(missing, ctx, since, self.clock(), scheduled=None)
+            self._override(task.uid, assessment)
+            if not assessment.phase.terminal:
+                grace = grace_left_since(since, ctx, self.clock())
+                self._retry_later(task.uid, min(CONFIGMAP_RECHECK_SECONDS, grace + 1))
+            return True
+        return False
 
     async def _create_owned(self, task: Task, manifest: dict[str, Any]) -> None:
         """Create a child. An existing one is ours (a restart) unless it belongs to an older
@@ -409,7 +474,8 @@ class Reconciler:
             return invalid_spec(task.spec_error or "unreadable")
         if job is None:
             return None  # its Job event follows: nothing new to say before
-        return assess(job, self.world.pods(task.uid), task_context(task, self.settings),
+        return assess(job, self.world.pods(task.uid),
+                      task_context(task, self.settings, self._lookups.get(task.uid)),
                       now=self.clock())
 
     def _decide_now(self, uid: str) -> bool:
@@ -450,6 +516,8 @@ class Reconciler:
         assessment = self._assess(task)
         if assessment is None:
             return None
+        if await self._look_up(task):
+            assessment = self._assess(task) or assessment
         previous = self._status(task)
         scores = None
         if assessment.reason is Reason.SUCCEEDED:
@@ -472,6 +540,7 @@ class Reconciler:
         self._written.put(uid, status)
         if assessment.phase.terminal:
             self._overrides.pop(uid, None)
+            self._drop_lookup(uid)
         await self._after_transition(task, previous, status, assessment)
         return status
 
@@ -501,6 +570,89 @@ class Reconciler:
         return collect_scores(assessment, read_summary, location,
                               limit_seconds=self.settings.results_timeout_seconds,
                               now=self.clock(), s3_endpoint=self.settings.s3_endpoint)
+
+    # --- lookups: why a Job has no pod, whether its LocalQueue exists ----------------------
+
+    def _drop_lookup(self, uid: str) -> None:
+        lookup = self._lookups.pop(uid, None)
+        if lookup is not None and lookup.timer is not None:
+            lookup.timer.cancel()
+
+    async def _look_up(self, task: Task) -> bool:
+        """While a task's Job has no pod, read the Job's FailedCreate events (a missing
+        PriorityClass is refused by admission: only the Job controller's event says so);
+        while it is queued, check that its LocalQueue exists. True if something was read.
+        Nothing is read for a task past these states."""
+        job = self.world.job(task.uid)
+        spec = task.spec
+        suspended = bool(job and (job.get("spec") or {}).get("suspend"))
+        queue = spec.scheduling.queue_name if spec else ""
+        wants_events = job is not None and not suspended and not self.world.pods(task.uid)
+        wants_queue = suspended and bool(queue)
+        if not (wants_events or wants_queue):
+            self._drop_lookup(task.uid)
+            return False
+        loop = asyncio.get_running_loop()
+        lookup = self._lookups.get(task.uid)
+        if lookup is None:
+            lookup = self._lookups[task.uid] = _Lookup(due=loop.time() + FIRST_LOOKUP_SECONDS)
+        if loop.time() < lookup.due:
+            self._look_again(task.uid, lookup, lookup.due - loop.time())
+            return False
+        assert job is not None
+        try:
+            if wants_events:
+                lookup.missing_queue = None
+                found = (await self._failed_creates_in(task.namespace)).get(
+                    str(job["metadata"].get("uid") or ""))
+                lookup.failed_create = found.message if found else ""
+                lookup.failed_create_since = found.since if found else None
+                interval = EVENTS_LOOKUP_SECONDS
+            else:
+                lookup.failed_create, lookup.failed_create_since = "", None
+                lookup.missing_queue = await self._queue_missing(task, queue)
+                interval = QUEUE_LOOKUP_SECONDS
+        except Exception as error:  # informational: the status stays as it was
+            log.warning("looking up why %s is not running failed: %s", task.key, error)
+            interval = EVENTS_LOOKUP_SECONDS
+        lookup.due = loop.time() + interval
+        self._look_again(task.uid, lookup, interval)
+        return True
+
+    def _look_again(self, uid: str, lookup: _Lookup, delay: float) -> None:
+        if lookup.timer is not None:
+            return
+
+        def again() -> None:
+            lookup.timer = None
+            self.mark(uid)
+
+        lookup.timer = asyncio.get_running_loop().call_later(delay, again)
+
+    async def _failed_creates_in(self, namespace: str) -> dict[str, FailedCreate]:
+        loop = asyncio.get_running_loop()
+        cached = self._failed_creates.get(namespace)
+        if cached is None or loop.time() - cached[0] >= EVENTS_LOOKUP_SECONDS:
+            cached = (loop.time(), await self.api.call(self.api.kube.failed_creates, namespace))
+            self._failed_creates.put(namespace, cached)
+        return cached[1]
+
+    async def _queue_missing(self, task: Task, queue: str) -> references.Missing | None:
+        loop = asyncio.get_running_loop()
+        key = (task.namespace, queue)
+        cached = self._queues.get(key)
+        if cached is None or loop.time() - cached[0] >= QUEUE_LOOKUP_SECONDS:
+            cached = (loop.time(), await self.api.call(self.api.kube.local_queue,
+                                                       task.namespace, queue))
+            self._queues.put(key, cached)
+        if cached[1] is Found.UNKNOWN:
+            log.warning("cannot read LocalQueue %s for %s (RBAC)", queue, task.key)
+        if cached[1] not in (Found.NO, Found.NO_API):
+            return None
+        assert task.spec is not None
+        ref = next(r for r in references.references(task.spec)
+                   if r.kind is references.Kind.LOCAL_QUEUE)
+        return references.Missing(ref, task.namespace, no_api=cached[1] is Found.NO_API)
 
     def _recheck(self, uid: str, assessment: Assessment) -> None:
         """A start failure turns into a failure when its grace period ends, with no event
@@ -586,6 +738,15 @@ class Reconciler:
             log.warning("progress.json of %s not shown: %s", task.key, error)
             return
         self.set_progress(task.uid, value)
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _results_field(task: Task) -> dict[str, str]:

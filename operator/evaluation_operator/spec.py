@@ -100,6 +100,7 @@ class Output:
     bucket: str
     prefix: str
     credentials_secret: str
+    credentials_secret_given: bool = False  # False: the operator's default Secret
 
 
 # What a benchmark that cannot be scored does to the run: FailFast fails it, Continue scores
@@ -399,6 +400,7 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
             bucket=str(bucket), prefix=prefix.strip("/"),
             credentials_secret=str((s3.get("credentialsSecretRef") or {}).get("name")
                                    or settings.s3_credentials_secret),
+            credentials_secret_given=bool((s3.get("credentialsSecretRef") or {}).get("name")),
         ),
         failure_policy=failure_policy,
     )

@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     STARTING = "Starting"
     IMAGE_PULL_BACKOFF = "ImagePullBackOff"
     CONTAINER_CONFIG_PENDING = "ContainerConfigPending"
+    MISSING_REFERENCE = "MissingReference"  # a Secret, ConfigMap, PVC... the spec names
     PREVIOUS_RUN_CLEANUP = "PreviousRunCleanup"
     RUNNING = "Running"
     COLLECTING_RESULTS = "CollectingResults"
@@ -50,6 +51,7 @@ class Reason(enum.StrEnum):
     CANCELLED = "Cancelled"  # spec.cancel: true; results uploaded so far are kept
     # failurePolicy: Continue and some benchmarks failed: the others' scores and the bundle.
     PARTIALLY_FAILED = "PartiallyFailed"
+    REFERENCE_NOT_FOUND = "ReferenceNotFound"  # MissingReference past its grace period
 
     @property
     def phase(self) -> Phase:
@@ -79,7 +81,7 @@ class Reason(enum.StrEnum):
         """The Job would wait until its deadline holding a GPU (or was cancelled): delete it
         at once."""
         return self in (Reason.IMAGE_PULL_ERROR, Reason.CONTAINER_CONFIG_ERROR,
-                        Reason.CANCELLED)
+                        Reason.CANCELLED, Reason.REFERENCE_NOT_FOUND)
 
     @property
     def reads_s3(self) -> bool:
@@ -93,11 +95,11 @@ _FAILED = frozenset({
     Reason.OOM_KILLED, Reason.DEADLINE_EXCEEDED, Reason.IMAGE_PULL_ERROR,
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
     Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.CANCELLED,
-    Reason.PARTIALLY_FAILED,
+    Reason.PARTIALLY_FAILED, Reason.REFERENCE_NOT_FOUND,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,
-    Reason.COLLECTING_RESULTS,
+    Reason.COLLECTING_RESULTS, Reason.MISSING_REFERENCE,
 })
 
 

@@ -12,10 +12,12 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation_operator import references
 from evaluation_operator.benchmark_status import final_benchmarks, stopped_benchmarks
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
 from evaluation_operator.gates import ScoreTable, evaluate, passed_condition
 from evaluation_operator.manifests import EXIT_CONFIGURATION_ERROR, RUNNER_CONTAINER
+from evaluation_operator.references import Missing, Policy, Reference
 from evaluation_operator.runner_output import (
     InvalidRunnerOutput,
     RunnerFailed,
@@ -46,6 +48,13 @@ class TaskContext:
     queue_name: str = ""
     # How long an image pull or container config error may last before the task fails.
     start_failure_grace_seconds: int = 0
+    namespace: str = ""
+    references: tuple[Reference, ...] = ()
+    # What the reconciler looked up (reconcile.py): the Job controller's latest FailedCreate
+    # event and since when it has failed; a LocalQueue that is not there.
+    failed_create: str = ""
+    failed_create_since: datetime.datetime | None = None
+    missing_queue: Missing | None = None
 
 
 @dataclass
@@ -163,14 +172,54 @@ def _waiting_since(pod: dict[str, Any]) -> datetime.datetime | None:
         (pod.get("metadata") or {}).get("creationTimestamp"))
 
 
-def _grace_left(pod: dict[str, Any], ctx: TaskContext, now: datetime.datetime | None) -> int:
-    """Seconds left before a start failure (image pull, missing Secret) fails the task."""
+def grace_left_since(since: datetime.datetime | None, ctx: TaskContext,
+                     now: datetime.datetime | None) -> int:
+    """Seconds left of the start failure grace period counted from `since`."""
     if ctx.start_failure_grace_seconds <= 0 or now is None:
         return 0
-    since = _waiting_since(pod)
     if since is None:
         return ctx.start_failure_grace_seconds
     return max(0, ctx.start_failure_grace_seconds - int((now - since).total_seconds()))
+
+
+def _grace_left(pod: dict[str, Any], ctx: TaskContext, now: datetime.datetime | None) -> int:
+    """Seconds left before a start failure (image pull, missing Secret) fails the task."""
+    return grace_left_since(_waiting_since(pod), ctx, now)
+
+
+def missing_reference(missing: Missing, ctx: TaskContext, since: datetime.datetime | None,
+                      now: datetime.datetime | None, *, scheduled: bool | None,
+                      first_run: str | None = None) -> Assessment:
+    """A Secret, ConfigMap, PVC, PriorityClass or LocalQueue the spec names is missing: say
+    which field names it, and either wait for it or, once the grace period counted from
+    `since` is over, fail. The message names the moment it fails (not a countdown), so it
+    stays the same, and is written once, however often it is recomputed."""
+    what, fix = missing.what(), missing.fix()
+    grace_left = grace_left_since(since, ctx, now)
+    if missing.policy is Policy.WAIT:
+        if missing.no_api:
+            return Assessment(Reason.MISSING_REFERENCE, f"{what}. {fix}. Until then the Job "
+                              "stays suspended and holds no resources.", scheduled=False,
+                              scheduled_reason=Reason.MISSING_REFERENCE.value)
+        if missing.reference.kind is references.Kind.LOCAL_QUEUE:
+            then = ("Kueue admits the Job once it exists; until then the Job stays suspended "
+                    "and holds no resources")
+        else:
+            then = ("the run starts once it exists, and fails if it has not finished within "
+                    f"spec.timeout ({ctx.timeout})")
+        return Assessment(Reason.MISSING_REFERENCE, f"{what}. {fix}: {then}.",
+                          scheduled=False, scheduled_reason=Reason.MISSING_REFERENCE.value,
+                          start_time=first_run)
+    if grace_left:
+        grace = ctx.start_failure_grace_seconds
+        when = (f"at {since + datetime.timedelta(seconds=grace):%Y-%m-%dT%H:%M:%SZ}"
+                if since else f"{grace}s after it was first seen missing")
+        return Assessment(
+            Reason.MISSING_REFERENCE,
+            f"{what}. {fix}: the task fails if it is still missing {when}.",
+            scheduled=scheduled, start_time=first_run, recheck_seconds=grace_left)
+    return Assessment(Reason.REFERENCE_NOT_FOUND, f"{what}. {fix}, then create a new task.",
+                      scheduled=scheduled)
 
 
 # --- assess: one small rule per situation, the first that applies wins --------------------
@@ -304,6 +353,9 @@ def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_r
 def _queued(seen: Observed) -> Assessment | None:
     if not (seen.job.get("spec") or {}).get("suspend"):
         return None
+    if seen.ctx.missing_queue is not None:
+        return missing_reference(seen.ctx.missing_queue, seen.ctx, None, seen.now,
+                                 scheduled=False)
     queue = f" in queue {seen.ctx.queue_name}" if seen.ctx.queue_name else ""
     return Assessment(Reason.QUEUED, f"Waiting for Kueue to admit the Job{queue}.",
                       scheduled=False, scheduled_reason="Queued")
@@ -314,6 +366,14 @@ def _no_pod(seen: Observed) -> Assessment | None:
     current = seen.current
     if current is not None and _pod_phase(current) != "Failed":
         return None
+    ctx = seen.ctx
+    if ctx.failed_create:
+        missing = references.from_failed_create(ctx.failed_create, ctx.references, ctx.namespace)
+        if missing is not None:
+            return missing_reference(missing, ctx, ctx.failed_create_since, seen.now,
+                                     scheduled=False, first_run=seen.first_run)
+        return Assessment(Reason.POD_PENDING, "Kubernetes refuses to create the runner pod: "
+                          f"{ctx.failed_create}." + seen.retry_note, start_time=seen.first_run)
     return Assessment(Reason.POD_PENDING, "Waiting for the Job controller to create the "
                       "runner pod." + seen.retry_note, start_time=seen.first_run)
 
@@ -323,6 +383,11 @@ def _unschedulable(seen: Observed) -> Assessment | None:
     for condition in (current.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             ctx = seen.ctx
+            missing = references.from_scheduler_message(
+                str(condition.get("message") or ""), ctx.references, ctx.namespace)
+            if missing is not None:
+                return missing_reference(missing, ctx, None, seen.now, scheduled=False,
+                                         first_run=seen.first_run)
             what = (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
                     else "a node with enough CPU and memory")
             return Assessment(
@@ -342,8 +407,14 @@ def _cannot_start(seen: Observed) -> Assessment | None:
     waiting = (runner.get("state") or {}).get("waiting") or {}
     if str(waiting.get("reason") or "") not in (*IMAGE_PULL_REASONS, *CONFIG_REASONS):
         return None
-    return _start_failure(waiting, runner.get("image"), _grace_left(current, seen.ctx, seen.now),
-                          seen.first_run)
+    grace_left = _grace_left(current, seen.ctx, seen.now)
+    if str(waiting.get("reason")) in CONFIG_REASONS:
+        missing = references.from_container_config_error(
+            str(waiting.get("message") or ""), seen.ctx.references, seen.ctx.namespace)
+        if missing is not None:
+            return missing_reference(missing, seen.ctx, _waiting_since(current), seen.now,
+                                     scheduled=True, first_run=seen.first_run)
+    return _start_failure(waiting, runner.get("image"), grace_left, seen.first_run)
 
 
 def _on_the_way(seen: Observed) -> Assessment:

@@ -68,6 +68,17 @@ def can_i(cluster: Cluster, identity: str, verb: str, resource: str,
     return answer == "yes"
 
 
+def may_read_local_queues(cluster: Cluster, identity: str, namespace: str) -> bool:
+    """`kubectl auth can-i` cannot name a resource the cluster does not serve (Kueue is not
+    installed here): ask the authorizer directly."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": identity, "resourceAttributes": {
+                  "group": "kueue.x-k8s.io", "resource": "localqueues", "verb": "get",
+                  "namespace": namespace}}}
+    answer = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
+    return bool(json.loads(answer.stdout)["status"].get("allowed"))
+
+
 # What the operator does in a namespace it watches (verb, resource, subresource).
 NEEDED = [
     ("get", "evaluationtasks.evaluation.dev", None),
@@ -85,6 +96,7 @@ NEEDED = [
     ("create", "configmaps", None),
     ("get", "configmaps", None),
     ("create", "events", None),
+    ("list", "events", None),
 ]
 # What it must never do, in a watched namespace or anywhere.
 FORBIDDEN = [
@@ -166,6 +178,8 @@ def test_namespaced_install_grants_exactly_what_the_operator_uses(
         for verb, resource, sub in NEEDED:
             assert can_i(cluster, me, verb, resource, watched, sub), (verb, resource, sub)
             assert not can_i(cluster, me, verb, resource, other, sub), (verb, resource, other)
+        assert may_read_local_queues(cluster, me, watched)
+        assert not may_read_local_queues(cluster, me, other)
         for verb, resource in FORBIDDEN:
             for ns in (watched, release_ns, other):
                 assert not can_i(cluster, me, verb, resource, ns), (verb, resource, ns)
@@ -424,7 +438,25 @@ def _lifecycle(cluster: Cluster, team: str, s3_server: S3Endpoint, health_port: 
         "get", "job", "rbac-bad-image-eval", "-n", team, check=False).returncode != 0,
         timeout=120)
 
-    # 3. Deleting the completed task purges its results and lets the task go.
+    # 3. Missing references are found with the chart's rights: a PriorityClass through the
+    # Job's FailedCreate events, a LocalQueue by a get (no Kueue here), a ConfigMap by a get.
+    create_task(cluster, team, task_manifest(
+        "rbac-no-class", scheduling={"priorityClassName": "rbac-no-such-class"}))
+    create_task(cluster, team, task_manifest("rbac-queue", scheduling={"queueName": "team-q"}))
+    create_task(cluster, team, task_manifest("rbac-no-cm", benchmarks=[
+        {"name": "qa", "task": "generation", "metrics": ["exact-match"],
+         "dataset": {"configMap": {"name": "rbac-qa", "key": "qa.jsonl"}}}]))
+    for name, field in (("rbac-no-class", "spec.scheduling.priorityClassName"),
+                        ("rbac-queue", "spec.scheduling.queueName"),
+                        ("rbac-no-cm", "spec.benchmarks[0].dataset.configMap.name")):
+        status = wait_status(cluster, team, name, "a missing reference",
+                             lambda s: s.get("reason") in ("MissingReference",
+                                                           "ReferenceNotFound"), timeout=120)
+        assert status["message"].startswith(field), (status, log())
+    for name in ("rbac-no-class", "rbac-queue", "rbac-no-cm"):
+        cluster.kubectl("delete", "evaluationtask", name, "-n", team, "--timeout=120s")
+
+    # 4. Deleting the completed task purges its results and lets the task go.
     cluster.kubectl("delete", "evaluationtask", "rbac-ok", "-n", team, "--timeout=120s")
     assert get_task(cluster, team, "rbac-ok") is None
     left = s3.list_object_versions(Bucket=BUCKET, Prefix=prefix)

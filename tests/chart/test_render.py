@@ -28,7 +28,7 @@ from tests.chart.chart import (
 
 SA = "system:serviceaccount"
 NAMESPACED_RESOURCES = {"evaluationtasks", "evaluationtasks/status", "jobs", "pods",
-                        "configmaps", "events"}
+                        "configmaps", "events", "localqueues"}
 
 
 def load_sync_script() -> ModuleType:
@@ -295,7 +295,10 @@ def test_rbac_is_least_privilege(values: dict[str, Any]) -> None:
     # Pods, events and ConfigMaps: never changed or deleted.
     assert {v for _, r, v in granted if r == "pods"} == {"get", "list", "watch"}
     assert {v for _, r, v in granted if r == "configmaps"} == {"create", "get"}
-    assert {v for _, r, v in granted if r == "events"} == {"create"}
+    # Events: posted on tasks; listed only to read the Job controller's FailedCreate.
+    assert {v for _, r, v in granted if r == "events"} == {"create", "list"}
+    # Kueue: whether a task's LocalQueue exists, nothing more.
+    assert {(g, v) for g, r, v in granted if r == "localqueues"} == {("kueue.x-k8s.io", "get")}
 
 
 @pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]}],

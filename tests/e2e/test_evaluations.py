@@ -259,3 +259,29 @@ def test_cancel_during_a_run_stops_the_pod_and_keeps_the_uploads(
     assert b"benchmark quiz: 4 samples" in read_object(pod_s3, prefix + "runner.log")
     time.sleep(5)
     assert sorted(versions_under(pod_s3, prefix)) == versions
+
+
+# A missing Secret or key as the real kubelet reports it (CreateContainerConfigError), mapped
+# back to the task's own field (issue 10): the KWOK tests play the kubelet's words, here the
+# kubelet itself says them.
+def test_a_missing_secret_or_key_as_the_kubelet_reports_it(
+        cluster: Cluster, e2e_namespace: str, spec_for: Any, model: Any,
+        timings: Timings) -> None:
+    cluster.kubectl("create", "secret", "generic", "llm-key-wrong", "-n", e2e_namespace,
+                    "--from-literal=other=x")
+    runs = {}
+    for name, secret in (("no-secret", "llm-key"), ("no-key", "llm-key-wrong")):
+        spec = spec_for()
+        spec["model"]["endpoint"]["apiKeySecretRef"] = {"name": secret, "key": "token"}
+        runs[name] = create_task(cluster, e2e_namespace, name, spec)
+    expected = {
+        "no-secret": ('spec.model.endpoint.apiKeySecretRef.name: Secret "llm-key" not found '
+                      f'in namespace "{e2e_namespace}"'),
+        "no-key": ('spec.model.endpoint.apiKeySecretRef.key: Secret "llm-key-wrong" in '
+                   f'namespace "{e2e_namespace}" has no key "token"'),
+    }
+    for name, text in expected.items():
+        status = runs[name].finish(timings, f"missing reference ({name})")
+        assert (status["phase"], status["reason"]) == ("Failed", "ReferenceNotFound"), status
+        # The operator never reads Secrets: the field comes from the kubelet's message alone.
+        assert status["message"].startswith(text), status

@@ -11,9 +11,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from evaluation_operator import deletion
+from evaluation_operator import deletion, reconcile
 from evaluation_operator.config import OperatorSettings
-from evaluation_operator.kube import Api, Throttle
+from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
 from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
 from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod
@@ -69,6 +69,9 @@ class FakeKube:
         self.existing: dict[str, str] = {}  # kind -> owner uid
         self.status_patches: list[dict[str, Any]] = []
         self.refuse_with: ApiException | None = None
+        self.configmaps: dict[str, frozenset[str]] = {}  # name -> keys (dataset ConfigMaps)
+        self.failed: dict[str, FailedCreate] = {}  # Job uid -> its FailedCreate event
+        self.queues: dict[str, Found] = {}
 
     def create(self, manifest: dict[str, Any]) -> bool:
         self.calls.append(f"create {manifest['kind']}")
@@ -89,6 +92,18 @@ class FakeKube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.calls.append("delete Job")
+
+    def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        self.calls.append(f"get ConfigMap {name}")
+        return self.configmaps.get(name)
+
+    def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
+        self.calls.append("list events")
+        return self.failed
+
+    def local_queue(self, namespace: str, name: str) -> Found:
+        self.calls.append(f"get LocalQueue {name}")
+        return self.queues.get(name, Found.NO)
 
 
 class Cluster:
@@ -661,3 +676,123 @@ def test_cancelling_a_finished_task_changes_nothing_but_the_observed_generation(
     status = c.kube.status_patches[0]
     assert status == {**completed, "observedGeneration": 2, "conditions": [
         {**completed["conditions"][0], "observedGeneration": 2}]}
+
+
+# --- missing references: ConfigMaps looked up first, FailedCreate events, LocalQueues ------
+
+
+def configmap_task(status: dict[str, Any] | None = None) -> Task:
+    raw = body(status)
+    raw["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    raw["spec"]["benchmarks"][0]["dataset"] = {"configMap": {"name": "qa", "key": "qa.jsonl"}}
+    return Task.from_body(raw, OperatorSettings(**{**SETTINGS.__dict__,
+                                                   "start_failure_grace_seconds": 60}))
+
+
+def test_a_missing_dataset_configmap_holds_back_the_job_until_it_exists() -> None:
+    async def scenario() -> tuple[Cluster, dict[str, Any], list[str]]:
+        t = configmap_task()
+        c = Cluster(t)
+        c.reconciler.settings = OperatorSettings(**{**SETTINGS.__dict__,
+                                                    "start_failure_grace_seconds": 60})
+        c.reconciler.clock = lambda: datetime.datetime(2026, 1, 1, 0, 0, 10,
+                                                       tzinfo=datetime.UTC)
+        await c.reconciler.task_seen(t)
+        await c.reconciler.drain()
+        waiting = c.kube.status_patches[-1]
+        calls = list(c.kube.calls)
+        c.kube.configmaps["qa"] = frozenset({"qa.jsonl"})
+        await c.reconciler.task_seen(t)
+        await c.reconciler.drain()
+        return c, waiting, calls
+
+    c, waiting, calls = run(scenario())
+    assert calls == ["get ConfigMap qa", "patch status"]  # no Job, no runner ConfigMap
+    assert (waiting["phase"], waiting["reason"]) == ("Evaluating", "MissingReference")
+    assert waiting["message"].startswith('spec.benchmarks[0].dataset.configMap.name: '
+                                         'ConfigMap "qa" not found in namespace "team-a"')
+    assert "still missing at 2026-01-01T00:01:00Z" in waiting["message"]
+    assert c.kube.calls[2:] == ["get ConfigMap qa", "create ConfigMap", "create Job"]
+    assert c.reconciler.state_sizes()["overrides"] == 0
+
+
+def test_a_dataset_configmap_missing_past_the_grace_fails_the_task() -> None:
+    async def scenario() -> dict[str, Any]:
+        t = configmap_task()
+        c = Cluster(t)
+        c.reconciler.settings = OperatorSettings(**{**SETTINGS.__dict__,
+                                                    "start_failure_grace_seconds": 60})
+        c.reconciler.clock = lambda: datetime.datetime(2026, 1, 1, 0, 5, tzinfo=datetime.UTC)
+        c.kube.configmaps["qa"] = frozenset({"other.jsonl"})
+        await c.reconciler.task_seen(t)
+        await c.reconciler.drain()
+        return c.kube.status_patches[-1]
+
+    failed = run(scenario())
+    assert (failed["phase"], failed["reason"]) == ("Failed", "ReferenceNotFound")
+    assert failed["message"].startswith('spec.benchmarks[0].dataset.configMap.key: ConfigMap '
+                                        '"qa" in namespace "team-a" has no key "qa.jsonl"')
+
+
+def test_a_job_without_a_pod_is_explained_by_its_failed_create_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconcile, "FIRST_LOOKUP_SECONDS", 0.0)
+    raw = body()
+    raw["spec"]["scheduling"] = {"priorityClassName": "urgent"}
+    t = Task.from_body(raw, SETTINGS)
+
+    async def scenario() -> Cluster:
+        c = Cluster(t)
+        c.kube.failed = {"job-1": FailedCreate(
+            'pods "t-eval-1" is forbidden: no PriorityClass with name urgent was found',
+            datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))}
+        c.set(job(), [])
+        await c.changed()
+        c.set(pods=[pod("Running")])  # once a pod exists, no more lookups
+        await c.changed()
+        return c
+
+    c = run(scenario())
+    failed = c.kube.status_patches[0]
+    # The grace (180 s) is long over for a refusal first seen at 2026-01-01.
+    assert (failed["phase"], failed["reason"]) == ("Failed", "ReferenceNotFound")
+    assert failed["message"].startswith('spec.scheduling.priorityClassName: PriorityClass '
+                                        '"urgent" not found')
+    assert c.kube.calls.count("list events") == 1 and "delete Job" in c.kube.calls
+    assert c.reconciler.state_sizes()["lookups"] == 0
+
+
+def test_a_queued_task_whose_local_queue_is_missing_says_so_and_shares_the_lookup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconcile, "FIRST_LOOKUP_SECONDS", 0.0)
+    raw = body()
+    raw["spec"]["scheduling"] = {"queueName": "gpu-q"}
+    t = Task.from_body(raw, SETTINGS)
+    suspended = compact_job({"metadata": {"name": "t-eval", "uid": "job-1"},
+                             "spec": {"suspend": True}, "status": {}})
+
+    async def scenario() -> Cluster:
+        c = Cluster(t)
+        c.set(suspended, [])
+        await c.changed()
+        c.reconciler._lookups[UID].due = 0  # due again: the queue's answer is cached
+        await c.changed()
+        return c
+
+    c = run(scenario())
+    status = c.kube.status_patches[-1]
+    assert status["reason"] == "MissingReference"
+    assert status["message"].startswith('spec.scheduling.queueName: LocalQueue "gpu-q" not '
+                                        'found in namespace "team-a"')
+    assert c.kube.calls.count("get LocalQueue gpu-q") == 1
+
+
+def test_failed_create_events_are_listed_once_per_namespace_for_all_its_tasks() -> None:
+    async def scenario() -> list[str]:
+        c = Cluster(task())
+        for _ in range(3):  # three tasks of team-a looking within EVENTS_LOOKUP_SECONDS
+            await c.reconciler._failed_creates_in("team-a")
+        await c.reconciler._failed_creates_in("team-b")
+        return c.kube.calls
+
+    assert run(scenario()) == ["list events", "list events"]

@@ -293,7 +293,8 @@ def test_what_each_reason_implies() -> None:
     assert Reason.SUCCEEDED.phase is Phase.COMPLETED and Phase.COMPLETED.terminal
     assert Reason.RUNNING.phase is Phase.EVALUATING and not Phase.EVALUATING.terminal
     assert {r for r in Reason if r.stops_job} == {Reason.IMAGE_PULL_ERROR,
-                                                 Reason.CONTAINER_CONFIG_ERROR, Reason.CANCELLED}
+                                                 Reason.CONTAINER_CONFIG_ERROR, Reason.CANCELLED,
+                                                 Reason.REFERENCE_NOT_FOUND}
     # A cancel is deliberate: a Normal event, not a warning; still a final Failed.
     assert Reason.CANCELLED.phase is Phase.FAILED and Reason.CANCELLED.posts_event
     assert not Reason.CANCELLED.warning

@@ -130,10 +130,16 @@ task lifecycle under this identity, so a missing rule fails a test.
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [create, get]
-# Events on tasks (JobCreated, Unschedulable, Succeeded, PurgeFailed...).
+# Events on tasks (JobCreated, Unschedulable, Succeeded, PurgeFailed...); `list` reads the
+# Job controller's FailedCreate events on a runner Job that has no pod (a missing
+# PriorityClass: docs/operator.md, Missing references).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
+# Whether the LocalQueue named in spec.scheduling.queueName exists (Kueue; read only).
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get]
 {{- end }}
 
 {{/* The Lease the replicas elect their leader on. */}}

@@ -33,6 +33,8 @@ MAX_BOOTSTRAP_ITERATIONS = 100_000
 # metricOptions keys: one per option group a registered metric reads.
 OPTION_KEYS = OPTION_GROUPS
 FRAMEWORKS = ("builtin", "lm-eval")
+# spec.parallelism's maximum (the CRD's): one Indexed Job of at most this many pods.
+MAX_SHARDS = 64
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class RunnerConfig:
     progress_interval_seconds: float
     raw: dict[str, Any]
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
-
+    # How many pods share the samples (sharding.count; 1: one pod does everything).
+    shards: int = 1
 
 
 def _require(obj: Any, key: str, path: str) -> Any:
@@ -306,7 +309,22 @@ def parse_config(raw: Any) -> RunnerConfig:
                             endpoint_url=s3.get("endpointUrl"), region=s3.get("region")),
         progress_interval_seconds=float(raw.get("progressIntervalSeconds", 10)),
         raw=raw, watchdog=_watchdog(raw.get("watchdog")),
+        shards=_shards(raw.get("sharding"), framework),
     )
+
+
+def _shards(raw: Any, framework: str) -> int:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError("sharding: must be an object")
+    count = raw.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SHARDS:
+        raise ConfigurationError(f"sharding.count: {count!r}: an integer from 1 to {MAX_SHARDS}")
+    if count > 1 and framework != "builtin":
+        raise ConfigurationError(
+            "sharding.count: a sharded run needs the builtin framework (lm-eval runs each "
+            "benchmark whole); use parallelism 1 with lm-eval")
+    return count
 
 
 def _watchdog(raw: Any) -> WatchdogConfig:

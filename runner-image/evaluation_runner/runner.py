@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from evaluation_runner import layout, lm_eval_adapter, termination
+from evaluation_runner import layout, lm_eval_adapter, sharding, termination
 from evaluation_runner.bundle import BenchmarkResult, bundle_files, summary_document, zip_bundle
 from evaluation_runner.checkpoints import BenchmarkCheckpoint, CheckpointStore
 from evaluation_runner.config import BenchmarkConfig, RunnerConfig
@@ -23,7 +23,13 @@ from evaluation_runner.metrics import REGISTRY, Answer, as_score, compute_metric
 from evaluation_runner.model_client import ModelClient, resolve_api_key
 from evaluation_runner.progress import ProgressTracker
 from evaluation_runner.storage import ResultsWriter, s3_client
-from evaluation_runner.tasks import Generation, Prediction, predict_all, predict_batched
+from evaluation_runner.tasks import (
+    Generation,
+    Prediction,
+    label_set,
+    predict_all,
+    predict_batched,
+)
 from evaluation_runner.watchdog import Watchdog
 
 RUNNER_VERSION = "0.1.0"
@@ -113,12 +119,15 @@ def _abort_process(error: RunnerError) -> None:
 
 def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None,
         abort: Callable[[RunnerError], None] = _abort_process,
-        log_contents: Callable[[], bytes] | None = None) -> bytes:
+        log_contents: Callable[[], bytes] | None = None, shard: int | None = None) -> bytes:
     """Evaluate, upload the bundle, and return the termination message. Raises RunnerError.
 
     `abort` is called from the watchdog's thread when the attempt hangs; it must end the
-    process (the default does, with the error's exit code)."""
+    process (the default does, with the error's exit code). `shard`: answer only that
+    shard's samples (sharding.py) and write them below shards/<shard>/, no scores."""
     started, clock = _now(), time.monotonic()
+    if shard is not None:
+        writer = writer.below(layout.shard_prefix(shard))
     api_key: str | None = None
     checkpoints = CheckpointStore(writer)
 
@@ -143,13 +152,15 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         api_key = resolve_api_key(config.endpoint)
         client = ModelClient(config.endpoint, config.model_name, api_key=api_key,
                              watchdog=watchdog)
-    s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
-                        if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
-                        else None)
-    datasets = [load_dataset(b, i, s3) for i, b in enumerate(config.benchmarks)]
-    for benchmark, dataset in zip(config.benchmarks, datasets, strict=True):
-        log.info("benchmark %s: %d samples from %s (sha256 %s)", benchmark.name,
-                 len(dataset.samples), dataset.uri, dataset.sha256)
+    whole = load_datasets(config, dataset_s3)
+    # A shard's prompts list the labels of the whole dataset, as one pod's would.
+    labels = [label_set(b, d.samples, d.examples)
+              for b, d in zip(config.benchmarks, whole, strict=True)]
+    datasets = (whole if shard is None
+                else sharding.shard_datasets(whole, config.shards, shard))
+    if shard is not None:
+        log.info("shard %d of %d: %d samples", shard, config.shards,
+                 sum(len(d.samples) for d in datasets))
     generation = Generation(config.max_tokens, config.temperature, config.seed)
     totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
     framework_results: dict[str, dict[str, Any]] = {}
@@ -174,13 +185,38 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
-        results = _evaluate(config, client, datasets, generation, checkpoints, tracker,
+        answers = _evaluate(config, client, datasets, labels, generation, checkpoints, tracker,
                             watchdog, api_key, framework_results)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+    timings = {"startedAt": started, "finishedAt": _now(),
+               "seconds": round(time.monotonic() - clock, 3)}
+    if shard is not None:
+        return sharding.publish_shard(writer, config, shard, whole, answers,
+                                      checkpoints.report(), timings, tracker.document())
+    results = [score_benchmark(b, d, p)
+               for b, d, p in zip(config.benchmarks, datasets, answers, strict=True)]
     overall = overall_score([(r.score, r.weight) for r in results])
-    context = {
+    context = run_context(config, framework_results, checkpoints.report(), timings)
+    return publish(writer, results, overall, context, tracker.document(), log_contents)
+
+
+def load_datasets(config: RunnerConfig, dataset_s3: Any | None) -> list[LoadedDataset]:
+    s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
+                        if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
+                        else None)
+    datasets = [load_dataset(b, i, s3) for i, b in enumerate(config.benchmarks)]
+    for benchmark, dataset in zip(config.benchmarks, datasets, strict=True):
+        log.info("benchmark %s: %d samples from %s (sha256 %s)", benchmark.name,
+                 len(dataset.samples), dataset.uri, dataset.sha256)
+    return datasets
+
+
+def run_context(config: RunnerConfig, framework_results: dict[str, dict[str, Any]],
+                resumed: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's description of the run, after the scores."""
+    return {
         "task": config.task,
         "model": {"name": config.model_name,
                   "endpoint": config.endpoint.url if config.endpoint else None,
@@ -189,18 +225,38 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         "framework": framework_document(config.framework, framework_results),
         "parameters": {"temperature": config.temperature, "maxTokens": config.max_tokens,
                        "concurrency": config.concurrency, "seed": config.seed},
-        "resumed": checkpoints.report(),
-        "timings": {"startedAt": started, "finishedAt": _now(),
-                    "seconds": round(time.monotonic() - clock, 3)},
+        "resumed": resumed,
+        "timings": timings,
     }
+
+
+def merge(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None,
+          log_contents: Callable[[], bytes] | None = None) -> bytes:
+    """The merge of a sharded run: every shard's answers, scored as one run would score
+    them, and the bundle at the task's prefix. Returns the termination message."""
+    clock = time.monotonic()
+    datasets = load_datasets(config, dataset_s3)
+    gathered = sharding.gather(writer, config, datasets)
+    results = [score_benchmark(b, d, p)
+               for b, d, p in zip(config.benchmarks, datasets, gathered.answers, strict=True)]
+    overall = overall_score([(r.score, r.weight) for r in results])
+    timings = {"startedAt": gathered.started_at or _now(), "finishedAt": _now(),
+               "seconds": round(time.monotonic() - clock, 3)}
+    context = run_context(config, {}, gathered.resumed, timings)
+    context["shards"] = gathered.bookkeeping
+    totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
+    tracker = ProgressTracker(totals, lambda _: None, config.progress_interval_seconds)
+    tracker.done = dict(totals)
+    log.info("merged %d shards: overall score %s", config.shards, overall)
     return publish(writer, results, overall, context, tracker.document(), log_contents)
 
 
 def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset],
-              generation: Generation, checkpoints: CheckpointStore, tracker: ProgressTracker,
-              watchdog: Watchdog, api_key: str | None,
-              framework_results: dict[str, dict[str, Any]]) -> list[BenchmarkResult]:
-    results: list[BenchmarkResult] = []
+              labels: list[list[str]], generation: Generation, checkpoints: CheckpointStore,
+              tracker: ProgressTracker, watchdog: Watchdog, api_key: str | None,
+              framework_results: dict[str, dict[str, Any]]) -> list[list[Prediction]]:
+    """Every benchmark's answers, in dataset order."""
+    results: list[list[Prediction]] = []
 
     def advance(name: str) -> None:
         tracker.advance(name)
@@ -221,16 +277,17 @@ def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset],
             elif hasattr(client, "loglikelihood_many"):  # an in-pod model: batches
                 predictions = predict_batched(
                     client, benchmark, dataset.samples, dataset.examples, generation,
-                    on_done=functools.partial(advance, benchmark.name), cache=checkpoint)
+                    on_done=functools.partial(advance, benchmark.name), cache=checkpoint,
+                    labels=labels[index])
             else:
                 predictions = predict_all(
                     client, benchmark, dataset.samples, dataset.examples, generation,
                     config.concurrency, on_done=functools.partial(advance, benchmark.name),
-                    cache=checkpoint)
+                    cache=checkpoint, labels=labels[index])
             checkpoint.finished(len(predictions), native)
             log.info("benchmark %s: answered (%d reused from checkpoints, %d requested)",
                      benchmark.name, checkpoint.reused, checkpoint.requested)
-            results.append(score_benchmark(benchmark, dataset, predictions))
+            results.append(predictions)
     return results
 
 

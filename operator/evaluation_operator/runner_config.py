@@ -90,4 +90,5 @@ def build_runner_config(
             }
         },
         "progressIntervalSeconds": min(settings.progress_interval_seconds, 30),
+        **({"sharding": {"count": spec.parallelism}} if spec.parallelism > 1 else {}),
     }

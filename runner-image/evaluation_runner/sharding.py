@@ -163,17 +163,22 @@ def gather(writer: ResultsWriter, config: RunnerConfig, datasets: Sequence[Loade
                     f"merge: shard {index} holds {len(lines)} answers for {benchmark.name}, "
                     f"its block has {len(block)}", reason="RunnerError")
             for position, line in zip(block, lines, strict=True):
-                record = json.loads(line)
                 sample = dataset.samples[position]
-                if record["index"] != sample.index:
+                try:
+                    record = json.loads(line)
+                    logprobs = record.get("choiceLogprobs")
+                    answers[b][position] = Prediction(
+                        sample, str(record["prompt"]), str(record["prediction"]),
+                        tuple(float(v) for v in logprobs) if logprobs is not None else None)
+                    row = record["index"]
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
                     raise TransientError(
-                        f"merge: shard {index}, {benchmark.name}: answer for row "
-                        f"{record['index']} where row {sample.index} belongs",
-                        reason="RunnerError")
-                logprobs = record.get("choiceLogprobs")
-                answers[b][position] = Prediction(
-                    sample, str(record["prompt"]), str(record["prediction"]),
-                    tuple(float(v) for v in logprobs) if logprobs is not None else None)
+                        f"merge: shard {index}, {benchmark.name}: unreadable answer for row "
+                        f"{sample.index}: {error!r}", reason="RunnerError") from error
+                if row != sample.index:
+                    raise TransientError(
+                        f"merge: shard {index}, {benchmark.name}: answer for row {row} where "
+                        f"row {sample.index} belongs", reason="RunnerError")
             report = (document.get("resumed") or {}).get("benchmarks", {}).get(
                 benchmark.name) or {}
             reused[benchmark.name][0] += int(report.get("answersReused") or 0)

@@ -76,8 +76,8 @@ def _job_finished(job: dict[str, Any]) -> bool:
 
 
 async def delete_task(task: Task, job: dict[str, Any] | None, pods: list[dict[str, Any]],
-                      retry: int, settings: OperatorSettings, api: Api, s3: Any | None
-                      ) -> None:
+                      retry: int, settings: OperatorSettings, api: Api, s3: Any | None,
+                      merge_job: dict[str, Any] | None = None) -> None:
     """Stop the runner, then delete every object version under the task's prefix.
 
     The order matters: a runner still going after the purge would write its progress or
@@ -92,6 +92,8 @@ async def delete_task(task: Task, job: dict[str, Any] | None, pods: list[dict[st
     running, overdue = pods_still_running(pods, datetime.datetime.now(datetime.UTC))
     if job is not None and (running or not _job_finished(job)):
         await api.call(api.kube.delete_job, task.namespace, task.job_name)
+    if merge_job is not None and (running or not _job_finished(merge_job)):
+        await api.call(api.kube.delete_job, task.namespace, task.merge_job_name)
     if running:
         raise RetryLater(f"waiting for runner pod(s) {', '.join(running)} to stop before "
                          "deleting the results", delay=2)

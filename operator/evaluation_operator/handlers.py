@@ -26,7 +26,7 @@ from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
 from evaluation_operator.s3 import shared_client
 from evaluation_operator.task import Task
-from evaluation_operator.world import World, compact_job, compact_pod, task_uid_of
+from evaluation_operator.world import World, compact_job, compact_pod, is_merge, task_uid_of
 
 SETTINGS = OperatorSettings.from_env()
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -149,13 +149,13 @@ async def task_event(type: str, uid: str, **kwargs: Any) -> None:
 
 
 @kopf.on.event(*JOBS, labels=CHILD_LABELS)
-async def job_event(type: str, meta: kopf.Meta, **kwargs: Any) -> None:
+async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, **kwargs: Any) -> None:
     uid = task_uid_of(meta)
     if not uid:
         return
     r = _world(kwargs)
     if type == "DELETED":
-        await r.job_gone(uid)
+        await r.job_gone(uid, merge=is_merge(body))
     else:
         r.mark(uid)
 
@@ -177,8 +177,9 @@ async def task_deleted(body: kopf.Body, uid: str, retry: int, **kwargs: Any) -> 
     r = _world(kwargs)
     task = Task.from_body(body, SETTINGS)
     try:
-        await deletion.delete_task(task, r.world.job(uid), r.world.pods(uid), retry, SETTINGS,
-                                   r.api, r.s3() if r.s3 else None)
+        await deletion.delete_task(task, r.world.job(uid), r.world.all_pods(uid), retry,
+                                   SETTINGS, r.api, r.s3() if r.s3 else None,
+                                   merge_job=r.world.merge_job(uid))
     except RetryLater as later:
         raise kopf.TemporaryError(str(later), delay=later.delay) from later
     r.forget(uid)

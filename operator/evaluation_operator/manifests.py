@@ -102,14 +102,45 @@ def _data_volumes(spec: TaskSpec) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 
 def build_job(task: Task, spec: TaskSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The evaluation Job: one pod, or with spec.parallelism N > 1 an Indexed Job of N pods
+    (pod i answers shard i; evaluation_runner.sharding), each with spec.resources."""
+    job = _job(task, spec, settings, task.job_name, gpus=True, args=[])
+    if spec.parallelism > 1:
+        job["spec"].update({
+            "completionMode": "Indexed",
+            "completions": spec.parallelism,
+            "parallelism": spec.parallelism,
+            # Each index retries on its own; one index out of retries fails the Job at once
+            # (the others' answers cannot make a complete result without it).
+            "backoffLimitPerIndex": spec.retries,
+            "maxFailedIndexes": 0,
+        })
+        del job["spec"]["backoffLimit"]  # defaults to "no limit" beside backoffLimitPerIndex
+    return job
+
+
+def build_merge_job(task: Task, spec: TaskSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The merge of a sharded run, created once every index succeeded: the runner in merge
+    mode scores all shards' answers and writes the bundle. CPU only; outside Kueue's queue
+    (the shards' workload is admitted and done; the merge holds no GPU)."""
+    job = _job(task, spec, settings, task.merge_job_name, gpus=False, args=["--mode", "merge"])
+    job["metadata"]["labels"].pop(naming.LABEL_KUEUE_QUEUE, None)
+    job["spec"].pop("suspend", None)
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        labels[naming.LABEL_ROLE] = naming.ROLE_MERGE
+    return job
+
+
+def _job(task: Task, spec: TaskSpec, settings: OperatorSettings, name: str, *, gpus: bool,
+         args: list[str]) -> dict[str, Any]:
     task_name = task.name
     labels = naming.child_labels(task_name, task.uid)
-    metadata = _metadata(task, task.job_name)
+    metadata = _metadata(task, name)
     resources: dict[str, Any] = {
         "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
         "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
     }
-    if spec.resources.gpu > 0:
+    if gpus and spec.resources.gpu > 0:
         resources["limits"][spec.resources.gpu_resource] = str(spec.resources.gpu)
         resources["requests"][spec.resources.gpu_resource] = str(spec.resources.gpu)
     data_volumes, data_mounts = _data_volumes(spec)
@@ -117,7 +148,7 @@ def build_job(task: Task, spec: TaskSpec, settings: OperatorSettings) -> dict[st
         "name": RUNNER_CONTAINER,
         "image": spec.image or settings.runner_image,
         "imagePullPolicy": settings.runner_image_pull_policy,
-        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}", *args],
         "env": _env(spec),
         "resources": resources,
         "securityContext": {

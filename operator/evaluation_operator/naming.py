@@ -19,6 +19,11 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_TASK = "evaluation.dev/task"
 LABEL_TASK_UID = "evaluation.dev/task-uid"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# Only on a sharded run's merge Job and its pod: tells them from the evaluation's.
+LABEL_ROLE = "evaluation.dev/role"
+ROLE_MERGE = "merge"
+# Set by the Job controller on an Indexed Job's pods.
+LABEL_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # The task label holds a shortened name when the task's is too long for a label value;
 # this annotation always holds the full name.
 ANNOTATION_TASK_NAME = "evaluation.dev/task-name"
@@ -36,6 +41,11 @@ def child_name(task_name: str, suffix: str) -> str:
 
 def job_name(task_name: str) -> str:
     return child_name(task_name, "eval")
+
+
+def merge_job_name(task_name: str) -> str:
+    """The Job that merges a sharded run's answers (spec.parallelism > 1)."""
+    return child_name(task_name, "merge")
 
 
 def configmap_name(task_name: str) -> str:

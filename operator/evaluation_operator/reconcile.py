@@ -37,9 +37,10 @@ from evaluation_operator.config import OperatorSettings
 from evaluation_operator.gates import CONDITION as PASSED_CONDITION
 from evaluation_operator.gates import GateReason
 from evaluation_operator.kube import Api, FailedCreate, Found, api_message
-from evaluation_operator.manifests import build_configmap, build_job
+from evaluation_operator.manifests import build_configmap, build_job, build_merge_job
 from evaluation_operator.runner_config import build_runner_config
-from evaluation_operator.s3 import ResultsLocation, read_capped
+from evaluation_operator.s3 import SHARDS_DIRECTORY, ResultsLocation, read_capped
+from evaluation_operator.sharded import assess_sharded
 from evaluation_operator.states import Phase, Reason, reason_of
 from evaluation_operator.status import (
     Assessment,
@@ -126,6 +127,7 @@ def task_context(task: Task, settings: OperatorSettings, lookup: _Lookup | None 
         failed_create=lookup.failed_create if lookup else "",
         failed_create_since=lookup.failed_create_since if lookup else None,
         missing_queue=lookup.missing_queue if lookup else None,
+        shards=spec.parallelism,
     )
 
 
@@ -134,10 +136,11 @@ def invalid_spec(message: str) -> Assessment:
                       f"Invalid spec: {message}. Fix it and create a new task.")
 
 
-def job_deleted(task: Task) -> Assessment:
+def job_deleted(task: Task, name: str | None = None) -> Assessment:
     return Assessment(
         Reason.JOB_DELETED,
-        f"The Job {task.job_name} was deleted before the run finished; anything it wrote is "
+        f"The Job {name or task.job_name} was deleted before the run finished; anything it "
+        "wrote is "
         f"under {task.results_uri}. Create a new task (or delete and re-create this one) to "
         "run again.", scheduled=True)
 
@@ -227,7 +230,8 @@ class Reconciler:
         if task.spec is None:
             self._override(task.uid, invalid_spec(task.spec_error or "unreadable"))
             return
-        if self.world.job(task.uid) is not None or self._created.get(task.uid):
+        if (self.world.job(task.uid) is not None or self._created.get(task.uid)
+                or self.world.merge_job(task.uid) is not None):
             if self._written.get(task.uid) is None and task.uid not in self._pending:
                 self.mark(task.uid)  # first sight since start: bring status in line
             return
@@ -254,11 +258,19 @@ class Reconciler:
         self._pending[uid] = pending
         self._spawn(self._write_loop(uid, pending))
 
-    async def job_gone(self, uid: str) -> None:
+    async def job_gone(self, uid: str, merge: bool = False) -> None:
         """The task's Job was deleted: by the TTL or with the task (nothing to do), by
-        someone mid-run (the task fails), or before any runner started (made again)."""
+        someone mid-run (the task fails), or before any runner started (made again).
+        `merge`: a sharded run's merge Job; its shards' Job finished and may go by TTL."""
         task = self.world.task(uid)
         if task is None or task.deleting or self._is_final(task):
+            return
+        if merge:
+            self._override(uid, job_deleted(task, task.merge_job_name))
+            return
+        if task.sharded and (self.world.merge_job(uid) is not None
+                             or (self._status(task).get("shards") or {}).get("merge")):
+            self.mark(uid)  # every shard had answered: the merge goes on without it
             return
         self._created.pop(uid)
         if task.cancel_requested:
@@ -413,6 +425,18 @@ class Reconciler:
             return True
         return False
 
+    async def create_merge(self, task: Task) -> None:
+        """A sharded run's merge Job, once every shard answered (409: made already)."""
+        assert task.spec is not None
+        try:
+            await self._create_owned(task, build_merge_job(task, task.spec, self.settings))
+        except RejectedSpecError as error:
+            self._override(task.uid, invalid_spec(str(error)))
+        except Exception as error:  # the next status write tries again
+            log.warning("creating the merge Job of %s failed: %s", task.key, error)
+            asyncio.get_running_loop().call_later(FAILED_WRITE_RETRY_SECONDS, self.mark,
+                                                  task.uid)
+
     async def _create_owned(self, task: Task, manifest: dict[str, Any]) -> None:
         """Create a child. An existing one is ours (a restart) unless it belongs to an older
         task of the same name."""
@@ -472,6 +496,12 @@ class Reconciler:
             return override
         if task.spec is None:
             return invalid_spec(task.spec_error or "unreadable")
+        if task.sharded:
+            return assess_sharded(job, self.world.pods(task.uid),
+                                  self.world.merge_job(task.uid),
+                                  self.world.merge_pods(task.uid),
+                                  task_context(task, self.settings), task.merge_job_name,
+                                  self._status(task), now=self.clock())
         if job is None:
             return None  # its Job event follows: nothing new to say before
         return assess(job, self.world.pods(task.uid),
@@ -520,6 +550,8 @@ class Reconciler:
             assessment = self._assess(task) or assessment
         previous = self._status(task)
         scores = None
+        if assessment.start_merge:
+            await self.create_merge(task)
         if assessment.reason is Reason.SUCCEEDED:
             assessment, scores = await self._scores(task, assessment)
         status = render_status(
@@ -727,12 +759,20 @@ class Reconciler:
         uri = task.results_uri
         if not uri or self.s3 is None:
             return
+        keys = ([f"{SHARDS_DIRECTORY}/{i}/progress.json" for i in range(task.spec.parallelism)]
+                if task.spec is not None and task.sharded else ["progress.json"])
         try:
-            data = await self.api.call(read_capped, self.s3(), ResultsLocation.from_uri(uri),
-                                       "progress.json", runner_output.MAX_PROGRESS_BYTES)
-            if data is None:
-                return
-            value = progress_fields(runner_output.parse_progress(data))
+            parts = []
+            for key in keys:
+                data = await self.api.call(read_capped, self.s3(),
+                                           ResultsLocation.from_uri(uri), key,
+                                           runner_output.MAX_PROGRESS_BYTES)
+                if data is None:
+                    return  # a shard that has not started: no total to show yet
+                parts.append(runner_output.parse_progress(data))
+            # A sharded run shows the sum of its shards (per-benchmark states: one pod only).
+            value = progress_fields(parts[0] if len(parts) == 1 else runner_output.Progress(
+                sum(p.done for p in parts), sum(p.total for p in parts)))
         except Exception as error:
             # Progress is informational: a bad progress.json is not shown, and the run goes on.
             log.warning("progress.json of %s not shown: %s", task.key, error)

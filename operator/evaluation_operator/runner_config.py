@@ -91,4 +91,5 @@ def build_runner_config(
         },
         "progressIntervalSeconds": min(settings.progress_interval_seconds, 30),
         "failurePolicy": spec.failure_policy,
+        **({"sharding": {"count": spec.parallelism}} if spec.parallelism > 1 else {}),
     }

@@ -198,6 +198,10 @@ def purge(client: Any, location: ResultsLocation) -> int:
 # The folders a runner writes one level of subfolders into (evaluation_runner.storage.
 # RUNNER_DIRECTORIES is the source; tests/runner/test_layout.py checks both against a run).
 RUNNER_DIRECTORIES = ("benchmarks", "checkpoints")
+# A sharded run's folder and the files of each shard (evaluation_runner.layout.SHARDS_DIR and
+# SHARD_FILES are the source; tests/runner/test_sharding.py checks both against a run).
+SHARDS_DIRECTORY = "shards"
+SHARD_FILES = ("progress.json", "runner.log", "shard.json")
 
 
 def is_task_key(relative: str) -> bool:
@@ -209,7 +213,13 @@ def is_task_key(relative: str) -> bool:
     purge must leave them alone.
     """
     parts = relative.split("/")
-    return len(parts) <= 2 or (len(parts) == 3 and parts[0] in RUNNER_DIRECTORIES)
+    if len(parts) <= 2 or (len(parts) == 3 and parts[0] in RUNNER_DIRECTORIES):
+        return True
+    # A sharded run: `shards/<i>/` holds the shard's files and the same two folders, one
+    # level down. A nested task's keys there would have its uid at parts[2]: never matched.
+    return (parts[0] == SHARDS_DIRECTORY and parts[1].isdigit()
+            and ((len(parts) == 3 and parts[2] in SHARD_FILES)
+                 or (len(parts) == 5 and parts[2] in RUNNER_DIRECTORIES)))
 
 
 def _versions(client: Any, location: ResultsLocation, limit: int) -> Any:

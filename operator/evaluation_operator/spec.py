@@ -17,6 +17,8 @@ TASK_TYPES = ("multiple-choice", "generation", "classification")
 # checks this copy, the CRD's enum and the docs against it.
 METRICS = ("accuracy", "acc-norm", "exact-match", "f1", "bleu", "chrf", "rouge-1", "rouge-2",
            "rouge-l", "rouge-lsum")
+# The CRD's spec.parallelism maximum (and the runner's, evaluation_runner.config.MAX_SHARDS).
+MAX_PARALLELISM = 64
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
 _URL_WITH_CREDENTIALS = re.compile(r"^https?://[^/?#]*@")
@@ -148,6 +150,8 @@ class TaskSpec:
     output: Output
     gates: tuple[Gate, ...] = ()
     failure_policy: str = "Continue"  # one of FAILURE_POLICIES
+    # Pods sharing the samples (an Indexed Job and a merge when above 1; sharding.py).
+    parallelism: int = 1
 
 
 # Bucket and prefix rules, mirrored one for one by the CRD's CEL rules on spec.output.s3
@@ -372,6 +376,14 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
     if failure_policy not in FAILURE_POLICIES:
         raise SpecError("spec.failurePolicy",
                         f"{failure_policy!r}: use {' or '.join(FAILURE_POLICIES)}")
+    parallelism = spec.get("parallelism", 1)
+    if not isinstance(parallelism, int) or isinstance(parallelism, bool) or not (
+            1 <= parallelism <= MAX_PARALLELISM):
+        raise SpecError("spec.parallelism", f"{parallelism!r}: an integer from 1 to "
+                                            f"{MAX_PARALLELISM}")
+    if parallelism > 1 and str(framework.get("name", "builtin")) != "builtin":
+        raise SpecError("spec.parallelism", "above 1 needs framework builtin (lm-eval runs "
+                                            "each benchmark whole in one process)")
     parameters = {"temperature": 0.0, "maxTokens": 256, "concurrency": 16, "seed": 1234}
     parameters.update(spec.get("parameters") or {})
     benchmarks = _parse_benchmarks(spec.get("benchmarks"))
@@ -396,6 +408,7 @@ def parse_task_spec(spec: dict[str, Any], settings: OperatorSettings) -> TaskSpe
         ),
         timeout_seconds=parse_duration(str(spec.get("timeout", "2h"))),
         retries=retries,
+        parallelism=parallelism,
         output=Output(
             bucket=str(bucket), prefix=prefix.strip("/"),
             credentials_secret=str((s3.get("credentialsSecretRef") or {}).get("name")

@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     PREVIOUS_RUN_CLEANUP = "PreviousRunCleanup"
     RUNNING = "Running"
     COLLECTING_RESULTS = "CollectingResults"
+    MERGING = "Merging"  # a sharded run: every shard answered; the merge Job scores them
     # Completed.
     SUCCEEDED = "Succeeded"
     # Failed.

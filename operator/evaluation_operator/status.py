@@ -55,6 +55,8 @@ class TaskContext:
     failed_create: str = ""
     failed_create_since: datetime.datetime | None = None
     missing_queue: Missing | None = None
+    # spec.parallelism: the Job is an Indexed Job of this many pods (sharded.py).
+    shards: int = 1
 
 
 @dataclass
@@ -69,6 +71,9 @@ class Assessment:
     runner_summary: TerminationMessage | None = None
     # Look again this many seconds on even if nothing changes (a grace period ends).
     recheck_seconds: int | None = None
+    # A sharded run: status.shards, and whether its merge Job is to be created now.
+    shards: dict[str, Any] | None = None
+    start_merge: bool = False
 
     @property
     def phase(self) -> Phase:
@@ -262,6 +267,9 @@ class Observed:
             return ""
         code, kubelet_reason, summary = _failure_detail(self.failed_pods[-1])
         what = _runner_message(summary) or f"exit code {code} {kubelet_reason}".strip()
+        if self.ctx.shards > 1:
+            return (f" {len(self.failed_pods)} shard attempt(s) failed (each shard is retried "
+                    f"up to {self.ctx.retries} time(s)); the last: {what}.")
         return (f" Attempt {len(self.failed_pods) + 1} of {self.ctx.retries + 1}; the previous "
                 f"one failed: {what}.")
 
@@ -286,12 +294,18 @@ def _succeeded(seen: Observed) -> Assessment | None:
     pod = next((p for p in reversed(seen.pods) if _pod_phase(p) == "Succeeded"), None)
     terminated = (_terminated(pod) if pod else None) or {}
     job_done = "Complete" in seen.conditions or "SuccessCriteriaMet" in seen.conditions
+    if seen.ctx.shards > 1:
+        # One shard's pod is not the run; its message holds no scores (the merge's does).
+        if not job_done:
+            return None
+        pod, terminated = None, {}
     if not job_done and pod is None:
         return None
     completion = _timestamp(seen.job_status.get("completionTime") or terminated.get("finishedAt"))
     start = seen.first_run or _timestamp(seen.job_status.get("startTime"))
     try:
-        summary = parse_termination_message(terminated.get("message"))
+        summary = (parse_termination_message(terminated.get("message")) if pod is not None
+                   else None)
     except InvalidRunnerOutput as error:
         return invalid_runner_output(error, start, completion)
     return Assessment(
@@ -341,6 +355,12 @@ def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_r
     hint = RUNNER_REASON_HINTS.get(runner_reason or "", "")
     logs = (f"See `kubectl logs job/{ctx.job_name}`, or the runner's log in S3 at "
             "status.results.log (kept after the Job and its pods are gone).")
+    if ctx.shards > 1 and job_reason in _INDEX_FAILURES:
+        failed = seen.job_status.get("failedIndexes") or "?"
+        return (Reason.RETRIES_EXHAUSTED if ctx.retries > 0 else Reason.RUNNER_FAILED), (
+            f"Shard(s) {failed} of {ctx.shards} failed {len(seen.failed_pods)} time(s) in all "
+            f"and exhausted their retries (spec.retries={ctx.retries} per shard); the run "
+            f"cannot complete without them. Last failure: {detail}. {hint} {logs}")
     if job_reason == "BackoffLimitExceeded" and ctx.retries > 0:
         return Reason.RETRIES_EXHAUSTED, (
             f"The runner failed {len(seen.failed_pods)} time(s) and retries are exhausted "
@@ -348,6 +368,10 @@ def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_r
     retry = " (spec.retries=0: no retry)" if ctx.retries == 0 else ""
     other = f" (Job: {job_reason})" if job_reason not in ("", "BackoffLimitExceeded") else ""
     return Reason.RUNNER_FAILED, f"The runner failed{retry}{other}: {detail}. {hint} {logs}"
+
+
+# Why an Indexed Job fails when an index ran out of its backoffLimitPerIndex.
+_INDEX_FAILURES = ("FailedIndexes", "MaxFailedIndexesExceeded", "BackoffLimitExceeded")
 
 
 def _queued(seen: Observed) -> Assessment | None:
@@ -525,7 +549,8 @@ def render_status(
     scores: dict[str, Any] | None = None, gates: tuple[Gate, ...] = (),
 ) -> dict[str, Any]:
     """The status object. `gates`: the task's spec.gates, checked once the run completed
-    (`status.gates[]` and the `Passed` condition; no such condition without gates)."""
+    (`status.gates[]` and the `Passed` condition; no such condition without gates).
+    `a.shards` (a sharded run) becomes status.shards; the last one known stays."""
     states = _condition_states(a)
     verdicts = (evaluate(gates, ScoreTable.from_status(scores))
                 if gates and a.phase is Phase.COMPLETED and scores else None)
@@ -561,6 +586,8 @@ def render_status(
         status["currentBenchmark"] = "" if a.phase.terminal else previous["currentBenchmark"]
     if previous.get("progress"):
         status["progress"] = previous["progress"]
+    if a.shards or previous.get("shards"):
+        status["shards"] = a.shards or previous["shards"]
     if a.phase is Phase.COMPLETED and scores and (progress := final_progress(scores)):
         status["progress"] = progress
     return status

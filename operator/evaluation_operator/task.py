@@ -93,6 +93,14 @@ class Task:
         return naming.job_name(self.name)
 
     @property
+    def merge_job_name(self) -> str:
+        return naming.merge_job_name(self.name)
+
+    @property
+    def sharded(self) -> bool:
+        return self.spec is not None and self.spec.parallelism > 1
+
+    @property
     def configmap_name(self) -> str:
         return naming.configmap_name(self.name)
 

@@ -28,13 +28,22 @@ def task_uid_of(metadata: Mapping[str, Any]) -> str | None:
     return str(uid) if uid else None
 
 
+def is_merge(obj: Mapping[str, Any]) -> bool:
+    """A sharded run's merge Job or its pod (naming.LABEL_ROLE), not the evaluation's."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(naming.LABEL_ROLE) == naming.ROLE_MERGE
+
+
 def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
+    labels = _pick((body.get("metadata") or {}).get("labels"), naming.LABEL_ROLE)
     return {
-        "metadata": _pick(body.get("metadata"), "name", "namespace", "uid"),
-        "spec": _pick(body.get("spec"), "suspend"),
+        "metadata": {**_pick(body.get("metadata"), "name", "namespace", "uid"),
+                     **({"labels": labels} if labels else {})},
+        "spec": _pick(body.get("spec"), "suspend", "completions"),
         "status": {
-            **_pick(status, "startTime", "completionTime", "active", "succeeded", "failed"),
+            **_pick(status, "startTime", "completionTime", "active", "succeeded", "failed",
+                    "completedIndexes", "failedIndexes"),
             "conditions": [_pick(c, "type", "status", "reason", "message",
                                  "lastTransitionTime") for c in status.get("conditions") or []],
         },
@@ -47,9 +56,12 @@ def _container(status: Mapping[str, Any]) -> dict[str, Any]:
 
 def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
+    labels = _pick((body.get("metadata") or {}).get("labels"), naming.LABEL_ROLE,
+                   naming.LABEL_COMPLETION_INDEX)
     return {
-        "metadata": _pick(body.get("metadata"), "name", "namespace", "creationTimestamp",
-                          "deletionTimestamp", "deletionGracePeriodSeconds"),
+        "metadata": {**_pick(body.get("metadata"), "name", "namespace", "creationTimestamp",
+                             "deletionTimestamp", "deletionGracePeriodSeconds"),
+                     **({"labels": labels} if labels else {})},
         "spec": _pick(body.get("spec"), "nodeName"),
         "status": {
             **_pick(status, "phase", "startTime"),
@@ -78,10 +90,19 @@ class World:
         return task
 
     def job(self, uid: str) -> dict[str, Any] | None:
-        job: dict[str, Any] | None = self._first(self.jobs, uid)
-        return job
+        """The evaluation Job (a sharded run's merge Job is `merge_job`)."""
+        return next((dict(j) for j in self.jobs.get(uid) or () if not is_merge(j)), None)
+
+    def merge_job(self, uid: str) -> dict[str, Any] | None:
+        return next((dict(j) for j in self.jobs.get(uid) or () if is_merge(j)), None)
 
     def pods(self, uid: str) -> list[dict[str, Any]]:
+        return [dict(p) for p in self.pods_index.get(uid) or () if not is_merge(p)]
+
+    def merge_pods(self, uid: str) -> list[dict[str, Any]]:
+        return [dict(p) for p in self.pods_index.get(uid) or () if is_merge(p)]
+
+    def all_pods(self, uid: str) -> list[dict[str, Any]]:
         return [dict(p) for p in self.pods_index.get(uid) or ()]
 
 

@@ -9,10 +9,10 @@ import sys
 import threading
 from pathlib import Path
 
-from evaluation_runner import runlog, termination
+from evaluation_runner import layout, runlog, sharding, termination
 from evaluation_runner.config import load_config
 from evaluation_runner.errors import EXIT_OK, RunnerError
-from evaluation_runner.runner import LOG_KEY, run
+from evaluation_runner.runner import LOG_KEY, merge, run
 from evaluation_runner.storage import ResultsWriter
 
 log = logging.getLogger("evaluation_runner")
@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, required=True, help="runner configuration JSON")
     parser.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"),
                         help="where the compact summary goes (the kubelet reads it)")
+    parser.add_argument("--mode", choices=("run", "merge"), default="run",
+                        help="run: evaluate (in a sharded run, this pod's shard, from "
+                             f"{sharding.INDEX_ENV}); merge: score the shards' answers")
     return parser
 
 
@@ -59,8 +62,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = load_config(args.config)
-        writer = ResultsWriter(config.output)
-        message = run(config, writer, abort=abort, log_contents=captured.contents)
+        task_writer = ResultsWriter(config.output)
+        if args.mode == "merge":
+            writer = task_writer
+            message = merge(config, writer, log_contents=captured.contents)
+        else:
+            shard = (sharding.shard_index(os.environ, config.shards) if config.shards > 1
+                     else None)
+            # A shard's runner.log goes to its own folder, never over another shard's.
+            writer = (task_writer if shard is None
+                      else task_writer.below(layout.shard_prefix(shard)))
+            message = run(config, task_writer, abort=abort, log_contents=captured.contents,
+                          shard=shard)
     except RunnerError as error:
         log.error("%s: %s", error.reason, error)
         fail(error.reason, str(error))

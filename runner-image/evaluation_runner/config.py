@@ -37,6 +37,8 @@ FRAMEWORKS = ("builtin", "lm-eval")
 # FailFast fails the run at once; Continue scores the others and reports PartiallyFailed.
 FAILURE_POLICIES = ("FailFast", "Continue")
 FAIL_FAST, CONTINUE = FAILURE_POLICIES
+# spec.parallelism's maximum (the CRD's): one Indexed Job of at most this many pods.
+MAX_SHARDS = 64
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,14 @@ class RunnerConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # A config without the key (an operator that predates it) keeps the old behaviour.
     failure_policy: str = FAIL_FAST
+    # How many pods share the samples (sharding.count; 1: one pod does everything).
+    shards: int = 1
 
+    @property
+    def continues_on_failure(self) -> bool:
+        """failurePolicy Continue, on a run of one pod: a sharded run fails fast, since a
+        shard cannot leave a benchmark out of the merge."""
+        return self.failure_policy == CONTINUE and self.shards == 1
 
 
 def _require(obj: Any, key: str, path: str) -> Any:
@@ -313,6 +322,7 @@ def parse_config(raw: Any) -> RunnerConfig:
         progress_interval_seconds=float(raw.get("progressIntervalSeconds", 10)),
         raw=raw, watchdog=_watchdog(raw.get("watchdog")),
         failure_policy=_failure_policy(raw.get("failurePolicy", FAIL_FAST)),
+        shards=_shards(raw.get("sharding"), framework),
     )
 
 
@@ -320,6 +330,20 @@ def _failure_policy(value: Any) -> str:
     if value not in FAILURE_POLICIES:
         raise ConfigurationError(f"failurePolicy: {value!r}: use {' or '.join(FAILURE_POLICIES)}")
     return str(value)
+
+
+def _shards(raw: Any, framework: str) -> int:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError("sharding: must be an object")
+    count = raw.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SHARDS:
+        raise ConfigurationError(f"sharding.count: {count!r}: an integer from 1 to {MAX_SHARDS}")
+    if count > 1 and framework != "builtin":
+        raise ConfigurationError(
+            "sharding.count: a sharded run needs the builtin framework (lm-eval runs each "
+            "benchmark whole); use parallelism 1 with lm-eval")
+    return count
 
 
 def _watchdog(raw: Any) -> WatchdogConfig:

@@ -18,6 +18,14 @@ CHECKPOINTS_DIR = "checkpoints"
 # folders below them: what the operator's purge must cover (storage.RUNNER_FILES).
 FILES = (SUMMARY_JSON, SUMMARY_CSV, RESULTS_ZIP, PROGRESS_JSON, RUNNER_LOG)
 DIRECTORIES = (BENCHMARKS_DIR, CHECKPOINTS_DIR)
+# A sharded run (config `sharding.count` > 1): shard i writes below `shards/<i>/` only, with
+# the same layout as a whole run (progress.json, runner.log, checkpoints/<name>/...) plus
+# its answers in benchmarks/<name>/predictions.jsonl and, last, shard.json (the shard is
+# done). The merge reads those and writes the bundle above at the task's prefix.
+SHARDS_DIR = "shards"
+SHARD_JSON = "shard.json"
+SHARD_FILES = (PROGRESS_JSON, RUNNER_LOG, SHARD_JSON)
+SHARD_DIRECTORIES = (BENCHMARKS_DIR, CHECKPOINTS_DIR)
 
 
 def metrics_key(benchmark: str) -> str:
@@ -26,3 +34,13 @@ def metrics_key(benchmark: str) -> str:
 
 def samples_key(benchmark: str) -> str:
     return f"{BENCHMARKS_DIR}/{benchmark}/samples.jsonl"
+
+
+def shard_prefix(index: int) -> str:
+    """The folder of shard `index`, relative to the task's prefix."""
+    return f"{SHARDS_DIR}/{index}/"
+
+
+def predictions_key(benchmark: str) -> str:
+    """Relative to a shard's folder."""
+    return f"{BENCHMARKS_DIR}/{benchmark}/predictions.jsonl"

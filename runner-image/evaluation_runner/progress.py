@@ -68,6 +68,12 @@ class ProgressTracker:
             entry = self.benchmarks[benchmark]
             entry.state, entry.finished_at = BenchmarkState.COMPLETED, now()
 
+    def completed_elsewhere(self, benchmark: str) -> None:
+        """Every sample was answered by other pods (a sharded run's merge)."""
+        with self._lock:
+            entry = self.benchmarks[benchmark]
+            entry.done, entry.state = entry.total, BenchmarkState.COMPLETED
+
     def fail(self, benchmark: str, error: str) -> None:
         with self._lock:
             entry = self.benchmarks[benchmark]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from evaluation_runner import layout, lm_eval_adapter, termination
+from evaluation_runner import layout, lm_eval_adapter, sharding, termination
 from evaluation_runner.bundle import (
     BenchmarkFailure,
     BenchmarkResult,
@@ -24,7 +24,7 @@ from evaluation_runner.bundle import (
     zip_bundle,
 )
 from evaluation_runner.checkpoints import BenchmarkCheckpoint, CheckpointStore
-from evaluation_runner.config import CONTINUE, BenchmarkConfig, RunnerConfig
+from evaluation_runner.config import BenchmarkConfig, RunnerConfig
 from evaluation_runner.datasets import LoadedDataset, load_dataset
 from evaluation_runner.errors import (
     ConfigurationError,
@@ -36,7 +36,13 @@ from evaluation_runner.metrics import REGISTRY, Answer, as_score, compute_metric
 from evaluation_runner.model_client import ModelClient, resolve_api_key
 from evaluation_runner.progress import BenchmarkState, ProgressTracker
 from evaluation_runner.storage import ResultsWriter, s3_client
-from evaluation_runner.tasks import Generation, Prediction, predict_all, predict_batched
+from evaluation_runner.tasks import (
+    Generation,
+    Prediction,
+    label_set,
+    predict_all,
+    predict_batched,
+)
 from evaluation_runner.watchdog import Watchdog
 
 RUNNER_VERSION = "0.1.0"
@@ -128,12 +134,15 @@ def _abort_process(error: RunnerError) -> None:
 
 def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None,
         abort: Callable[[RunnerError], None] = _abort_process,
-        log_contents: Callable[[], bytes] | None = None) -> bytes:
+        log_contents: Callable[[], bytes] | None = None, shard: int | None = None) -> bytes:
     """Evaluate, upload the bundle, and return the termination message. Raises RunnerError.
 
     `abort` is called from the watchdog's thread when the attempt hangs; it must end the
-    process (the default does, with the error's exit code)."""
+    process (the default does, with the error's exit code). `shard`: answer only that
+    shard's samples (sharding.py) and write them below shards/<shard>/, no scores."""
     started, clock = _now(), time.monotonic()
+    if shard is not None:
+        writer = writer.below(layout.shard_prefix(shard))
     api_key: str | None = None
     checkpoints = CheckpointStore(writer)
 
@@ -161,7 +170,15 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
                         if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
                         else None)
-    datasets, unreadable = load_datasets(config, s3)
+    whole, unreadable = load_datasets(config, s3)
+    # A shard's prompts list the labels of the whole dataset, as one pod's would.
+    labels = [label_set(b, d.samples, d.examples) if d else []
+              for b, d in zip(config.benchmarks, whole, strict=True)]
+    datasets: list[LoadedDataset | None] = list(whole)
+    if shard is not None:  # a sharded run fails fast: no dataset is missing here
+        datasets = list(sharding.shard_datasets(_all(whole), config.shards, shard))
+        log.info("shard %d of %d: %d samples", shard, config.shards,
+                 sum(len(d.samples) for d in _all(datasets)))
     generation = Generation(config.max_tokens, config.temperature, config.seed)
     totals = {b.name: len(d.samples) if d else 0
               for b, d in zip(config.benchmarks, datasets, strict=True)}
@@ -189,16 +206,30 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
-        results = _evaluate(config, client, datasets, generation, checkpoints, tracker,
+        answers = _evaluate(config, client, datasets, labels, generation, checkpoints, tracker,
                             watchdog, api_key, framework_results)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+    timings = {"startedAt": started, "finishedAt": _now(),
+               "seconds": round(time.monotonic() - clock, 3)}
+    if shard is not None:
+        return sharding.publish_shard(writer, config, shard, _all(whole), _all(answers),
+                                      checkpoints.report(), timings, tracker.document())
+    results = _scored(config, datasets, answers, tracker)
     failures = failures_of(config, tracker)
     if not results:  # nothing finished: a plain failure, as with FailFast
         raise all_failed(failures, unreadable)
     overall = overall_score([(r.score, r.weight) for r in results])
-    context = {
+    context = run_context(config, framework_results, checkpoints.report(), timings)
+    return publish(writer, results, overall, context, tracker.document(), log_contents,
+                   failures)
+
+
+def run_context(config: RunnerConfig, framework_results: dict[str, dict[str, Any]],
+                resumed: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's description of the run, after the scores."""
+    return {
         "task": config.task,
         "model": {"name": config.model_name,
                   "endpoint": config.endpoint.url if config.endpoint else None,
@@ -207,12 +238,32 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         "framework": framework_document(config.framework, framework_results),
         "parameters": {"temperature": config.temperature, "maxTokens": config.max_tokens,
                        "concurrency": config.concurrency, "seed": config.seed},
-        "resumed": checkpoints.report(),
-        "timings": {"startedAt": started, "finishedAt": _now(),
-                    "seconds": round(time.monotonic() - clock, 3)},
+        "resumed": resumed,
+        "timings": timings,
     }
-    return publish(writer, results, overall, context, tracker.document(), log_contents,
-                   failures)
+
+
+def merge(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = None,
+          log_contents: Callable[[], bytes] | None = None) -> bytes:
+    """The merge of a sharded run: every shard's answers, scored as one run would score
+    them, and the bundle at the task's prefix. Returns the termination message."""
+    clock = time.monotonic()
+    loaded, _ = load_datasets(config, dataset_s3)  # a sharded run fails fast: all there
+    datasets = _all(loaded)
+    gathered = sharding.gather(writer, config, datasets)
+    results = [score_benchmark(b, d, p)
+               for b, d, p in zip(config.benchmarks, datasets, gathered.answers, strict=True)]
+    overall = overall_score([(r.score, r.weight) for r in results])
+    timings = {"startedAt": gathered.started_at or _now(), "finishedAt": _now(),
+               "seconds": round(time.monotonic() - clock, 3)}
+    context = run_context(config, {}, gathered.resumed, timings)
+    context["shards"] = gathered.bookkeeping
+    totals = {b.name: len(d.samples) for b, d in zip(config.benchmarks, datasets, strict=True)}
+    tracker = ProgressTracker(totals, lambda _: None, config.progress_interval_seconds)
+    for name in totals:
+        tracker.completed_elsewhere(name)
+    log.info("merged %d shards: overall score %s", config.shards, overall)
+    return publish(writer, results, overall, context, tracker.document(), log_contents)
 
 
 def load_datasets(config: RunnerConfig, s3: Any | None
@@ -226,7 +277,7 @@ def load_datasets(config: RunnerConfig, s3: Any | None
         try:
             dataset = load_dataset(benchmark, index, s3)
         except ConfigurationError as error:
-            if config.failure_policy != CONTINUE:
+            if not config.continues_on_failure:
                 raise
             log.error("benchmark %s failed: %s; the others go on (failurePolicy: Continue)",
                       benchmark.name, error)
@@ -265,11 +316,36 @@ def all_failed(failures: list[BenchmarkFailure], unreadable: dict[str, Configura
         f"{name}: {error}" for name, error in errors.items()))
 
 
+def _all(items: list[Any]) -> list[Any]:
+    """A sharded run fails fast, so none of its datasets or answers is missing."""
+    if any(item is None for item in items):
+        raise ConfigurationError("a sharded run cannot skip a benchmark (failurePolicy "
+                                 "Continue applies to parallelism 1 only)")
+    return items
+
+
+def _scored(config: RunnerConfig, datasets: list[LoadedDataset | None],
+            answers: list[list[Prediction] | None], tracker: ProgressTracker
+            ) -> list[BenchmarkResult]:
+    """The finished benchmarks' scores, with when each ran."""
+    results = []
+    for benchmark, dataset, predictions in zip(config.benchmarks, datasets, answers,
+                                               strict=True):
+        if dataset is None or predictions is None:
+            continue
+        entry = tracker.entry(benchmark.name)
+        results.append(dataclasses.replace(score_benchmark(benchmark, dataset, predictions),
+                                           started_at=entry.started_at,
+                                           finished_at=entry.finished_at))
+    return results
+
+
 def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset | None],
-              generation: Generation, checkpoints: CheckpointStore, tracker: ProgressTracker,
-              watchdog: Watchdog, api_key: str | None,
-              framework_results: dict[str, dict[str, Any]]) -> list[BenchmarkResult]:
-    results: list[BenchmarkResult] = []
+              labels: list[list[str]], generation: Generation, checkpoints: CheckpointStore,
+              tracker: ProgressTracker, watchdog: Watchdog, api_key: str | None,
+              framework_results: dict[str, dict[str, Any]]) -> list[list[Prediction] | None]:
+    """Every benchmark's answers, in dataset order; None for one that failed (Continue)."""
+    results: list[list[Prediction] | None] = []
 
     def advance(name: str) -> None:
         tracker.advance(name)
@@ -279,31 +355,32 @@ def _evaluate(config: RunnerConfig, client: Any, datasets: list[LoadedDataset | 
         for index, (benchmark, dataset) in enumerate(zip(config.benchmarks, datasets,
                                                          strict=True)):
             if dataset is None:
-                continue  # unreadable, already marked failed
+                results.append(None)  # unreadable, already marked failed
+                continue
             tracker.start(benchmark.name)
             try:
-                result = _benchmark(config, client, index, benchmark, dataset, generation,
-                                    checkpoints, watchdog, api_key, framework_results,
-                                    functools.partial(advance, benchmark.name))
+                predictions = _benchmark(config, client, index, benchmark, dataset,
+                                         labels[index], generation, checkpoints, watchdog,
+                                         api_key, framework_results,
+                                         functools.partial(advance, benchmark.name))
             except RequestRejected as error:
-                if config.failure_policy != CONTINUE:
+                if not config.continues_on_failure:
                     raise
                 log.error("benchmark %s failed: %s; the others go on (failurePolicy: "
                           "Continue)", benchmark.name, error)
                 tracker.fail(benchmark.name, str(error))
+                results.append(None)
                 continue
             tracker.finish(benchmark.name)
-            entry = tracker.entry(benchmark.name)
-            results.append(dataclasses.replace(result, started_at=entry.started_at,
-                                               finished_at=entry.finished_at))
+            results.append(predictions)
     return results
 
 
 def _benchmark(config: RunnerConfig, client: Any, index: int, benchmark: BenchmarkConfig,
-               dataset: LoadedDataset, generation: Generation, checkpoints: CheckpointStore,
-               watchdog: Watchdog, api_key: str | None,
+               dataset: LoadedDataset, labels: list[str], generation: Generation,
+               checkpoints: CheckpointStore, watchdog: Watchdog, api_key: str | None,
                framework_results: dict[str, dict[str, Any]], advance: Callable[[], None]
-               ) -> BenchmarkResult:
+               ) -> list[Prediction]:
     checkpoint = checkpoints.open(config, benchmark, dataset, generation)
     native: dict[str, Any] | None = None
     if config.framework == "lm-eval":
@@ -315,15 +392,16 @@ def _benchmark(config: RunnerConfig, client: Any, index: int, benchmark: Benchma
             advance()
     elif hasattr(client, "loglikelihood_many"):  # an in-pod model: batches
         predictions = predict_batched(client, benchmark, dataset.samples, dataset.examples,
-                                      generation, on_done=advance, cache=checkpoint)
+                                      generation, on_done=advance, cache=checkpoint,
+                                      labels=labels)
     else:
         predictions = predict_all(client, benchmark, dataset.samples, dataset.examples,
                                   generation, config.concurrency, on_done=advance,
-                                  cache=checkpoint)
+                                  cache=checkpoint, labels=labels)
     checkpoint.finished(len(predictions), native)
     log.info("benchmark %s: answered (%d reused from checkpoints, %d requested)",
              benchmark.name, checkpoint.reused, checkpoint.requested)
-    return score_benchmark(benchmark, dataset, predictions)
+    return predictions
 
 
 def _best_effort(action: Callable[[], None]) -> None:

@@ -52,6 +52,14 @@ class ResultsWriter:
         self.client = client or s3_client(output.endpoint_url, output.region)
         self.backoff_seconds = backoff_seconds
 
+    def below(self, folder: str) -> ResultsWriter:
+        """A writer for a folder of this prefix (a shard's `shards/<i>/`), same client."""
+        if not folder.endswith("/") or folder.startswith("/") or ".." in folder.split("/"):
+            raise ValueError(f"not a folder below the results prefix: {folder!r}")
+        output = OutputConfig(self.output.bucket, self.output.prefix + folder,
+                              self.output.endpoint_url, self.output.region)
+        return ResultsWriter(output, self.client, self.backoff_seconds)
+
     def uri(self, key: str = "") -> str:
         return f"s3://{self.output.bucket}/{self.output.prefix}{key}"
 

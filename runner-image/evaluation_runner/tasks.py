@@ -174,10 +174,12 @@ class BatchedModel(Protocol):
 def predict_batched(client: BatchedModel, benchmark: BenchmarkConfig,
                     samples: Sequence[Sample], examples: Sequence[Sample],
                     generation: Generation, on_done: Callable[[], None] = lambda: None,
-                    cache: AnswerCache | None = None, chunk: int = 256) -> list[Prediction]:
+                    cache: AnswerCache | None = None, chunk: int = 256,
+                    labels: Sequence[str] | None = None) -> list[Prediction]:
     """All of a benchmark's requests through the batch interface, `chunk` samples at a time
-    (so progress and checkpoints move), in dataset order."""
-    labels = label_set(benchmark, samples, examples)
+    (so progress and checkpoints move), in dataset order. `labels`: the label set of the
+    whole dataset when `samples` is only a shard of it."""
+    labels = list(labels) if labels is not None else label_set(benchmark, samples, examples)
     found: list[Prediction | None] = [cache.get(s) if cache is not None else None
                                       for s in samples]
     for prediction in found:
@@ -230,8 +232,9 @@ class AnswerCache(Protocol):
 def predict_all(client: Model, benchmark: BenchmarkConfig, samples: Sequence[Sample],
                 examples: Sequence[Sample], generation: Generation, concurrency: int,
                 on_done: Callable[[], None] = lambda: None,
-                cache: AnswerCache | None = None) -> list[Prediction]:
-    labels = label_set(benchmark, samples, examples)
+                cache: AnswerCache | None = None,
+                labels: Sequence[str] | None = None) -> list[Prediction]:
+    labels = list(labels) if labels is not None else label_set(benchmark, samples, examples)
 
     def work(sample: Sample) -> Prediction:
         result = cache.get(sample) if cache is not None else None

@@ -161,6 +161,14 @@ benchmarks:
 - {name: squad, dataset: {uri: 's3://datasets/squad.jsonl'}, task: generation, metrics: [f1]}
 - {name: hellaswag, dataset: {uri: 's3://datasets/hs.jsonl'}, task: multiple-choice,
    metrics: [accuracy]}""", "spec.model.endpoint.api", "or use framework builtin"),
+    Rejected("parallelism-zero", "parallelism: 0", "spec.parallelism",
+             "should be greater than or equal to 1"),
+    Rejected("parallelism-too-many", "parallelism: 65", "spec.parallelism",
+             "should be less than or equal to 64"),
+    Rejected("parallelism-with-lm-eval", """
+model: {name: qwen, endpoint: {url: 'http://qwen.models.svc:8000/v1', api: completions}}
+framework: {name: lm-eval}
+parallelism: 4""", "spec.parallelism", "parallelism above 1 needs framework builtin"),
     Rejected("framework-unknown", "framework: {name: helm}", "spec.framework.name",
              'Unsupported value: "helm"'),
     Rejected("image-uppercase", "framework: {image: 'ghcr.io/Acme/Runner:1.0'}",
@@ -552,6 +560,7 @@ benchmarks:
     "local-weights-s3": "model: {name: mistral-7b, source: {uri: 's3://models/mistral-7b/'}}",
     "local-weights-path": "model: {name: tiny, source: {uri: /models/tiny}}",
     "local-weights-pvc": "model: {name: m, source: {pvc: {claimName: model-weights, path: llama}}}",
+    "sharded": "parallelism: 8",
     "lm-eval-completions": """
 model: {name: qwen, endpoint: {url: 'http://qwen.models.svc:8000/v1', api: completions}}
 framework: {name: lm-eval}""",
@@ -711,6 +720,8 @@ def test_spec_cannot_be_edited_once_created(cluster: Cluster) -> None:
     ("evt.spec.benchmarks.dataset.pvc.path", "Path of the file inside the volume"),
     ("evaluationtask.spec.timeout", "1h30m"),
     ("evaluationtask.status.conditions", "Ready, Reconciling, Stalled"),
+    ("evaluationtask.spec.parallelism", "resources.gpu is per pod"),
+    ("evaluationtask.status.shards.merge", "Pending, Running, Succeeded or Failed"),
 ])
 def test_kubectl_explain_describes_fields(cluster: Cluster, field: str, text: str) -> None:
     # The CRD's OpenAPI reaches the published document a few seconds after installation.

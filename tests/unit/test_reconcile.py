@@ -796,3 +796,40 @@ def test_failed_create_events_are_listed_once_per_namespace_for_all_its_tasks() 
         return c.kube.calls
 
     assert run(scenario()) == ["list events", "list events"]
+
+
+# --- a sharded run (spec.parallelism) -------------------------------------------------------
+
+
+def sharded_task(status: dict[str, Any] | None = None) -> Task:
+    raw = body(status)
+    raw["spec"]["parallelism"] = 2
+    return Task.from_body(raw, SETTINGS)
+
+
+def test_every_shard_done_creates_the_merge_job_once_and_a_gone_shards_job_is_no_failure(
+) -> None:
+    complete = {"type": "Complete", "status": "True"}
+    shards = compact_job({"metadata": {"name": "t-eval"}, "spec": {"completions": 2},
+                          "status": {"completedIndexes": "0-1", "conditions": [complete]}})
+
+    async def scenario() -> Cluster:
+        c = Cluster(sharded_task({"phase": "Evaluating", "reason": "Running",
+                                  "startTime": "2026-01-01T00:00:01Z"}))
+        c.set(shards, [])
+        await c.changed()
+        await c.changed()  # the merge Job's own event has not arrived: 409 at most, no loop
+        # The shards' Job goes by its TTL before the merge ends: the run goes on.
+        c.jobs[UID] = []
+        await c.reconciler.job_gone(UID)
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    # Only the merge Job is made (the shards' Job exists; the ConfigMap is never made again).
+    assert "create Job" in c.kube.calls and "create ConfigMap" not in c.kube.calls
+    assert all(p["reason"] == "Merging" for p in c.kube.status_patches)
+    last = c.kube.status_patches[-1]
+    assert last["shards"] == {"total": 2, "done": 2, "failed": 0, "text": "2/2",
+                              "merge": "Pending"}
+    assert "JobDeleted" not in [p["reason"] for p in c.kube.status_patches]

@@ -167,10 +167,7 @@ def run(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = No
         api_key = resolve_api_key(config.endpoint)
         client = ModelClient(config.endpoint, config.model_name, api_key=api_key,
                              watchdog=watchdog)
-    s3 = dataset_s3 or (s3_client(config.output.endpoint_url, config.output.region)
-                        if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
-                        else None)
-    whole, unreadable = load_datasets(config, s3)
+    whole, unreadable = load_datasets(config, _datasets_s3(config, dataset_s3))
     # A shard's prompts list the labels of the whole dataset, as one pod's would.
     labels = [label_set(b, d.samples, d.examples) if d else []
               for b, d in zip(config.benchmarks, whole, strict=True)]
@@ -248,7 +245,8 @@ def merge(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = 
     """The merge of a sharded run: every shard's answers, scored as one run would score
     them, and the bundle at the task's prefix. Returns the termination message."""
     clock = time.monotonic()
-    loaded, _ = load_datasets(config, dataset_s3)  # a sharded run fails fast: all there
+    # A sharded run fails fast: every dataset is there.
+    loaded, _ = load_datasets(config, _datasets_s3(config, dataset_s3))
     datasets = _all(loaded)
     gathered = sharding.gather(writer, config, datasets)
     results = [score_benchmark(b, d, p)
@@ -264,6 +262,13 @@ def merge(config: RunnerConfig, writer: ResultsWriter, dataset_s3: Any | None = 
         tracker.completed_elsewhere(name)
     log.info("merged %d shards: overall score %s", config.shards, overall)
     return publish(writer, results, overall, context, tracker.document(), log_contents)
+
+
+def _datasets_s3(config: RunnerConfig, given: Any | None) -> Any | None:
+    """The S3 client datasets are read with (None when no dataset is in S3)."""
+    return given or (s3_client(config.output.endpoint_url, config.output.region)
+                     if any(b.dataset.uri.startswith("s3://") for b in config.benchmarks)
+                     else None)
 
 
 def load_datasets(config: RunnerConfig, s3: Any | None

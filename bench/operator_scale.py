@@ -304,7 +304,10 @@ class Operator:
 
     def start(self) -> int:
         out = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "evaluation_operator"],
+        wrapper = os.environ.get("BENCH_OPERATOR_WRAPPER")
+        command = [sys.executable, wrapper] if wrapper else [sys.executable, "-m",
+                                                             "evaluation_operator"]
+        self.process = subprocess.Popen(command,
                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self.process.pid
 
@@ -352,6 +355,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def probe(pid: int, what: str, seconds: float = 0) -> None:
+    """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper) or a
+    py-spy profile of the next `seconds`."""
+    out = os.environ.get("BENCH_PROBE")
+    if not out:
+        return
+    if seconds:
+        spy = Path(sys.executable).parent / "py-spy"
+        if spy.exists():
+            subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration",
+                              str(int(seconds)), "--format", "raw", "--nonblocking",
+                              "-o", f"{out}/{what}.txt"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    else:
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(5)
+
+
 def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
     owner, cluster = start_cluster(state)
     s3_process: subprocess.Popen[bytes] | None = None
@@ -379,6 +400,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         pid = operator.start()
         time.sleep(10)
         figures["rss_start_mib"] = rss_mib(pid)
+        probe(pid, "start")
         watcher = Watcher(cluster, "bench-op")
         custom = client.CustomObjectsApi(api(cluster))
         audit = audit_log(owner)
@@ -394,6 +416,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
                 {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
                  "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
 
+        probe(pid, "create", 60)
         in_parallel(create, count)
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))
@@ -404,10 +427,12 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         figures["cpu_to_running_s"] = cpu_seconds(pid) - cpu_create
         time.sleep(5)
         figures["rss_running_mib"] = rss_mib(pid)
+        probe(pid, "running")
 
         log(f"idle window: {idle_seconds:.0f}s with {count} running tasks")
         idle_start, cpu0, t0 = utc_now(), cpu_seconds(pid), time.monotonic()
-        time.sleep(idle_seconds)
+        probe(pid, "idle", idle_seconds)
+        time.sleep(max(0.0, idle_seconds - (time.monotonic() - t0)))
         figures["idle_core"] = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         idle_end = utc_now()
         figures["load_idle"] = load()
@@ -449,6 +474,10 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         time.sleep(3)
         lifecycle_end = utc_now()
 
+        figures["events"] = dict(Counter(
+            f"{e.source.component or e.reporting_component}: {e.reason}"
+            for e in core.list_namespaced_event("bench-op").items))
+
         log("shutdown and restart")
         figures["shutdown_seconds"] = operator.stop()
         restart_start = utc_now()
@@ -468,6 +497,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         figures["delete_seconds"] = time.monotonic() - started
         time.sleep(10)
         figures["rss_after_delete_mib"] = rss_mib(pid)
+        probe(pid, "deleted")
         delete_end = utc_now()
         watcher.close()
         time.sleep(2)  # the audit log is flushed in batches
@@ -525,6 +555,7 @@ def report(f: dict[str, Any]) -> str:
         f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
         f"operator reads while idle: {f['idle_reads']}",
         f"task reasons last seen: {f['phases']}",
+        f"Events in the namespace after the pods finished (by source: reason): {f['events']}",
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
         f"{f['to_running_seconds']:.1f} s; all Completed {f['to_completed_seconds']:.1f} s "
         "after the bench started finishing pods",

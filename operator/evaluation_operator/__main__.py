@@ -14,6 +14,7 @@ import kopf.cli
 
 from evaluation_operator.config import OperatorSettings, SettingsError, apply_flags
 from evaluation_operator.logsafety import quiet_credential_loggers
+from evaluation_operator.memory import limit_arenas
 
 
 def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     # The handlers module reads its settings from the environment when Kopf imports it.
     os.environ.update(env)
     ensure_login_name(os.environ)
+    limit_arenas()  # before any thread starts (memory.py)
     quiet_credential_loggers()
     kopf.cli.main(args=build_argv(settings, kopf_args), prog_name="evaluation-operator",
                   standalone_mode=True)

@@ -102,8 +102,8 @@ class OperatorSettings:
     progress_interval_seconds: int = 30
     # A budget over all running tasks: each S3 read costs the operator ~4 ms of CPU, so
     # 1,000 running tasks read every 30 s kept an eighth of a core busy doing nothing
-    # visible. Beyond `progress_interval_seconds x this` running tasks, each task's progress
-    # is read less often (bench/operator_scale.py: 0.127 -> see bench/README.md).
+    # visible (bench/README.md). Beyond `progress_interval_seconds x this` running tasks,
+    # each task's progress is read less often.
     progress_reads_per_second: int = 5
     purge_retry_max_seconds: int = 300
     # Registries and Secrets can be briefly missing (rate limits, GitOps apply order): an

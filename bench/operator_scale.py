@@ -45,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import yaml  # noqa: E402
 from devcluster import cluster as cluster_module  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
 from devcluster.tools import Toolchain  # noqa: E402
@@ -82,9 +83,16 @@ def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
     plain = cluster_module._kwokctl_config
 
     def with_audit(tools: Toolchain, pki: Path | None = None) -> str:
-        text = plain(tools, pki)
-        return text.replace("  runtime: binary\n",
-                            f"  runtime: binary\n  kubeAuditPolicy: {policy}\n", 1)
+        first, rest = plain(tools, pki).split("---\n", 1)
+        config = yaml.safe_load(first)
+        config["options"]["kubeAuditPolicy"] = str(policy)
+        # One controller manager and one scheduler: no leases to renew. On a saturated
+        # machine a lease renewal timed out, the controller manager stopped (kwokctl does
+        # not restart it) and no Job got a pod any more.
+        for component in ("kube-controller-manager", "kube-scheduler"):
+            config["componentsPatches"].append({"name": component, "extraArgs": [
+                {"key": "leader-elect", "value": "false", "override": True}]})
+        return str(yaml.safe_dump(config)) + "---\n" + rest
 
     cluster_module._kwokctl_config = with_audit
     owner = KwokCluster(name=f"eval-bench-{os.getpid()}", state_dir=state)

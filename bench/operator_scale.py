@@ -91,7 +91,7 @@ def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
         # not restart it) and no Job got a pod any more.
         for component in ("kube-controller-manager", "kube-scheduler"):
             config["componentsPatches"].append({"name": component, "extraArgs": [
-                {"key": "leader-elect", "value": "false", "override": True}]})
+                {"key": "leader-elect", "value": "false"}]})
         return str(yaml.safe_dump(config)) + "---\n" + rest
 
     cluster_module._kwokctl_config = with_audit

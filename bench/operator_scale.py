@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import yaml  # noqa: E402
 from devcluster import cluster as cluster_module  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
 from devcluster.tools import Toolchain  # noqa: E402
@@ -82,9 +84,16 @@ def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
     plain = cluster_module._kwokctl_config
 
     def with_audit(tools: Toolchain, pki: Path | None = None) -> str:
-        text = plain(tools, pki)
-        return text.replace("  runtime: binary\n",
-                            f"  runtime: binary\n  kubeAuditPolicy: {policy}\n", 1)
+        first, rest = plain(tools, pki).split("---\n", 1)
+        config = yaml.safe_load(first)
+        config["options"]["kubeAuditPolicy"] = str(policy)
+        # One controller manager and one scheduler: no leases to renew. On a saturated
+        # machine a lease renewal timed out, the controller manager stopped (kwokctl does
+        # not restart it) and no Job got a pod any more.
+        for component in ("kube-controller-manager", "kube-scheduler"):
+            config["componentsPatches"].append({"name": component, "extraArgs": [
+                {"key": "leader-elect", "value": "false"}]})
+        return str(yaml.safe_dump(config)) + "---\n" + rest
 
     cluster_module._kwokctl_config = with_audit
     owner = KwokCluster(name=f"eval-bench-{os.getpid()}", state_dir=state)
@@ -211,6 +220,14 @@ def baseline(cluster: Cluster, namespace: str, count: int) -> float:
     return time.monotonic() - started
 
 
+def server_span(first: list[Any], last: list[Any]) -> float:
+    """Seconds from the earliest creationTimestamp in `first` to the latest in `last`, as
+    the API server stamped them (1 s resolution; unlike a watch, it never lags)."""
+    span: datetime.timedelta = (max(o.metadata.creation_timestamp for o in last)
+                                - min(o.metadata.creation_timestamp for o in first))
+    return span.total_seconds()
+
+
 class Watcher:
     """First time the bench sees each task's Job, pod Succeeded, Job Complete, task state."""
 
@@ -304,7 +321,10 @@ class Operator:
 
     def start(self) -> int:
         out = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([sys.executable, "-m", "evaluation_operator"],
+        wrapper = os.environ.get("BENCH_OPERATOR_WRAPPER")
+        command = [sys.executable, wrapper] if wrapper else [sys.executable, "-m",
+                                                             "evaluation_operator"]
+        self.process = subprocess.Popen(command,
                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self.process.pid
 
@@ -352,6 +372,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def probe(pid: int, what: str, seconds: float = 0) -> None:
+    """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper) or a
+    py-spy profile of the next `seconds`."""
+    out = os.environ.get("BENCH_PROBE")
+    if not out:
+        return
+    if seconds:
+        spy = Path(sys.executable).parent / "py-spy"
+        if spy.exists():
+            subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration",
+                              str(int(seconds)), "--format", "raw", "--nonblocking",
+                              "-o", f"{out}/{what}.txt"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    else:
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(5)
+
+
 def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
     owner, cluster = start_cluster(state)
     s3_process: subprocess.Popen[bytes] | None = None
@@ -373,12 +411,17 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
 
         log(f"baseline: a bare client creates {count} ConfigMaps and Jobs")
         figures["bare_seconds"] = baseline(cluster, "bench-bare", count)
+        bare_core, bare_batch = client.CoreV1Api(api(cluster)), client.BatchV1Api(api(cluster))
+        figures["bare_server_seconds"] = server_span(
+            bare_core.list_namespaced_config_map("bench-bare").items,
+            bare_batch.list_namespaced_job("bench-bare").items)
         cluster.kubectl("delete", "namespace", "bench-bare", "--timeout=300s")
 
         operator = Operator(cluster, s3_url, state / "operator.log")
         pid = operator.start()
         time.sleep(10)
         figures["rss_start_mib"] = rss_mib(pid)
+        probe(pid, "start")
         watcher = Watcher(cluster, "bench-op")
         custom = client.CustomObjectsApi(api(cluster))
         audit = audit_log(owner)
@@ -394,6 +437,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
                 {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
                  "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
 
+        probe(pid, "create", 60)
         in_parallel(create, count)
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))
@@ -402,12 +446,22 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
              timeout=max(300, count))
         figures["to_running_seconds"] = max(watcher.running.values()) - started
         figures["cpu_to_running_s"] = cpu_seconds(pid) - cpu_create
+        tasks_listed = custom.list_namespaced_custom_object(
+            "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks")["items"]
+        first_task = min(t["metadata"]["creationTimestamp"] for t in tasks_listed)
+        jobs_listed = client.BatchV1Api(api(cluster)).list_namespaced_job("bench-op").items
+        last_job = max(j.metadata.creation_timestamp for j in jobs_listed)
+        figures["operator_server_seconds"] = (
+            last_job - datetime.datetime.fromisoformat(first_task.replace("Z", "+00:00"))
+        ).total_seconds()
         time.sleep(5)
         figures["rss_running_mib"] = rss_mib(pid)
+        probe(pid, "running")
 
         log(f"idle window: {idle_seconds:.0f}s with {count} running tasks")
         idle_start, cpu0, t0 = utc_now(), cpu_seconds(pid), time.monotonic()
-        time.sleep(idle_seconds)
+        probe(pid, "idle", idle_seconds)
+        time.sleep(max(0.0, idle_seconds - (time.monotonic() - t0)))
         figures["idle_core"] = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         idle_end = utc_now()
         figures["load_idle"] = load()
@@ -449,6 +503,10 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         time.sleep(3)
         lifecycle_end = utc_now()
 
+        figures["events"] = dict(Counter(
+            f"{e.source.component or e.reporting_component}: {e.reason}"
+            for e in core.list_namespaced_event("bench-op").items))
+
         log("shutdown and restart")
         figures["shutdown_seconds"] = operator.stop()
         restart_start = utc_now()
@@ -468,6 +526,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         figures["delete_seconds"] = time.monotonic() - started
         time.sleep(10)
         figures["rss_after_delete_mib"] = rss_mib(pid)
+        probe(pid, "deleted")
         delete_end = utc_now()
         watcher.close()
         time.sleep(2)  # the audit log is flushed in batches
@@ -505,6 +564,9 @@ def report(f: dict[str, Any]) -> str:
         "| --- | --- | --- |",
         f"| first task created -> {n}th Job | {f['operator_seconds']:.1f} s | "
         f"{f['bare_seconds']:.1f} s; {ratio:.2f}x (target <= 2x) |",
+        f"| the same from the API server's creationTimestamps (1 s steps) | "
+        f"{f['operator_server_seconds']:.0f} s | {f['bare_server_seconds']:.0f} s; "
+        f"{f['operator_server_seconds'] / max(1.0, f['bare_server_seconds']):.2f}x |",
         f"| status latency, pod Succeeded or Job Complete -> task Completed, p50 / p99 | "
         f"{f['latency_p50']:.2f} s / {f['latency_p99']:.2f} s | target p99 <= 2 s |",
         f"| API writes per task, create -> run -> complete -> delete | "
@@ -525,6 +587,7 @@ def report(f: dict[str, Any]) -> str:
         f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
         f"operator reads while idle: {f['idle_reads']}",
         f"task reasons last seen: {f['phases']}",
+        f"Events in the namespace after the pods finished (by source: reason): {f['events']}",
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
         f"{f['to_running_seconds']:.1f} s; all Completed {f['to_completed_seconds']:.1f} s "
         "after the bench started finishing pods",

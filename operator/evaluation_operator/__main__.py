@@ -15,6 +15,7 @@ import kopf.cli
 from evaluation_operator.config import OperatorSettings, SettingsError, apply_flags
 from evaluation_operator.leader import LeaderElectionError, leadership
 from evaluation_operator.logsafety import quiet_credential_loggers
+from evaluation_operator.memory import limit_arenas
 
 
 def build_argv(settings: OperatorSettings, extra: list[str]) -> list[str]:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     # The handlers module reads its settings from the environment when Kopf imports it.
     os.environ.update(env)
     ensure_login_name(os.environ)
+    limit_arenas()  # before any thread starts (memory.py)
     quiet_credential_loggers()
     # With leader election on, a standby waits here until it leads (leader.py); Kopf's own
     # peering stays off (--standalone).

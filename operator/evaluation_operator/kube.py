@@ -105,6 +105,18 @@ class Throttle:
             time.sleep(pause)
 
 
+# Writes whose answers the operator does not read: their bodies are skipped, not turned into
+# the client's model objects (for a Job, more CPU than the request itself; the watches
+# deliver the object anyway). Errors still raise ApiException.
+RAW: dict[str, Any] = {"_preload_content": False}
+
+
+def _discard(response: Any) -> None:
+    """Read the unread answer and give its connection back to the pool."""
+    response.read()
+    response.release_conn()
+
+
 class Kube:
     """`KubeApi` on the official client: blocking calls, run by `Api` in its worker threads."""
 
@@ -121,9 +133,9 @@ class Kube:
         self.throttle.wait()
         try:
             if manifest["kind"] == "Job":
-                self.batch.create_namespaced_job(namespace, manifest)
+                _discard(self.batch.create_namespaced_job(namespace, manifest, **RAW))
             else:
-                self.core.create_namespaced_config_map(namespace, manifest)
+                _discard(self.core.create_namespaced_config_map(namespace, manifest, **RAW))
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -149,9 +161,9 @@ class Kube:
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.throttle.wait()
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            _discard(self.custom.patch_namespaced_custom_object_status(
                 naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name,
-                {"status": status})
+                {"status": status}, **RAW))
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
@@ -159,7 +171,8 @@ class Kube:
     def delete_job(self, namespace: str, name: str) -> None:
         self.throttle.wait()
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            _discard(self.batch.delete_namespaced_job(name, namespace,
+                                                      propagation_policy="Background", **RAW))
         except ApiException as error:
             if error.status != 404:
                 raise

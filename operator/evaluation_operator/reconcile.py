@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import heapq
 import logging
 import random
 from collections import OrderedDict
@@ -30,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 
-from evaluation_operator import events, metrics, references, runner_output
+from evaluation_operator import events, memory, metrics, references, runner_output
 from evaluation_operator.benchmark_status import progress_fields
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
@@ -68,6 +69,8 @@ FIRST_LOOKUP_SECONDS = 2.0
 EVENTS_LOOKUP_SECONDS = 5.0
 QUEUE_LOOKUP_SECONDS = 30.0
 CONFIGMAP_RECHECK_SECONDS = 5.0
+# Memory freed by deleted tasks goes back to the system once deletions pause this long.
+TRIM_AFTER_SECONDS = 5.0
 
 
 class RetryLater(Exception):
@@ -208,6 +211,7 @@ class Reconciler:
         self._queues: LRU[tuple[str, str], tuple[float, Found]] = LRU(1024)
         # FailedCreate events of a namespace's Jobs, shared by its tasks: ns -> (when, by uid).
         self._failed_creates: LRU[str, tuple[float, dict[str, FailedCreate]]] = LRU(1024)
+        self._trim: asyncio.TimerHandle | None = None
 
     def bind(self, world: World) -> None:
         """The indexes are the same objects for the operator's whole life; handlers hand
@@ -303,6 +307,17 @@ class Reconciler:
         handle = self._retry.pop(uid, None)
         if handle is not None:
             handle.cancel()
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """Once deletions pause, give the memory they freed back (memory.py): a sweep of
+        1,000 tasks deleted otherwise left the operator at its peak RSS."""
+        if self._trim is not None:
+            self._trim.cancel()
+        try:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_SECONDS, memory.trim)
+        except RuntimeError:  # no loop: nothing was running to free
+            self._trim = None
 
     def state_sizes(self) -> dict[str, int]:
         """For tests and the bench: every per-task table, to show none of them leaks."""
@@ -726,21 +741,26 @@ class Reconciler:
             self._polls.pop(uid, None)
         elif uid not in self._polls:
             # Jitter: tasks that started running together do not read S3 together.
-            interval = self.settings.progress_interval_seconds
+            interval = self.settings.progress_interval(len(self._polls) + 1)
             self._polls[uid] = (asyncio.get_running_loop().time()
                                 + interval * random.uniform(0.5, 1.5))
 
     async def poll_forever(self, tick: float = 1.0) -> None:
         """One loop for the whole operator (not a timer per task): every `tick`, read S3 for
-        the tasks that are due. Idle when no task is running."""
+        the tasks that are due, within `progress_reads_per_second` (the most overdue go
+        first; the rest stay due). Idle when no task is running."""
         loop = asyncio.get_running_loop()
+        rate = self.settings.progress_reads_per_second
+        credit = 0.0
         while True:
             await asyncio.sleep(tick)
-            now = loop.time()
-            for uid, due in list(self._polls.items()):
-                if due <= now:
-                    self._polls[uid] = now + self.settings.progress_interval_seconds
-                    self._spawn(self._poll(uid))
+            credit = min(credit + rate * tick, max(1.0, rate * tick))
+            due = due_polls(self._polls, loop.time(), int(credit))
+            credit -= len(due)
+            for uid in due:
+                self._polls[uid] = loop.time() + self.settings.progress_interval(
+                    len(self._polls)) * random.uniform(0.9, 1.1)
+                self._spawn(self._poll(uid))
 
     async def _poll(self, uid: str) -> None:
         task = self.world.task(uid)
@@ -787,6 +807,12 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def due_polls(polls: dict[str, float], now: float, budget: int) -> list[str]:
+    """The `budget` most overdue of the tasks due by `now`."""
+    return heapq.nsmallest(budget, (uid for uid, due in polls.items() if due <= now),
+                           key=polls.__getitem__)
 
 
 def _results_field(task: Task) -> dict[str, str]:

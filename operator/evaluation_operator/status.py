@@ -301,6 +301,11 @@ def _succeeded(seen: Observed) -> Assessment | None:
         pod, terminated = None, {}
     if not job_done and pod is None:
         return None
+    if pod is None and any(_pod_phase(p) not in ("Succeeded", "Failed") for p in seen.pods):
+        # The Job saw its pod succeed before the pod watch told us: that event, with the
+        # runner's termination message, follows. Deciding now would read the scores from S3
+        # (CollectingResults: a Warning, one more status write and Event per task).
+        return None
     completion = _timestamp(seen.job_status.get("completionTime") or terminated.get("finishedAt"))
     start = seen.first_run or _timestamp(seen.job_status.get("startTime"))
     try:

@@ -55,3 +55,13 @@ def test_every_flag_maps_to_a_setting() -> None:
         value = special.get(flag, "7")
         env, _ = apply_flags([flag, value], {})
         assert OperatorSettings.from_env(env) != OperatorSettings.from_env({}), (flag, variable)
+
+
+def test_progress_reads_have_a_budget_over_all_running_tasks() -> None:
+    settings = OperatorSettings.from_env({"EVAL_PROGRESS_INTERVAL_SECONDS": "30",
+                                          "EVAL_PROGRESS_READS_PER_SECOND": "5"})
+    assert settings.progress_interval(10) == 30  # few tasks: the configured interval
+    assert settings.progress_interval(150) == 30
+    assert settings.progress_interval(1000) == 200  # 5 reads/s over 1,000 tasks
+    with pytest.raises(SettingsError, match="EVAL_PROGRESS_READS_PER_SECOND"):
+        OperatorSettings.from_env({"EVAL_PROGRESS_READS_PER_SECOND": "0"})

@@ -833,3 +833,37 @@ def test_every_shard_done_creates_the_merge_job_once_and_a_gone_shards_job_is_no
     assert last["shards"] == {"total": 2, "done": 2, "failed": 0, "text": "2/2",
                               "merge": "Pending"}
     assert "JobDeleted" not in [p["reason"] for p in c.kube.status_patches]
+
+
+def test_progress_reads_stay_within_the_budget_however_many_tasks_run() -> None:
+    """40 running tasks, all due, read every second if they could: the poller reads at
+    most `progress_reads_per_second` and the most overdue first."""
+    settings = OperatorSettings(s3_bucket="eval-results", progress_interval_seconds=1,
+                                progress_reads_per_second=10)
+    uids = [f"0b6c4f5e-1111-2222-3333-{i:012d}" for i in range(40)]
+    reads: list[str] = []
+
+    class CountingS3(FakeS3):
+        def get_object(self, Bucket: str, Key: str, Range: str = "") -> dict[str, Any]:
+            reads.append(Key.split("/")[-2])
+            return super().get_object(Bucket, Key, Range)
+
+    async def scenario() -> Reconciler:
+        running = {"phase": "Evaluating", "reason": "Running"}
+        c = Cluster(task(running, uids[0]), s3=CountingS3({"progress.json": {
+            "samplesDone": 1, "samplesTotal": 4}}))
+        c.reconciler.settings = settings
+        for overdue, uid in enumerate(uids):
+            c.tasks[uid] = [task(running, uid)]
+            c.reconciler._polls[uid] = -100.0 + overdue  # uids[0] the most overdue
+        poller = asyncio.get_running_loop().create_task(c.reconciler.poll_forever(tick=0.05))
+        await asyncio.sleep(1.5)
+        poller.cancel()
+        return c.reconciler
+
+    reconciler = run(scenario())
+    assert 10 <= len(reads) <= 16, reads  # 10/s over 1.5 s, not 40 at once
+    assert reads[:10] == uids[:10]
+    # Each task's next read is stretched so that all 40 fit the budget: ~4 s apart.
+    assert settings.progress_interval(40) == 4.0
+    assert reconciler.state_sizes()["polls"] == 40

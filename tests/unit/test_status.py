@@ -279,6 +279,21 @@ def test_a_succeeded_pod_with_full_scores_completes_before_the_job_does() -> Non
     assert has_scores(a.runner_summary)
 
 
+def test_a_job_complete_before_its_pod_event_waits_for_the_pods_message() -> None:
+    """Watches are not ordered with each other: when the Job's Complete arrives while the
+    pod still looks Running, the scores come with the pod's event; not from S3 now."""
+    complete = job([{"type": "Complete", "status": "True"}])
+    early = assess(complete, [pod("Running")], CTX)
+    assert (early.phase, early.reason) == ("Evaluating", "Running")
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+    done = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed", "message": message})
+    assert has_scores(assess(complete, [done], CTX).runner_summary)
+    # The pod is gone (TTL, eviction): nothing else will come; completed, scores from S3.
+    gone = assess(complete, [], CTX)
+    assert (gone.reason, gone.runner_summary) == ("Succeeded", None)
+
+
 def test_a_succeeded_pod_never_reads_as_waiting_for_a_pod() -> None:
     truncated = pod("Succeeded", terminated={"exitCode": 0, "reason": "Completed",
                                              "message": '{"v": 1, "status": "Succeeded", '

@@ -1,0 +1,48 @@
+"""Keeping the operator's resident memory near what it uses (glibc malloc only; elsewhere
+these do nothing).
+
+* Arenas: glibc gives each thread that allocates its own malloc arena (up to 8 per core).
+  The `api_workers` threads that make API and S3 calls each dirty one, and freed memory in
+  one arena cannot serve another, so RSS grew with every busy thread. Two arenas, set before
+  the threads start, unless the environment's MALLOC_ARENA_MAX says otherwise.
+* Trim: after many tasks are deleted, glibc keeps the freed pages; `trim` collects cyclic
+  garbage and hands the free pages back to the system (`malloc_trim`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+ARENAS = 2
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
+        return None  # not glibc (musl, macOS)
+    return libc
+
+
+def limit_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas; True if it was set here."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def trim() -> bool:
+    """Collect garbage and give free heap pages back to the system; True if any were."""
+    gc.collect()
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))

@@ -725,6 +725,9 @@ class Reconciler:
             metrics.record_failure(task.namespace, reason.value)
         if reason.stops_job:
             await self.api.call(self.api.kube.delete_job, task.namespace, task.job_name)
+            if self.world.merge_job(task.uid) is not None:  # a sharded run, merging
+                await self.api.call(self.api.kube.delete_job, task.namespace,
+                                    task.merge_job_name)
         if assessment.phase is Phase.COMPLETED:
             metrics.record_scores(task.namespace, task.name, status)
         if assessment.phase is Phase.COMPLETED and status.get("gates"):

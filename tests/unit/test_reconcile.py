@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from evaluation_operator import deletion, reconcile
+from evaluation_operator import deletion, naming, reconcile
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
 from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
@@ -867,3 +867,31 @@ def test_progress_reads_stay_within_the_budget_however_many_tasks_run() -> None:
     # Each task's next read is stretched so that all 40 fit the budget: ~4 s apart.
     assert settings.progress_interval(40) == 4.0
     assert reconciler.state_sizes()["polls"] == 40
+
+
+def test_cancelling_a_sharded_run_while_it_merges_stops_the_merge_job_too() -> None:
+    complete = {"type": "Complete", "status": "True"}
+    shards = compact_job({"metadata": {"name": "t-eval"}, "spec": {"completions": 2},
+                          "status": {"completedIndexes": "0-1", "conditions": [complete]}})
+    merging = compact_job({"metadata": {"name": "t-merge", "labels": {
+        naming.LABEL_ROLE: naming.ROLE_MERGE}}, "spec": {}, "status": {"active": 1}})
+    running = {"phase": "Evaluating", "reason": "Merging", "observedGeneration": 1,
+               "startTime": "2026-01-01T00:00:01Z"}
+
+    def cancelled_sharded() -> Task:
+        raw = body(running)
+        raw["spec"]["parallelism"] = 2
+        raw["spec"]["cancel"] = True
+        raw["metadata"]["generation"] = 2
+        return Task.from_body(raw, SETTINGS)
+
+    async def scenario() -> Cluster:
+        c = Cluster(cancelled_sharded())
+        c.jobs[UID] = [shards, merging]
+        await c.reconciler.task_seen(cancelled_sharded())
+        await c.reconciler.drain()
+        return c
+
+    c = run(scenario())
+    assert c.kube.status_patches[-1]["reason"] == "Cancelled"
+    assert c.kube.calls.count("delete Job") == 2  # the shards' Job and the merge Job

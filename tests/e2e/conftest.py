@@ -27,7 +27,13 @@ from devcluster.cluster import Cluster
 from devcluster.images import ImageManifest, ImageName, ManifestError, load_manifest
 from devcluster.node import RealNode, missing_requirements
 
-from tests.e2e.support import DATA_BUCKET, RESULTS_BUCKET, Timings, put_datasets
+from tests.e2e.support import (
+    DATA_BUCKET,
+    RESULTS_BUCKET,
+    Timings,
+    put_datasets,
+    quiz_benchmark,
+)
 from tests.integration.conftest import OperatorProcess
 from tests.runner.fake_llm import FakeLLM
 from tests.support.requirements import require
@@ -148,6 +154,24 @@ def model(model_server: FakeLLM) -> FakeLLM:
     model_server.delay_seconds = 0.0
     model_server.requests.clear()
     return model_server
+
+
+@pytest.fixture
+def spec_for(model: FakeLLM, pin: dict[str, Any]) -> Any:
+    """A task's spec against the scripted model, pinned to the node: the quiz benchmark
+    unless benchmarks are given; keyword arguments replace top-level fields."""
+    def make(*benchmarks: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "model": {"name": "scripted-llm", "endpoint": {"url": model.url}},
+            "benchmarks": list(benchmarks) or [quiz_benchmark()],
+            "resources": {"gpu": 0, "cpu": "500m", "memory": "512Mi"},
+            "scheduling": pin,
+            "retries": 0,
+        }
+        spec.update(overrides)
+        return spec
+
+    return make
 
 
 class E2EOperator(OperatorProcess):

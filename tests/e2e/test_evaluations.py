@@ -39,22 +39,6 @@ from tests.support.s3 import S3Endpoint
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def spec_for(model: FakeLLM, pin: dict[str, Any]) -> Any:
-    def make(*benchmarks: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "model": {"name": "scripted-llm", "endpoint": {"url": model.url}},
-            "benchmarks": list(benchmarks) or [quiz_benchmark()],
-            "resources": {"gpu": 0, "cpu": "500m", "memory": "512Mi"},
-            "scheduling": pin,
-            "retries": 0,
-        }
-        spec.update(overrides)
-        return spec
-
-    return make
-
-
 def assert_status_mirrors_the_bundle(s3: S3Endpoint, status: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = json.loads(read_object(s3, prefix_of(status) + "summary.json"))
     assert status["overallScore"] == summary["overallScore"]

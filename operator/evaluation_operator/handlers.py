@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import apiclient, deletion, metrics, naming
+from evaluation_operator import apiclient, deletion, events, metrics, naming
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
@@ -143,6 +143,7 @@ async def pods_by_task(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str, 
 
 
 def _world(kwargs: dict[str, Any]) -> Reconciler:
+    events.remember_handler_context()
     r = reconciler()
     r.bind(World(kwargs["tasks_by_uid"], kwargs["jobs_by_task"], kwargs["pods_by_task"]))
     return r

@@ -107,7 +107,7 @@ def _objects(s3: S3Endpoint, prefix: str) -> dict[str, bytes]:
 
 
 def untimed(message: dict[str, Any]) -> dict[str, Any]:
-    """A termination message less each benchmark's start and end (the merge has no times
+    """A termination message or task status less each benchmark's start and end (the merge has
     of its own for them: the shards answered)."""
     kept = copy.deepcopy(message)
     for benchmark in kept.get("benchmarks") or []:

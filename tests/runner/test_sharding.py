@@ -107,8 +107,8 @@ def _objects(s3: S3Endpoint, prefix: str) -> dict[str, bytes]:
 
 
 def untimed(message: dict[str, Any]) -> dict[str, Any]:
-    """A termination message or task status less each benchmark's start and end (the merge has
-    of its own for them: the shards answered)."""
+    """A termination message or task status less each benchmark's start and end (the merge
+    has no times of its own for them: the shards answered)."""
     kept = copy.deepcopy(message)
     for benchmark in kept.get("benchmarks") or []:
         benchmark.pop("startedAt", None)

@@ -240,6 +240,17 @@ def lease_holder(cluster: Cluster, install: Install) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+def start_leader_then_standby(cluster: Cluster, install: Install, a: Replica,
+                              b: Replica) -> None:
+    """`a` takes the Lease first; `b` then waits as its standby."""
+    a.start()
+    cluster.wait_until(f"{a.name} to lead", lambda: lease_holder(cluster, install) == a.name,
+                       timeout=60)
+    b.start()
+    cluster.wait_until(f"{b.name} to wait as a standby",
+                       lambda: "standby; Lease" in b.log(), timeout=60)
+
+
 def refused(text: str) -> list[str]:
     return [line for line in text.splitlines()
             if re.search(r"cannot \w+ resource", line) or "(RBAC)" in line
@@ -276,12 +287,7 @@ def test_a_standby_takes_over_when_the_leader_is_killed_mid_run(
         a = replica(install, "replica-a", tmp_path)
         b = replica(install, "replica-b", tmp_path)
         replicas += [a, b]
-        a.start()
-        cluster.wait_until("replica-a to lead", lambda: lease_holder(cluster, install)
-                           == "replica-a", timeout=60)
-        b.start()
-        cluster.wait_until("replica-b to wait as a standby",
-                           lambda: "standby; Lease" in b.log(), timeout=60)
+        start_leader_then_standby(cluster, install, a, b)
         # A standby answers its liveness probe and is scraped like any replica.
         assert _get(f"http://127.0.0.1:{b.health}/healthz") == (200, '{"standby": true}')
         cluster.wait_until("replica-b's metrics", lambda: leader_gauge(b) == "0.0",
@@ -421,12 +427,7 @@ def test_a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over(
                 behind(proxy, install.kubeconfig, tmp_path / "proxied-kubeconfig")))
             b = replica(install, "replica-b", tmp_path)
             replicas += [a, b]
-            a.start()
-            cluster.wait_until("replica-a to lead", lambda: lease_holder(cluster, install)
-                               == "replica-a", timeout=60)
-            b.start()
-            cluster.wait_until("replica-b to wait as a standby",
-                               lambda: "standby; Lease" in b.log(), timeout=60)
+            start_leader_then_standby(cluster, install, a, b)
             with watching_jobs(cluster, install.team) as jobs:
                 create_task(cluster, install.team, task_manifest("cut-1"))
                 running_pod(cluster, install.team, "cut-1", timeout=120)

@@ -205,11 +205,23 @@ test: venv tools browser $(E2E_PREREQS)  ## everything: lint, unit, runner, inte
 bench: venv  ## benchmarks (print figures)
 	$(PY) bench/runner_throughput.py
 
+# --- The transformers backend's tier (torch) ------------------------------------------------
+# A virtualenv of its own: torch's PyPI wheels bring the CUDA libraries (6.3 GB installed),
+# which `make test` (and mypy, which would then read torch) never needs. EVAL_REQUIRE_TORCH
+# turns a missing torch into a failure; the GPU tests skip without a CUDA device.
+LOCAL_MODEL_VENV := .venv-local-model
+LOCAL_MODEL_PY := $(LOCAL_MODEL_VENV)/bin/python
+$(LOCAL_MODEL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOCAL_MODEL_VENV)
+	$(LOCAL_MODEL_PY) -m pip install --quiet --upgrade pip
+	$(LOCAL_MODEL_PY) -m pip install --quiet -e ".[runner,local-model,test]"
+	touch $@
+
 .PHONY: test-local-model
-test-local-model: venv  ## the transformers backend's CPU tests and figures (installs torch: ~5.6 GB)
-	$(PY) -m pip install --quiet -e ".[local-model]"
-	EVAL_REQUIRE_TORCH=1 $(PY) -m pytest tests/runner/test_local_model_batched.py -q
-	$(PY) bench/local_model_throughput.py
+test-local-model: $(LOCAL_MODEL_VENV)/.installed  ## the transformers backend's tests (batched = unbatched on the CPU; GPU ones where a GPU is) and its figures, in .venv-local-model (torch: 6.3 GB)
+	EVAL_REQUIRE_TORCH=1 $(LOCAL_MODEL_PY) -m pytest tests/runner/test_local_model_batched.py \
+		tests/runner/test_local_model.py $(PYTEST_ARGS)
+	$(LOCAL_MODEL_PY) bench/local_model_throughput.py
 
 .PHONY: bench-operator
 bench-operator: venv tools  ## the operator at 1,000 tasks against a bare client (minutes; TASKS=N)
@@ -218,4 +230,4 @@ bench-operator: venv tools  ## the operator at 1,000 tasks against a bare client
 .PHONY: clean
 clean:  ## remove the virtualenv and local cluster state (not the cached binaries)
 	-$(MAKE) cluster-down
-	rm -rf $(VENV) $(CLUSTER_DIR)
+	rm -rf $(VENV) $(LOCAL_MODEL_VENV) $(CLUSTER_DIR)

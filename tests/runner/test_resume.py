@@ -125,6 +125,32 @@ def test_a_retry_after_a_kill_does_not_resend_answered_requests(
     assert summary["resumed"]["answersReused"] == 0
 
 
+def test_rescoring_with_other_metrics_asks_the_model_nothing(
+    tmp_path: Path, llm: FakeLLM, runner_buckets: S3Endpoint
+) -> None:
+    """The answer cache is keyed by what decides the answers, not by the metrics: a retry
+    whose spec scores differently (another metric, other options) re-scores the saved
+    answers."""
+    prefix = f"runs/ns/rescore/{uuid.uuid4()}/"
+    uri = put_jsonl(runner_buckets, f"{prefix}qa.jsonl", ROWS[:10])
+    llm.answers = {f"number {i}?": f"answer {i}" for i in range(0, 10, 2)}
+    config = generation_config(llm, runner_buckets, prefix, uri)
+    assert run_runner(tmp_path, config, runner_buckets).exit_code == 0
+    asked = len(llm.requests)
+    assert asked == 10
+
+    config["benchmarks"][0]["metrics"] = ["exact-match", "rouge-1", "f1"]
+    config["benchmarks"][0]["metricOptions"] = {"exactMatch": {"normalize": "none"}}
+    result = run_runner(tmp_path, config, runner_buckets)
+    assert result.exit_code == 0, result.stderr
+    assert len(llm.requests) == asked
+    summary = json.loads(read(runner_buckets, prefix + "summary.json"))
+    assert summary["benchmarks"][0]["metrics"]["exact-match"] == 0.5
+    assert summary["benchmarks"][0]["metrics"]["rouge-1"] == 0.5  # no word in common
+    assert summary["resumed"]["benchmarks"]["qa"] == {
+        "answersReused": 10, "answersRequested": 0, "benchmarkReused": True}
+
+
 def test_sigterm_saves_every_answered_request_before_the_process_ends(
     tmp_path: Path, llm: FakeLLM, runner_buckets: S3Endpoint
 ) -> None:

@@ -12,8 +12,11 @@ log-likelihood requests go through three paths:
 It also checks that the backend's choice (argmax over each question's choices) agrees with
 the one-by-one path, and prints generation prompts/s batched vs one at a time.
 
-    .venv/bin/python bench/local_model_throughput.py                  # tiny model, CPU
-    .venv/bin/python bench/local_model_throughput.py --size 1b --dtype bfloat16 --questions 200
+    .venv-local-model/bin/python bench/local_model_throughput.py      # tiny model, CPU
+    .venv-local-model/bin/python bench/local_model_throughput.py --size 1b --dtype bfloat16 \
+        --questions 200                                                # GPU
+
+(.venv-local-model is `make test-local-model`'s virtualenv, the one with torch.)
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def run_runner(tmp_path: Path, config: dict[str, Any], s3: S3Endpoint,
          "--termination-log", str(termination)],
         env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": s3.access_key,
              "AWS_SECRET_ACCESS_KEY": s3.secret_key, "HOME": str(tmp_path), **(env or {})},
-        # 300 s: lm-eval imports torch and transformers when they are installed (as `make
-        # test-local-model` does), which takes a minute on a busy 2-core machine.
+        # 300 s: lm-eval imports torch and transformers when they are installed (as in `make
+        # test-local-model`'s .venv-local-model), which takes a minute on a busy 2-core machine.
         capture_output=True, text=True, timeout=300, check=False,
     )
     message = json.loads(termination.read_text()) if termination.exists() else {}

@@ -1,5 +1,6 @@
-"""Preemption on the real node: the runner's pod is evicted mid-benchmark (as the scheduler's
-preemption or a node drain does) and the replacement pod resumes from the checkpoints.
+"""Preemption on the real node: the runner's pod is evicted (as the scheduler's preemption or
+a node drain does) or deleted mid-benchmark, and the replacement pod resumes from the
+checkpoints.
 
 The unit/runner tier proves resume with a process killed on the host
 (tests/runner/test_resume.py); this is the same promise through Kubernetes: eviction, the
@@ -39,27 +40,38 @@ def evict(cluster: Cluster, namespace: str, pod: str) -> None:
                         "metadata": {"name": pod, "namespace": namespace}}))
 
 
-def test_an_evicted_runner_pod_is_replaced_and_resumes_without_asking_again(
+def delete(cluster: Cluster, namespace: str, pod: str) -> None:
+    """A plain delete (a person, or a controller): SIGTERM, and no DisruptionTarget condition,
+    so the Job counts the attempt against its retries."""
+    cluster.kubectl("delete", "pod", pod, "-n", namespace, "--wait=false")
+
+
+# (how the pod goes, spec.retries): an eviction spends no retry; a plain delete spends one.
+@pytest.mark.parametrize(("stop", "retries", "what"),
+                         [(evict, 0, "evicted"), (delete, 1, "deleted")], ids=["evict", "delete"])
+def test_a_runner_pod_stopped_mid_run_is_replaced_and_resumes_without_asking_again(
         cluster: Cluster, e2e_namespace: str, pod_s3: S3Endpoint, model: FakeLLM,
-        spec_for: Any, timings: Timings) -> None:
+        spec_for: Any, timings: Timings, stop: Any, retries: int,
+        what: str) -> None:
     pod_s3.client().put_object(Bucket=DATA_BUCKET, Key="resume.jsonl", Body="".join(
         json.dumps(r) + "\n" for r in ROWS).encode())
     model.answers = {r["q"]: r["a"] for r in ROWS[::2]}  # half right
-    model.delay_seconds = 1.0  # slow enough to evict the pod half-way
+    model.delay_seconds = 1.0  # slow enough to stop the pod half-way
     benchmark = {"name": "qa", "dataset": {"uri": f"s3://{DATA_BUCKET}/resume.jsonl",
                                            "fields": {"prompt": "q", "reference": "a"}},
                  "task": "generation", "metrics": ["exact-match"]}
-    # retries: 0: an eviction is not the runner's failure (DisruptionTarget is ignored), so
-    # the replacement must come without spending a retry.
-    run = create_task(cluster, e2e_namespace, "evicted", spec_for(benchmark, retries=0))
+    # retries: 0 with an eviction: it is not the runner's failure (the Job's podFailurePolicy
+    # ignores DisruptionTarget), so the replacement must come without spending a retry.
+    run = create_task(cluster, e2e_namespace, what,
+                      spec_for(benchmark, retries=retries))
     first = run.running_pod()["metadata"]
     cluster.wait_until("the runner to have asked a few questions",
                        lambda: len(model.requests) >= 4, timeout=120)
-    evict(cluster, e2e_namespace, first["name"])
+    stop(cluster, e2e_namespace, first["name"])
     asked_before = len(model.requests)
     model.delay_seconds = 0.0
 
-    status = run.finish(timings, "pod evicted mid-run, resumed")
+    status = run.finish(timings, f"pod {what} mid-run, resumed")
 
     assert (status["phase"], status["reason"]) == ("Completed", "Succeeded"), status
     assert status["benchmarks"][0]["metrics"]["exact-match"] == 0.5  # every sample scored

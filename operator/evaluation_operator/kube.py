@@ -189,12 +189,13 @@ class Kube:
 
 
 MERGE_PATCH = "application/merge-patch+json"
-COLLECTIONS = {"Job": ("apis", "batch", "v1"), "ConfigMap": ("api", "v1")}
+# (API path prefix, plural) of the kinds the operator creates.
+COLLECTIONS = {"Job": (("apis", "batch", "v1"), "jobs"), "ConfigMap": (("api", "v1"), "configmaps")}
 
 
 def _collection(kind: str, namespace: str) -> str:
-    plural = {"Job": "jobs", "ConfigMap": "configmaps"}[kind]
-    return path(*COLLECTIONS[kind], "namespaces", namespace, plural)
+    prefix, plural = COLLECTIONS[kind]
+    return path(*prefix, "namespaces", namespace, plural)
 
 
 def _timestamp(value: Any) -> datetime.datetime | None:

@@ -18,8 +18,9 @@ gets a GPU at once; moto's S3 server as its own process):
 6. All tasks deleted: time until gone; RSS after.
 
 API calls are counted from the API server's audit log by user agent: the operator's are
-Kopf's (`kopf/...`) and the Kubernetes client's (`OpenAPI-Generator/...`); the bench's own
-client identifies itself as `operator-scale-bench`. "Writes" are create, update, patch and
+Kopf's (`kopf/...`) and its own client's (`evaluation-operator/...`, apiclient.USER_AGENT; an
+operator from before it said `OpenAPI-Generator/...`, the kubernetes client's); the bench's
+own client identifies itself as `operator-scale-bench`. "Writes" are create, update, patch and
 delete; per task = total / N.
 """
 
@@ -340,6 +341,10 @@ class Operator:
         return time.monotonic() - started
 
 
+# The operator's user agents: Kopf's, its own client's, the kubernetes client's (before).
+OPERATOR_AGENTS = ("kopf/", "evaluation-operator/", "OpenAPI-Generator/")
+
+
 def audit_counts(path: Path, since: str, until: str) -> tuple[Counter[str], Counter[str]]:
     """(operator writes, operator reads) by "verb resource[/subresource]" in [since, until)."""
     writes: Counter[str] = Counter()
@@ -351,7 +356,7 @@ def audit_counts(path: Path, since: str, until: str) -> tuple[Counter[str], Coun
             if not since <= stamp < until:
                 continue
             agent = entry.get("userAgent", "")
-            if not (agent.startswith("kopf/") or agent.startswith("OpenAPI-Generator")):
+            if not agent.startswith(OPERATOR_AGENTS):
                 continue
             ref = entry.get("objectRef") or {}
             key = f"{entry['verb']} {ref.get('resource', '?')}"

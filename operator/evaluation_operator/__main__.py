@@ -6,8 +6,20 @@ any other option goes to `kopf run` (--verbose, --liveness=...).
 
 from __future__ import annotations
 
-import os
 import sys
+
+if __name__ == "__main__":
+    # The operator talks to the API server with its own client (apiclient.py). Kopf imports
+    # the official `kubernetes` client whenever it can: at import, for owner-reference models
+    # (kopf/_cogs/helpers/thirdparty.py), and to borrow its credentials (login_via_client in
+    # kopf/_core/intents/piggybacking.py). That is ~50 MiB of RSS held for nothing, and the
+    # venv of `make run` and of the tests has it installed. A None in sys.modules makes
+    # `import kubernetes` fail as if it were not installed; only in the operator's own
+    # process (`python -m evaluation_operator`, and `run()` for the console script), so a
+    # program that imports this module keeps its client. tests/unit/test_main.py checks it.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
+import os
 from collections.abc import MutableMapping
 
 import kopf.cli

@@ -40,7 +40,8 @@ _poller: asyncio.Task[None] | None = None
 def reconciler() -> Reconciler:
     global _reconciler
     if _reconciler is None:
-        kube = Kube(apiclient.api_client(SETTINGS), SETTINGS)
+        # One pooled connection per worker thread: more would idle, fewer would queue.
+        kube = Kube(apiclient.rest_client(SETTINGS, pool_size=SETTINGS.api_workers), SETTINGS)
         _reconciler = Reconciler(SETTINGS, Api(kube, SETTINGS.api_workers),
                                  s3=lambda: shared_client(SETTINGS))
     return _reconciler
@@ -80,6 +81,12 @@ class HandlerSuccessFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self.QUIET
+
+
+# Kopf logs in the way the operator's own client does (apiclient.login): one identity, one
+# server. (Kopf's own choice would be its fallbacks, or the `kubernetes` client when that
+# can be imported: never in the operator's process, see __main__.py.)
+kopf.on.login()(apiclient.login)
 
 
 @kopf.on.startup()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from evaluation_operator import naming
+from evaluation_operator.apiclient import ApiError, RestClient, path
 from evaluation_operator.config import OperatorSettings
 
 T = TypeVar("T")
@@ -72,11 +69,8 @@ class KubeApi(Protocol):
     def local_queue(self, namespace: str, name: str) -> Found: ...
 
 
-def api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)
-    except ValueError:
-        return str(error.reason)
+def api_message(error: ApiError) -> str:
+    return error.message
 
 
 class Throttle:
@@ -105,38 +99,20 @@ class Throttle:
             time.sleep(pause)
 
 
-# Writes whose answers the operator does not read: their bodies are skipped, not turned into
-# the client's model objects (for a Job, more CPU than the request itself; the watches
-# deliver the object anyway). Errors still raise ApiException.
-RAW: dict[str, Any] = {"_preload_content": False}
-
-
-def _discard(response: Any) -> None:
-    """Read the unread answer and give its connection back to the pool."""
-    response.read()
-    response.release_conn()
-
-
 class Kube:
-    """`KubeApi` on the official client: blocking calls, run by `Api` in its worker threads."""
+    """`KubeApi` on `RestClient`: blocking calls, run by `Api` in its worker threads. Writes
+    do not parse their answers (the watches deliver the objects anyway)."""
 
-    def __init__(self, api_client: Any, settings: OperatorSettings) -> None:
-        # One pooled connection per worker thread: more would idle, fewer would queue.
-        api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = settings.api_workers
-        self.custom = client.CustomObjectsApi(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
+    def __init__(self, rest: RestClient, settings: OperatorSettings) -> None:
+        self.rest = rest
         self.throttle = Throttle(settings.api_qps, settings.api_burst)
 
     def create(self, manifest: dict[str, Any]) -> bool:
         namespace = manifest["metadata"]["namespace"]
         self.throttle.wait()
         try:
-            if manifest["kind"] == "Job":
-                _discard(self.batch.create_namespaced_job(namespace, manifest, **RAW))
-            else:
-                _discard(self.core.create_namespaced_config_map(namespace, manifest, **RAW))
-        except ApiException as error:
+            self.rest.request("POST", _collection(manifest["kind"], namespace), body=manifest)
+        except ApiError as error:
             if error.status == 409:
                 return False
             raise
@@ -145,78 +121,62 @@ class Kube:
     def owner_uid(self, kind: str, namespace: str, name: str) -> str | None:
         self.throttle.wait()
         try:
-            if kind == "Job":
-                obj = self.batch.read_namespaced_job(name, namespace)
-            else:
-                obj = self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as error:
+            obj = self.rest.json("GET", _collection(kind, namespace) + path(name))
+        except ApiError as error:
             if error.status == 404:
                 return ""
             raise
-        for owner in obj.metadata.owner_references or []:
-            if owner.kind == naming.KIND:
-                return str(owner.uid)
+        for owner in obj["metadata"].get("ownerReferences") or []:
+            if owner.get("kind") == naming.KIND:
+                return str(owner.get("uid"))
         return None
 
     def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.throttle.wait()
         try:
-            _discard(self.custom.patch_namespaced_custom_object_status(
-                naming.GROUP, naming.VERSION, namespace, naming.PLURAL, name,
-                {"status": status}, **RAW))
-        except ApiException as error:
+            self.rest.request("PATCH", path("apis", naming.GROUP, naming.VERSION, "namespaces",
+                                            namespace, naming.PLURAL, name, "status"),
+                              body={"status": status}, content_type=MERGE_PATCH)
+        except ApiError as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.throttle.wait()
         try:
-            _discard(self.batch.delete_namespaced_job(name, namespace,
-                                                      propagation_policy="Background", **RAW))
-        except ApiException as error:
+            self.rest.request("DELETE", _collection("Job", namespace) + path(name),
+                              query={"propagationPolicy": "Background"})
+        except ApiError as error:
             if error.status != 404:
                 raise
-
 
     def configmap_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         self.throttle.wait()
         try:
-            found = self.core.read_namespaced_config_map(name, namespace)
-        except ApiException as error:
+            found = self.rest.json("GET", _collection("ConfigMap", namespace) + path(name))
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
-        return frozenset({*(found.data or {}), *(found.binary_data or {})})
+        return frozenset({*(found.get("data") or {}), *(found.get("binaryData") or {})})
 
     def failed_creates(self, namespace: str) -> dict[str, FailedCreate]:
         # One list for the whole namespace, not one per Job: a burst of tasks whose pods
         # come late costs one call (reconcile.py caches it), whatever the number of tasks.
         self.throttle.wait()
-        listed = self.core.list_namespaced_event(
-            namespace, field_selector="involvedObject.kind=Job,reason=FailedCreate",
-            limit=FAILED_CREATE_EVENTS_LIMIT)
-
-        def when(event: Any) -> datetime.datetime:
-            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-            return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
-
-        found: dict[str, FailedCreate] = {}
-        for event in sorted(listed.items, key=when):  # the newest message wins
-            uid = str(event.involved_object.uid or "")
-            earlier = found.get(uid)
-            since = event.first_timestamp or when(event)
-            found[uid] = FailedCreate(
-                str(event.message or "").removeprefix("Error creating: "),
-                min(earlier.since, since) if earlier and earlier.since else since)
-        return found
+        listed = self.rest.json(
+            "GET", path("api", "v1", "namespaces", namespace, "events"),
+            query={"fieldSelector": "involvedObject.kind=Job,reason=FailedCreate",
+                   "limit": FAILED_CREATE_EVENTS_LIMIT})
+        return failed_creates_of(listed.get("items") or [])
 
     def local_queue(self, namespace: str, name: str) -> Found:
         for version in KUEUE_VERSIONS:
             self.throttle.wait()
             try:
-                self.custom.get_namespaced_custom_object(KUEUE_GROUP, version, namespace,
-                                                         KUEUE_PLURAL, name)
-            except ApiException as error:
+                self.rest.request("GET", path("apis", KUEUE_GROUP, version, "namespaces",
+                                              namespace, KUEUE_PLURAL, name))
+            except ApiError as error:
                 if error.status == 404 and not _names_object(error, name):
                     continue  # this version is not served: try the next one
                 if error.status == 404:
@@ -228,14 +188,49 @@ class Kube:
         return Found.NO_API
 
 
-def _names_object(error: ApiException, name: str) -> bool:
+MERGE_PATCH = "application/merge-patch+json"
+# (API path prefix, plural) of the kinds the operator creates.
+COLLECTIONS = {"Job": (("apis", "batch", "v1"), "jobs"), "ConfigMap": (("api", "v1"), "configmaps")}
+
+
+def _collection(kind: str, namespace: str) -> str:
+    prefix, plural = COLLECTIONS[kind]
+    return path(*prefix, "namespaces", namespace, plural)
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    """A Time or MicroTime of the API server (RFC 3339, UTC)."""
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def failed_creates_of(events: list[dict[str, Any]]) -> dict[str, FailedCreate]:
+    """FailedCreate Events by the uid of their Job: the newest message, since the earliest."""
+
+    def when(event: dict[str, Any]) -> datetime.datetime:
+        stamp = (_timestamp(event.get("lastTimestamp")) or _timestamp(event.get("eventTime"))
+                 or _timestamp((event.get("metadata") or {}).get("creationTimestamp")))
+        return stamp or datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+    found: dict[str, FailedCreate] = {}
+    for event in sorted(events, key=when):  # the newest message wins
+        uid = str((event.get("involvedObject") or {}).get("uid") or "")
+        earlier = found.get(uid)
+        since = _timestamp(event.get("firstTimestamp")) or when(event)
+        found[uid] = FailedCreate(
+            str(event.get("message") or "").removeprefix("Error creating: "),
+            min(earlier.since, since) if earlier and earlier.since else since)
+    return found
+
+
+def _names_object(error: ApiError, name: str) -> bool:
     """A 404 for a missing object names it in the Status details; a 404 for a resource the
     API server does not serve at all does not."""
-    try:
-        details = json.loads(error.body or "{}").get("details") or {}
-    except ValueError:
-        return False
-    return bool(details.get("name") == name)
+    return bool(error.details.get("name") == name)
 
 
 class Api:

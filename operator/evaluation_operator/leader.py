@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import enum
-import json
 import logging
 import os
 import socket
@@ -47,10 +46,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from evaluation_operator import apiclient, metrics
+from evaluation_operator.apiclient import ApiError, RestClient
 from evaluation_operator.config import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -172,42 +169,39 @@ def released(current: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
 
 
 class LeaseStore:
-    """Reads and writes one Lease as plain JSON (the client's models mangle MicroTime)."""
+    """Reads and writes one Lease as plain JSON."""
 
-    def __init__(self, api: Any, name: str, namespace: str, timeout: float) -> None:
+    def __init__(self, api: RestClient | None, name: str, namespace: str, timeout: float
+                 ) -> None:
         self.api = api
         self.name, self.namespace = name, namespace
         self.timeout = timeout
 
+    def _path(self, *name: str) -> str:
+        return apiclient.path("apis", "coordination.k8s.io", "v1", "namespaces",
+                              self.namespace, "leases", *name)
+
     def read(self) -> dict[str, Any] | None:
+        assert self.api is not None
         try:
-            answer = self.api.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False,
-                _request_timeout=self.timeout)
-        except ApiException as error:
+            return self.api.json("GET", self._path(self.name), timeout=self.timeout)
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
-        lease: dict[str, Any] = json.loads(answer.data)
-        return lease
 
     def write(self, lease: dict[str, Any]) -> dict[str, Any] | None:
         """Create or update; None when another writer got there first (409)."""
+        assert self.api is not None
         try:
             if "resourceVersion" in lease["metadata"]:
-                answer = self.api.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _preload_content=False,
-                    _request_timeout=self.timeout)
-            else:
-                answer = self.api.create_namespaced_lease(
-                    self.namespace, lease, _preload_content=False,
-                    _request_timeout=self.timeout)
-        except ApiException as error:
+                return self.api.json("PUT", self._path(self.name), body=lease,
+                                     timeout=self.timeout)
+            return self.api.json("POST", self._path(), body=lease, timeout=self.timeout)
+        except ApiError as error:
             if error.status == 409:
                 return None
             raise
-        written: dict[str, Any] = json.loads(answer.data)
-        return written
 
 
 # Any error of a read or write is retried (network, API server, timeouts, and bugs alike):
@@ -412,8 +406,8 @@ def leadership(settings: OperatorSettings, kopf_args: list[str]) -> Iterator[Non
         metrics.start_metrics_server(settings.metrics_port)
     namespace = resolve_namespace(settings)
     identity = settings.leader_election_identity or default_identity()
-    api = client.CoordinationV1Api(apiclient.api_client(settings))
-    store = LeaseStore(api, settings.leader_election_lease, namespace,
+    store = LeaseStore(apiclient.rest_client(settings, pool_size=1),
+                       settings.leader_election_lease, namespace,
                        timeout=max(1.0, settings.lease_renew_deadline_seconds / 2))
     elector = Elector(store, identity, settings.lease_duration_seconds,
                       settings.lease_renew_deadline_seconds, settings.lease_retry_period_seconds)

@@ -29,9 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from kubernetes.client.exceptions import ApiException
-
 from evaluation_operator import events, memory, metrics, references, runner_output
+from evaluation_operator.apiclient import ApiError
 from evaluation_operator.benchmark_status import progress_fields
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
@@ -421,7 +420,7 @@ class Reconciler:
                 continue
             try:
                 keys = await self.api.call(self.api.kube.configmap_keys, task.namespace, ref.name)
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 403:  # an older chart's RBAC: the pod will tell
                     log.warning("cannot read ConfigMap %s for %s (RBAC): %s", ref.name,
                                 task.key, api_message(error))
@@ -461,7 +460,7 @@ class Reconciler:
             meta = manifest["metadata"]
             owner = await self.api.call(self.api.kube.owner_uid, manifest["kind"],
                                         meta["namespace"], meta["name"])
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 422:
                 raise RejectedSpecError(api_message(error)) from error
             if error.status == 403:

@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 import pytest
 from evaluation_operator import deletion, naming, reconcile
+from evaluation_operator.apiclient import ApiError
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
 from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
 from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod
-from kubernetes.client.exceptions import ApiException
 
 UID = "0b6c4f5e-1111-2222-3333-444455556666"
 OLD_UID = "99999999-1111-2222-3333-444455556666"
@@ -68,7 +68,7 @@ class FakeKube:
         self.calls: list[str] = []
         self.existing: dict[str, str] = {}  # kind -> owner uid
         self.status_patches: list[dict[str, Any]] = []
-        self.refuse_with: ApiException | None = None
+        self.refuse_with: ApiError | None = None
         self.configmaps: dict[str, frozenset[str]] = {}  # name -> keys (dataset ConfigMaps)
         self.failed: dict[str, FailedCreate] = {}  # Job uid -> its FailedCreate event
         self.queues: dict[str, Found] = {}
@@ -233,8 +233,9 @@ def test_children_of_an_older_task_with_the_same_name_are_waited_out() -> None:
 def test_a_job_the_api_server_refuses_fails_the_task_with_its_message() -> None:
     async def scenario() -> dict[str, Any]:
         c = Cluster(task())
-        c.kube.refuse_with = ApiException(status=422, reason="Unprocessable Entity")
-        c.kube.refuse_with.body = '{"message": "Job.batch \\"t-eval\\" is invalid: tolerations"}'
+        c.kube.refuse_with = ApiError(
+            422, "Unprocessable Entity",
+            body='{"message": "Job.batch \\"t-eval\\" is invalid: tolerations"}')
         await c.reconciler.task_seen(task())
         await c.reconciler.drain()
         return c.kube.status_patches[-1]

@@ -10,13 +10,14 @@ operator's package first on the path (to profile an older version in the same be
 
 Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
-and with OPWRAP=mem tracemalloc's current and peak: whether RSS above the live data is freed
-memory the allocators keep (fragmentation) or memory still in use, and when it was taken.
+open sockets, and with OPWRAP=mem tracemalloc's current and peak: whether RSS above the live
+data is freed memory the allocators keep (fragmentation) or memory still in use, and when.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -75,18 +76,28 @@ def peak_snapshot(traced: float) -> None:
             print("\n".join(stat.traceback.format()[-24:]), file=out)
 
 
+def _sockets() -> int:
+    """Open sockets: API server connections (Kopf's and the client's pools), S3, watches."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
 def timeline() -> None:
     started = time.monotonic()
     highest = 30 * MIB
     with open(f"{OUT}/timeline-{os.getpid()}.tsv", "w", buffering=1) as out:
         print("t_s\trss_mib\tpy_blocks\tmalloc_used_mib\tmalloc_free_mib\tmmapped_mib"
-              "\tthreads\ttraced_mib\ttraced_peak_mib", file=out)
+              "\tthreads\tsockets\ttraced_mib\ttraced_peak_mib", file=out)
         while True:
             used, free, mapped = _mallinfo()
             traced, peak = (tracemalloc.get_traced_memory() if tracemalloc.is_tracing()
                             else (0, 0))
             print(f"{time.monotonic() - started:.0f}\t{_rss():.1f}\t{sys.getallocatedblocks()}"
                   f"\t{used:.1f}\t{free:.1f}\t{mapped:.1f}\t{threading.active_count()}"
+                  f"\t{_sockets()}"
                   f"\t{traced / MIB:.1f}\t{peak / MIB:.1f}", file=out)
             if traced > highest * 1.2:
                 highest = traced

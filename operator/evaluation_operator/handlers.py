@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import apiclient, deletion, events, metrics, naming
+from evaluation_operator import apiclient, connections, deletion, events, metrics, naming
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
@@ -29,6 +29,8 @@ from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod, is_merge, task_uid_of
 
 SETTINGS = OperatorSettings.from_env()
+# At import, before Kopf opens its first session (its resource scan may precede startup).
+connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 TASK = (naming.GROUP, naming.VERSION, naming.PLURAL)
 JOBS = ("batch", "v1", "jobs")

@@ -5,8 +5,9 @@
 
 Each SIGUSR1 (operator_scale.py sends one at start, with N running and after deletion)
 writes `mem-<pid>-<n>.txt`: live objects by type, and with OPWRAP=mem (tracemalloc on from
-the start; slow) the biggest allocation sites. OPWRAP_PATH puts another copy of the
-operator's package first on the path (to profile an older version in the same bench).
+the first dump; slow, and its snapshots inflate RSS) the biggest allocation sites.
+OPWRAP_PATH puts another copy of the operator's package first on the path (to profile an
+older version in the same bench, or to keep editing this tree while a bench runs).
 
 Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
@@ -33,8 +34,9 @@ from types import FrameType
 OUT = os.environ["OPWRAP_OUT"]
 if os.environ.get("OPWRAP_PATH"):
     sys.path.insert(0, os.environ["OPWRAP_PATH"])
-if "mem" in os.environ.get("OPWRAP", ""):
-    tracemalloc.start(12)
+# Traced from the first dump on (the bench sends it once the operator has started): from the
+# process's start, importing the kubernetes client and Kopf under tracemalloc took minutes.
+TRACE = "mem" in os.environ.get("OPWRAP", "")
 dumps = 0
 MIB = 1024 * 1024
 
@@ -109,6 +111,8 @@ def dump(signum: int, frame: FrameType | None) -> None:
     global dumps
     dumps += 1
     gc.collect()
+    if TRACE and not tracemalloc.is_tracing():
+        tracemalloc.start(12)
     with open(f"{OUT}/mem-{os.getpid()}-{dumps}.txt", "w") as out:
         used, free, mapped = _mallinfo()
         print(f"rss {_rss():.1f} MiB; python blocks {sys.getallocatedblocks()}; glibc heap "

@@ -35,6 +35,7 @@ CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 TASK = (naming.GROUP, naming.VERSION, naming.PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
+WORKER_IDLE_SECONDS = 1.0
 _reconciler: Reconciler | None = None
 _poller: asyncio.Task[None] | None = None
 
@@ -97,6 +98,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Deadlines on every watch and request: a silent partition must not stop the operator.
     apiclient.configure_kopf(settings, SETTINGS)
     settings.execution.max_workers = SETTINGS.api_workers
+    # Few raw objects alive at once (docs/operator.md, Memory): initial lists in pages, and
+    # Kopf's per-object worker, which keeps the last event it processed until it exits,
+    # exits after 1 s without events instead of 5 (it is started again by the next event).
+    settings.watching.chunk_size = SETTINGS.list_chunk_size or None
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
     ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
     settings.watching.label_selectors["batch", "v1", "jobs"] = ours

@@ -5,6 +5,7 @@ at ~320 KiB apiece."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 import pytest
@@ -64,3 +65,14 @@ def test_kopf_sessions_hold_at_most_the_limit(monkeypatch: pytest.MonkeyPatch) -
     bounded = kopf_auth.APIContext
     assert bounded is not unbounded and bounded.__mro__[1] is unbounded
     assert asyncio.run(busiest(bounded, 20)) == 4
+
+
+def test_the_operator_bounds_what_kopf_holds_per_object() -> None:
+    from evaluation_operator import handlers
+
+    settings = kopf.OperatorSettings()
+    configure: Any = handlers.configure  # Kopf's decorator types it as an activity
+    configure(settings=settings)
+    assert settings.watching.chunk_size == handlers.SETTINGS.list_chunk_size == 250
+    assert settings.queueing.idle_timeout == handlers.WORKER_IDLE_SECONDS < 5
+    assert kopf_auth.APIContext._unbounded is not kopf_auth.APIContext  # type: ignore[attr-defined]

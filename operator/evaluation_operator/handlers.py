@@ -165,6 +165,8 @@ async def task_event(type: str, uid: str, **kwargs: Any) -> None:
     r = _world(kwargs)
     if type == "DELETED":
         r.forget(uid)
+        # Also when it went without our finalizer's handler (removed by hand, say).
+        metrics.forget_task(kwargs["namespace"], kwargs["name"])
         return
     task = r.world.task(uid)
     if task is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import apiclient, connections, deletion, events, metrics, naming
+from evaluation_operator import apiclient, connections, deletion, events, memory, metrics, naming
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
@@ -114,6 +114,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.scanning.disabled = True
     if SETTINGS.metrics_port:
         metrics.start_metrics_server(SETTINGS.metrics_port)
+    memory.freeze_startup_heap()  # the last startup step: what is imported by now stays
 
 
 @kopf.on.startup()

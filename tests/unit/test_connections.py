@@ -67,12 +67,16 @@ def test_kopf_sessions_hold_at_most_the_limit(monkeypatch: pytest.MonkeyPatch) -
     assert asyncio.run(busiest(bounded, 20)) == 4
 
 
-def test_the_operator_bounds_what_kopf_holds_per_object() -> None:
-    from evaluation_operator import handlers
+def test_the_operator_bounds_what_kopf_holds_per_object(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation_operator import handlers, memory
 
+    frozen: list[bool] = []
+    monkeypatch.setattr(memory, "freeze_startup_heap", lambda: frozen.append(True))
     settings = kopf.OperatorSettings()
     configure: Any = handlers.configure  # Kopf's decorator types it as an activity
     configure(settings=settings)
     assert settings.watching.chunk_size == handlers.SETTINGS.list_chunk_size == 250
     assert settings.queueing.idle_timeout == handlers.WORKER_IDLE_SECONDS < 5
     assert kopf_auth.APIContext._unbounded is not kopf_auth.APIContext  # type: ignore[attr-defined]
+    assert frozen == [True]  # the imports' objects leave the collector's oldest generation

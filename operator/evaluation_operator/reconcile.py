@@ -230,6 +230,7 @@ class Reconciler:
         if task.deleting:
             return
         if self._is_final(task):
+            self._forget_written_once_watched(task)
             await self._acknowledge_generation(task)
             return
         if task.cancel_requested:
@@ -497,6 +498,19 @@ class Reconciler:
     def _status(self, task: Task) -> dict[str, Any]:
         """The newest status known: the one written last, else the one watched."""
         return self._written.get(task.uid) or dict(task.status)
+
+    def _forget_written_once_watched(self, task: Task) -> None:
+        """A final status the watch has delivered back need not be remembered as well (a
+        status copy per finished task, kept until the task is deleted)."""
+        written = self._written.get(task.uid)
+        if written is None or not task.finished:
+            return
+        watched = task.status
+        observed, seen = written.get("observedGeneration"), watched.get("observedGeneration")
+        if ((watched.get("phase"), watched.get("reason")) == (written.get("phase"),
+                                                             written.get("reason"))
+                and isinstance(seen, int) and (not isinstance(observed, int) or seen >= observed)):
+            self._written.pop(task.uid)
 
     def _is_final(self, task: Task) -> bool:
         phase = self._status(task).get("phase")

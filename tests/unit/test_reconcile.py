@@ -434,6 +434,27 @@ def test_no_per_task_table_keeps_an_entry_after_its_task_goes(
     assert gone == dict.fromkeys(alive, 0)
 
 
+def test_a_final_status_is_not_remembered_once_the_watch_delivered_it() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+
+    async def scenario() -> tuple[Cluster, int]:
+        c = Cluster(task())
+        c.set(job(), [pod("Succeeded", terminated={"exitCode": 0, "message": message})])
+        await c.changed()
+        remembered = c.reconciler.state_sizes()["written"]
+        watched = task(c.kube.status_patches[-1])  # our write, as the watch brings it back
+        c.tasks[UID] = [watched]
+        await c.reconciler.task_seen(watched)
+        c.reconciler.mark(UID)  # a late pod event changes nothing either
+        await c.reconciler.drain()
+        return c, remembered
+
+    c, remembered = run(scenario())
+    assert remembered == 1 and c.reconciler.state_sizes()["written"] == 0
+    assert [p["phase"] for p in c.kube.status_patches] == ["Completed"]
+
+
 def test_a_task_deleted_while_its_status_write_is_in_flight_leaves_nothing_behind() -> None:
     loops: list[asyncio.AbstractEventLoop] = []
 

@@ -5,45 +5,136 @@
 
 Each SIGUSR1 (operator_scale.py sends one at start, with N running and after deletion)
 writes `mem-<pid>-<n>.txt`: live objects by type, and with OPWRAP=mem (tracemalloc on from
-the start; slow) the biggest allocation sites. OPWRAP_PATH puts another copy of the
-operator's package first on the path (to profile an older version in the same bench).
+the first dump; slow, and its snapshots inflate RSS) the biggest allocation sites.
+OPWRAP_PATH puts another copy of the operator's package first on the path (to profile an
+older version in the same bench, or to keep editing this tree while a bench runs).
+
+Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
+in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
+open sockets, and with OPWRAP=mem tracemalloc's current and peak: whether RSS above the live
+data is freed memory the allocators keep (fragmentation) or memory still in use, and when.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
+import ctypes.util
 import gc
 import os
 import runpy
 import signal
 import sys
+import threading
+import time
 import tracemalloc
 from types import FrameType
 
 OUT = os.environ["OPWRAP_OUT"]
 if os.environ.get("OPWRAP_PATH"):
     sys.path.insert(0, os.environ["OPWRAP_PATH"])
-if "mem" in os.environ.get("OPWRAP", ""):
-    tracemalloc.start(12)
+# Traced from the first dump on (the bench sends it once the operator has started): from the
+# process's start, importing the kubernetes client and Kopf under tracemalloc took minutes.
+TRACE = "mem" in os.environ.get("OPWRAP", "")
 dumps = 0
+MIB = 1024 * 1024
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _mallinfo() -> tuple[float, float, float]:
+    """glibc's heap: (in use, free but kept, mmapped) MiB; zeros elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError, TypeError):
+        return 0.0, 0.0, 0.0
+    return info.uordblks / MIB, info.fordblks / MIB, info.hblkhd / MIB
+
+
+def _rss() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_snapshot(traced: float) -> None:
+    """The allocation sites at a new high of traced memory (overwritten at each new high)."""
+    snapshot = tracemalloc.take_snapshot()
+    with open(f"{OUT}/peak-{os.getpid()}.txt", "w") as out:
+        print(f"traced {traced / MIB:.1f} MiB, rss {_rss():.1f} MiB", file=out)
+        for stat in snapshot.statistics("lineno")[:30]:
+            print(stat, file=out)
+        for stat in snapshot.statistics("traceback")[:8]:
+            print("\n===", stat, file=out)
+            print("\n".join(stat.traceback.format()[-24:]), file=out)
+
+
+def _sockets() -> int:
+    """Open sockets: API server connections (Kopf's and the client's pools), S3, watches."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+def timeline() -> None:
+    started = time.monotonic()
+    highest = 30 * MIB
+    with open(f"{OUT}/timeline-{os.getpid()}.tsv", "w", buffering=1) as out:
+        print("t_s\trss_mib\tpy_blocks\tmalloc_used_mib\tmalloc_free_mib\tmmapped_mib"
+              "\tthreads\tsockets\ttraced_mib\ttraced_peak_mib", file=out)
+        while True:
+            used, free, mapped = _mallinfo()
+            traced, peak = (tracemalloc.get_traced_memory() if tracemalloc.is_tracing()
+                            else (0, 0))
+            print(f"{time.monotonic() - started:.0f}\t{_rss():.1f}\t{sys.getallocatedblocks()}"
+                  f"\t{used:.1f}\t{free:.1f}\t{mapped:.1f}\t{threading.active_count()}"
+                  f"\t{_sockets()}"
+                  f"\t{traced / MIB:.1f}\t{peak / MIB:.1f}", file=out)
+            if traced > highest * 1.2:
+                highest = traced
+                peak_snapshot(traced)
+            time.sleep(1)
 
 
 def dump(signum: int, frame: FrameType | None) -> None:
     global dumps
     dumps += 1
     gc.collect()
+    if TRACE and not tracemalloc.is_tracing():
+        tracemalloc.start(12)
     with open(f"{OUT}/mem-{os.getpid()}-{dumps}.txt", "w") as out:
+        used, free, mapped = _mallinfo()
+        print(f"rss {_rss():.1f} MiB; python blocks {sys.getallocatedblocks()}; glibc heap "
+              f"in use {used:.1f}, free {free:.1f}, mmapped {mapped:.1f} MiB", file=out)
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
         print("objects:", types.most_common(40), file=out)
         if tracemalloc.is_tracing():
+            current, peak = tracemalloc.get_traced_memory()
+            print(f"traced {current / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB", file=out)
             snapshot = tracemalloc.take_snapshot()
             for stat in snapshot.statistics("lineno")[:40]:
                 print(stat, file=out)
             for stat in snapshot.statistics("traceback")[:15]:
                 print("\n===", stat, file=out)
                 print("\n".join(stat.traceback.format()[-24:]), file=out)
+            tracemalloc.reset_peak()
 
 
 signal.signal(signal.SIGUSR1, dump)
+from evaluation_operator.memory import limit_arenas  # noqa: E402
+
+limit_arenas()  # as __main__ does, before this file's own thread starts
+threading.Thread(target=timeline, name="probe-timeline", daemon=True).start()
 sys.argv = ["evaluation_operator"]
 runpy.run_module("evaluation_operator", run_name="__main__", alter_sys=True)

@@ -518,6 +518,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         pid = operator.start()
         time.sleep(max(20.0, count / 50))
         figures["rss_restarted_mib"] = rss_mib(pid)
+        probe(pid, "restarted")
         restart_end = utc_now()
 
         log("deleting every task")

@@ -25,6 +25,8 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_API_WORKERS | --api-workers | threads making API and S3 calls (bounds calls in flight) |
 | EVAL_API_QPS | --api-qps | API calls per second, on average, across all workers |
 | EVAL_API_BURST | --api-burst | API calls allowed at once above that rate |
+| EVAL_KOPF_CONNECTIONS | --kopf-connections | Kopf's requests in flight at once (watches extra) |
+| EVAL_LIST_CHUNK_SIZE | --list-chunk-size | objects per page of initial lists; 0: one page |
 | EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
 | EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
 | EVAL_LEADER_ELECTION_LEASE | --leader-election-lease | Lease to elect a leader on; empty: off |
@@ -72,6 +74,8 @@ FLAGS: dict[str, str] = {
     "--api-workers": "EVAL_API_WORKERS",
     "--api-qps": "EVAL_API_QPS",
     "--api-burst": "EVAL_API_BURST",
+    "--kopf-connections": "EVAL_KOPF_CONNECTIONS",
+    "--list-chunk-size": "EVAL_LIST_CHUNK_SIZE",
     "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
     "--job-ttl": "EVAL_JOB_TTL_SECONDS",
     # leader election (leader.py)
@@ -139,6 +143,13 @@ class OperatorSettings:
     api_workers: int = 16
     api_qps: int = 400
     api_burst: int = 800
+    # Kopf's own requests (finalizers, Events) share a pool of this many connections besides
+    # its watches (connections.py): each TLS connection costs ~320 KiB, and Kopf otherwise
+    # opens one per request in flight (~950 while 1,000 tasks were deleted).
+    kopf_connections: int = 16
+    # A watch starts with a list of what exists: in pages of this many objects, not one answer
+    # holding every task, Job or pod at once (5,000 pods: ~200 MiB parsed in one go).
+    list_chunk_size: int = 250
     # Pod Pending -> Scheduled -> Running often happens within a second: one write, not three.
     status_debounce_ms: int = 1500
     # A day: long enough to read the pods' logs; the task's status and results stay anyway.
@@ -206,6 +217,8 @@ class OperatorSettings:
             api_workers=_int(env, "EVAL_API_WORKERS", 16, minimum=1),
             api_qps=_int(env, "EVAL_API_QPS", 400, minimum=1),
             api_burst=_int(env, "EVAL_API_BURST", 800, minimum=1),
+            kopf_connections=_int(env, "EVAL_KOPF_CONNECTIONS", 16, minimum=1),
+            list_chunk_size=_int(env, "EVAL_LIST_CHUNK_SIZE", 250),
             status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 1500),
             job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
             **_leader_election(env),

@@ -20,7 +20,16 @@ from typing import Any
 
 import kopf
 
-from evaluation_operator import apiclient, deletion, events, kopf_startup, metrics, naming
+from evaluation_operator import (
+    apiclient,
+    connections,
+    deletion,
+    events,
+    kopf_startup,
+    memory,
+    metrics,
+    naming,
+)
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
@@ -30,10 +39,13 @@ from evaluation_operator.world import World, compact_job, compact_pod, is_merge,
 
 SETTINGS = OperatorSettings.from_env()
 kopf_startup.install()  # before Kopf builds its start-up gate: see kopf_startup.py
+# At import, before Kopf opens its first session (its resource scan may precede startup).
+connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
 TASK = (naming.GROUP, naming.VERSION, naming.PLURAL)
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
+WORKER_IDLE_SECONDS = 1.0
 _reconciler: Reconciler | None = None
 _poller: asyncio.Task[None] | None = None
 
@@ -103,6 +115,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Deadlines on every watch and request: a silent partition must not stop the operator.
     apiclient.configure_kopf(settings, SETTINGS)
     settings.execution.max_workers = SETTINGS.api_workers
+    # Few raw objects alive at once (docs/operator.md, Memory): initial lists in pages, and
+    # Kopf's per-object worker, which keeps the last event it processed until it exits,
+    # exits after 1 s without events instead of 5 (it is started again by the next event).
+    settings.watching.chunk_size = SETTINGS.list_chunk_size or None
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Watch only our own Jobs and pods (server-side), not every pod of the cluster.
     ours = f"{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
     settings.watching.label_selectors["batch", "v1", "jobs"] = ours
@@ -114,6 +131,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.scanning.disabled = True
     if SETTINGS.metrics_port:
         metrics.start_metrics_server(SETTINGS.metrics_port)
+    memory.freeze_startup_heap()  # the last startup step: what is imported by now stays
 
 
 @kopf.on.startup()
@@ -165,6 +183,8 @@ async def task_event(type: str, uid: str, **kwargs: Any) -> None:
     r = _world(kwargs)
     if type == "DELETED":
         r.forget(uid)
+        # Also when it went without our finalizer's handler (removed by hand, say).
+        metrics.forget_task(kwargs["namespace"], kwargs["name"])
         return
     task = r.world.task(uid)
     if task is None:

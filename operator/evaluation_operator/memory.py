@@ -7,6 +7,13 @@ these do nothing).
   the threads start, unless the environment's MALLOC_ARENA_MAX says otherwise.
 * Trim: after many tasks are deleted, glibc keeps the freed pages; `trim` collects cyclic
   garbage and hands the free pages back to the system (`malloc_trim`).
+* Freeze: every object Kopf hands a handler (`kopf.Body` and its views) is a reference
+  cycle, so each event's whole parsed body is freed only by the cycle collector; bodies held
+  for a moment (a handler awaiting a call) reach its oldest generation, which CPython scans
+  only once it grew by a quarter, and after the imports it holds ~450,000 objects. Dead
+  bodies piled up meanwhile (a full collection with 300 tasks running freed 157,000
+  blocks). `freeze_startup_heap` moves what the imports made to the permanent generation,
+  so full collections run in proportion to the operator's own working set.
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
         return False
     libc = _libc()
     return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def freeze_startup_heap() -> None:
+    """Once started, before the first event: the imports' objects are never garbage; keep
+    them out of the collector's oldest generation."""
+    gc.collect()
+    gc.freeze()
+    gc.collect()  # resets the oldest generation's size, which paces full collections
 
 
 def trim() -> bool:

@@ -72,6 +72,10 @@ CONFIGMAP_RECHECK_SECONDS = 5.0
 TRIM_AFTER_SECONDS = 5.0
 
 
+# Reconciler tables keyed by namespace or queue, not by task: bounded LRUs, kept.
+SHARED_TABLES = frozenset({"_queues", "_failed_creates"})
+
+
 class RetryLater(Exception):
     """Not done yet; the handler asks Kopf to call again after `delay` seconds."""
 
@@ -225,6 +229,7 @@ class Reconciler:
         if task.deleting:
             return
         if self._is_final(task):
+            self._forget_written_once_watched(task)
             await self._acknowledge_generation(task)
             return
         if task.cancel_requested:
@@ -319,13 +324,11 @@ class Reconciler:
             self._trim = None
 
     def state_sizes(self) -> dict[str, int]:
-        """For tests and the bench: every per-task table, to show none of them leaks."""
-        return {"pending": len(self._pending), "written": len(self._written),
-                "created": len(self._created), "creating": len(self._creating),
-                "overrides": len(self._overrides), "progress": len(self._progress),
-                "retry": len(self._retry), "polls": len(self._polls),
-                "lookups": len(self._lookups),
-                "tasks": len(self._tasks)}
+        """For tests and the bench: the size of every per-task table, found by type, so a
+        table added later is counted without being listed here (none may outlive `forget`).
+        The lookups shared by a namespace's tasks are not per task (`SHARED_TABLES`)."""
+        return {name.lstrip("_"): len(value) for name, value in vars(self).items()
+                if isinstance(value, dict | set | LRU) and name not in SHARED_TABLES}
 
     async def drain(self, timeout: float = 10) -> None:
         """Wait for the scheduled writes (tests; shutdown)."""
@@ -495,6 +498,19 @@ class Reconciler:
         """The newest status known: the one written last, else the one watched."""
         return self._written.get(task.uid) or dict(task.status)
 
+    def _forget_written_once_watched(self, task: Task) -> None:
+        """A final status the watch has delivered back need not be remembered as well (a
+        status copy per finished task, kept until the task is deleted)."""
+        written = self._written.get(task.uid)
+        if written is None or not task.finished:
+            return
+        watched = task.status
+        observed, seen = written.get("observedGeneration"), watched.get("observedGeneration")
+        if ((watched.get("phase"), watched.get("reason")) == (written.get("phase"),
+                                                             written.get("reason"))
+                and isinstance(seen, int) and (not isinstance(observed, int) or seen >= observed)):
+            self._written.pop(task.uid)
+
     def _is_final(self, task: Task) -> bool:
         phase = self._status(task).get("phase")
         return phase in (Phase.COMPLETED.value, Phase.FAILED.value)
@@ -583,6 +599,8 @@ class Reconciler:
         if status == previous:
             return previous
         await self.api.call(self.api.kube.patch_task_status, task.namespace, task.name, status)
+        if self.world.task(uid) is None:
+            return status  # deleted while the write was in flight: `forget` ran, keep nothing
         self._written.put(uid, status)
         if assessment.phase.terminal:
             self._overrides.pop(uid, None)

@@ -391,6 +391,96 @@ def test_progress_is_mirrored_and_nothing_is_kept_after_the_task_goes() -> None:
     assert set(sizes.values()) == {0}
 
 
+def test_no_per_task_table_keeps_an_entry_after_its_task_goes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks in different states fill different tables (state_sizes finds every table of
+    the reconciler by type, also ones added later); after `forget` each is empty again."""
+    monkeypatch.setattr(reconcile, "FIRST_LOOKUP_SECONDS", 60.0)  # stays scheduled
+    uids = [f"0000000{i}-1111-2222-3333-444455556666" for i in range(3)]
+    made, running, pulling = (task(uid=u) for u in uids)
+    tasks: dict[str, list[Task]] = {t.uid: [t] for t in (made, running, pulling)}
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    pods: dict[str, list[dict[str, Any]]] = {}
+    kube = FakeKube()
+    reconciler = Reconciler(SETTINGS, Api(kube, 2), s3=lambda: FakeS3(
+        {"progress.json": {"samplesDone": 3, "samplesTotal": 8}}))
+    reconciler.clock = lambda: datetime.datetime(2026, 1, 1, 0, 0, 30, tzinfo=datetime.UTC)
+    reconciler.bind(World(tasks, jobs, pods))
+    image_pull = compact_pod({
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"nodeName": "n"},
+        "status": {"phase": "Pending", "containerStatuses": [{
+            "name": "runner", "image": "img", "state": {"waiting": {"reason": "ErrImagePull"}}}]}})
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        await reconciler.task_seen(made)  # children created; its Job has no pod yet
+        jobs[made.uid] = [job()]
+        reconciler.mark(made.uid)
+        jobs[running.uid], pods[running.uid] = [job()], [pod("Running")]
+        reconciler.mark(running.uid)
+        jobs[pulling.uid], pods[pulling.uid] = [job()], [image_pull]  # within its grace
+        reconciler.mark(pulling.uid)
+        await reconciler.drain()
+        await reconciler.read_progress(tasks[running.uid][0])
+        alive = reconciler.state_sizes()
+        for uid in uids:  # as on a DELETED event: Kopf drops the index entry first
+            del tasks[uid]
+            reconciler.forget(uid)
+        await reconciler.drain()
+        return alive, reconciler.state_sizes()
+
+    alive, gone = run(scenario())
+    assert {"written", "created", "polls", "lookups", "retry", "progress", "pending"} <= {
+        name for name, size in alive.items() if size}
+    assert gone == dict.fromkeys(alive, 0)
+
+
+def test_a_final_status_is_not_remembered_once_the_watch_delivered_it() -> None:
+    message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                          "benchmarks": [{"name": "a", "score": 0.5}]})
+
+    async def scenario() -> tuple[Cluster, int]:
+        c = Cluster(task())
+        c.set(job(), [pod("Succeeded", terminated={"exitCode": 0, "message": message})])
+        await c.changed()
+        remembered = c.reconciler.state_sizes()["written"]
+        watched = task(c.kube.status_patches[-1])  # our write, as the watch brings it back
+        c.tasks[UID] = [watched]
+        await c.reconciler.task_seen(watched)
+        c.reconciler.mark(UID)  # a late pod event changes nothing either
+        await c.reconciler.drain()
+        return c, remembered
+
+    c, remembered = run(scenario())
+    assert remembered == 1 and c.reconciler.state_sizes()["written"] == 0
+    assert [p["phase"] for p in c.kube.status_patches] == ["Completed"]
+
+
+def test_a_task_deleted_while_its_status_write_is_in_flight_leaves_nothing_behind() -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class DeletedDuringTheWrite(FakeKube):
+        def patch_task_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+            super().patch_task_status(namespace, name, status)
+            # The DELETED event meanwhile: Kopf drops the index entry, the handler forgets.
+            del c.tasks[UID]
+            loops[0].call_soon_threadsafe(c.reconciler.forget, UID)
+
+    c = Cluster(task())
+    c.kube = DeletedDuringTheWrite()
+    c.reconciler.api = Api(c.kube, 2)
+    c.set(job(), [pod("Running")])
+
+    async def scenario() -> dict[str, int]:
+        loops.append(asyncio.get_running_loop())
+        await c.changed()
+        await asyncio.sleep(0)  # the forget scheduled from the worker thread
+        return c.reconciler.state_sizes()
+
+    sizes = run(scenario())
+    assert c.kube.status_patches and set(sizes.values()) == {0}
+
+
 def test_lru_and_throttle_are_bounded() -> None:
     lru: LRU[int, int] = LRU(3)
     for i in range(10):

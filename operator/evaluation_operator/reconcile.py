@@ -4,8 +4,9 @@ Event-driven. Every watch event of a task, its Job or a pod (handlers.py) only m
 as changed; the status is then computed from what the watches delivered (`World`), never by
 reading the Job and pods again, and written only when it differs from the last one written.
 Per task at most one write is in flight; changes that arrive meanwhile are folded into the
-next write, and in-progress changes (Scheduling, Starting, Running...) wait
-`status_debounce_ms` to be merged, while a finished run is written at once.
+next write. When to write is `status_writes.hold_seconds`: a finished run at once, steps on
+the way to a running pod only once they last `status_settle_ms`, other in-progress changes
+after `status_debounce_ms`.
 
 Every step is idempotent and derived from what exists, so a restarted operator converges:
 children have deterministic names (409 means "already made", checked against the owner uid),
@@ -54,6 +55,7 @@ from evaluation_operator.status import (
     missing_reference,
     render_status,
 )
+from evaluation_operator.status_writes import hold_seconds
 from evaluation_operator.task import Task
 from evaluation_operator.world import EMPTY, World
 
@@ -255,8 +257,7 @@ class Reconciler:
         pending = self._pending.get(uid)
         if pending is not None:
             pending.dirty = True
-            if self._decide_now(uid):
-                pending.wake.set()
+            pending.wake.set()  # the write loop weighs it: it may shorten the hold
             return
         pending = _Pending()
         self._pending[uid] = pending
@@ -523,12 +524,16 @@ class Reconciler:
                       task_context(task, self.settings, self._lookups.get(task.uid)),
                       now=self.clock())
 
-    def _decide_now(self, uid: str) -> bool:
+    def _hold(self, uid: str, waited: float) -> float:
+        """Seconds to hold this task's status change before writing it (status_writes.py)."""
         task = self.world.task(uid)
         if task is None:
-            return True
+            return 0.0
         assessment = self._assess(task)
-        return assessment is None or assessment.phase.terminal
+        return hold_seconds(assessment.reason if assessment else None,
+                            reason_of(self._status(task).get("reason")), waited,
+                            debounce=self.settings.status_debounce_ms / 1000,
+                            settle=self.settings.status_settle_ms / 1000)
 
     def _spawn(self, work: Any) -> None:
         job: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
@@ -536,12 +541,14 @@ class Reconciler:
         job.add_done_callback(self._tasks.discard)
 
     async def _write_loop(self, uid: str, pending: _Pending) -> None:
-        debounce = self.settings.status_debounce_ms / 1000
+        loop = asyncio.get_running_loop()
+        since = loop.time()  # the first change not yet written
         try:
             while pending.dirty:
-                if debounce and not self._decide_now(uid):
+                while (hold := self._hold(uid, loop.time() - since)) > 0:
+                    pending.wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(pending.wake.wait(), debounce)
+                        await asyncio.wait_for(pending.wake.wait(), hold)
                 pending.dirty = False
                 pending.wake.clear()
                 try:
@@ -550,6 +557,7 @@ class Reconciler:
                     log.warning("writing the status of task %s failed: %s", uid, error)
                     asyncio.get_running_loop().call_later(FAILED_WRITE_RETRY_SECONDS,
                                                           self.mark, uid)
+                since = loop.time()
         finally:
             self._pending.pop(uid, None)
 

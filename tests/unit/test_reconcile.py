@@ -21,8 +21,10 @@ from kubernetes.client.exceptions import ApiException
 
 UID = "0b6c4f5e-1111-2222-3333-444455556666"
 OLD_UID = "99999999-1111-2222-3333-444455556666"
+# Every change written at once: these tests are about what is written (when it is written:
+# test_status_writes.py).
 SETTINGS = OperatorSettings(s3_bucket="eval-results", purge_retry_max_seconds=60,
-                            status_debounce_ms=0)
+                            status_debounce_ms=0, status_settle_ms=0)
 T = TypeVar("T")
 
 
@@ -518,7 +520,7 @@ def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
 
 def test_only_running_tasks_are_polled_and_the_poll_forgets_finished_ones() -> None:
     settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=0,
-                                progress_interval_seconds=1)
+                                status_settle_ms=0, progress_interval_seconds=1)
     message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
                           "benchmarks": [{"name": "a", "score": 0.5}]})
 

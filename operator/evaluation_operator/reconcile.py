@@ -524,11 +524,14 @@ class Reconciler:
                       task_context(task, self.settings, self._lookups.get(task.uid)),
                       now=self.clock())
 
-    def _hold(self, uid: str, waited: float) -> float:
-        """Seconds to hold this task's status change before writing it (status_writes.py)."""
+    async def _hold(self, uid: str, waited: float) -> float:
+        """Seconds to hold this task's status change before writing it (status_writes.py).
+        Looks up why a Job has no pod while it is held (`_look_up`, when due), so a refused
+        pod is not held as if it were on its way."""
         task = self.world.task(uid)
-        if task is None:
+        if task is None or task.deleting or self._is_final(task):
             return 0.0
+        await self._look_up(task)
         assessment = self._assess(task)
         return hold_seconds(assessment.reason if assessment else None,
                             reason_of(self._status(task).get("reason")), waited,
@@ -545,7 +548,7 @@ class Reconciler:
         since = loop.time()  # the first change not yet written
         try:
             while pending.dirty:
-                while (hold := self._hold(uid, loop.time() - since)) > 0:
+                while (hold := await self._hold(uid, loop.time() - since)) > 0:
                     pending.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(pending.wake.wait(), hold)

@@ -457,6 +457,19 @@ def test_a_finished_job_is_left_to_the_garbage_collector() -> None:
     assert kube.calls == []
 
 
+def test_a_completed_task_s_job_not_yet_marked_complete_is_not_deleted() -> None:
+    """The Job controller lags (minutes at 1,000 tasks): the runner succeeded anyway, so the
+    Job starts nothing more and deleting it would be one more API write per task."""
+    done = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
+                 "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    s3 = FakeS3()
+    assert delete(done, job(), [pod("Succeeded")], 0, s3).calls == []
+    assert s3.purged == [f"runs/team-a/t/{UID}/"]
+    evaluating = task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z",
+                       "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    assert delete(evaluating, job(), [pod("Succeeded")], 0, FakeS3()).calls == ["delete Job"]
+
+
 def test_purge_failure_keeps_the_task_and_says_why() -> None:
     started = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
                     "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})

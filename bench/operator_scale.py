@@ -704,7 +704,7 @@ def restart_report(f: dict[str, Any]) -> str:
         "| --- | --- | --- |",
         f"| shutdown (SIGTERM -> exit) | {f['shutdown_seconds']:.1f} s | <= 10 s |",
         f"| restart: start -> idle (CPU < 0.05 core over 3 s; nan: not idle in time) | "
-        f"{f['restart_settle_seconds']:.1f} s (gave up after "
+        f"{f['restart_settle_seconds']:.1f} s (measured over "
         f"{f['restart_wall_seconds']:.0f} s) | |",
         f"| Jobs / ConfigMaps created after the restart | {f['restart_job_posts']} / "
         f"{f['restart_configmap_posts']} | 0 / 0 |",

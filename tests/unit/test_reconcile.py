@@ -813,6 +813,18 @@ def test_failed_create_events_are_listed_once_per_namespace_for_all_its_tasks() 
     assert run(scenario()) == ["list events", "list events"]
 
 
+def test_failed_create_events_are_listed_once_while_a_list_is_in_flight() -> None:
+    """Thousands of tasks waiting for pods ask at the same moment (the list queued behind
+    creates): one list answers them all."""
+    async def scenario() -> tuple[list[str], int]:
+        c = Cluster(task())
+        answers = await asyncio.gather(*(c.reconciler._failed_creates_in("team-a")
+                                         for _ in range(50)))
+        return c.kube.calls, len(answers)
+
+    assert run(scenario()) == (["list events"], 50)
+
+
 # --- a sharded run (spec.parallelism) -------------------------------------------------------
 
 

@@ -78,7 +78,10 @@ def log(message: str) -> None:
 # --- the cluster ------------------------------------------------------------------------------
 
 
-def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
+def start_cluster(state: Path, controller_qps: int = 0) -> tuple[KwokCluster, Cluster]:
+    """`controller_qps`: the controller manager's and scheduler's API rate (0: Kubernetes'
+    defaults, 20 and 50 per second: the Job controller then creates ~8 pods/s, so 5,000
+    tasks wait ~10 minutes for their pods whatever the operator does)."""
     policy = state / "audit-policy.yaml"
     state.mkdir(parents=True, exist_ok=True)
     policy.write_text(AUDIT_POLICY)
@@ -93,7 +96,10 @@ def start_cluster(state: Path) -> tuple[KwokCluster, Cluster]:
         # not restart it) and no Job got a pod any more.
         for component in ("kube-controller-manager", "kube-scheduler"):
             config["componentsPatches"].append({"name": component, "extraArgs": [
-                {"key": "leader-elect", "value": "false"}]})
+                {"key": "leader-elect", "value": "false"}, *([
+                    {"key": "kube-api-qps", "value": str(controller_qps)},
+                    {"key": "kube-api-burst", "value": str(2 * controller_qps)}]
+                    if controller_qps else [])]})
         return str(yaml.safe_dump(config)) + "---\n" + rest
 
     cluster_module._kwokctl_config = with_audit
@@ -366,6 +372,36 @@ def audit_counts(path: Path, since: str, until: str) -> tuple[Counter[str], Coun
     return writes, reads
 
 
+def _stamp(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def audit_status_latencies(path: Path, since: str, until: str) -> list[float]:
+    """Per task, from the API server's own clock (no watch lag): the last pods/status write
+    by the fake kubelet (KWOK: the pod finished) -> the operator's last status write of the
+    task (Completed), in [since, until). Tasks whose status was written before their pod
+    finished (none expected) are left out."""
+    pod_done: dict[str, datetime.datetime] = {}
+    written: dict[str, datetime.datetime] = {}
+    with path.open() as lines:
+        for line in lines:
+            entry = json.loads(line)
+            stamp = entry.get("requestReceivedTimestamp", "")
+            if not since <= stamp < until or entry["verb"] not in ("patch", "update"):
+                continue
+            ref = entry.get("objectRef") or {}
+            agent = entry.get("userAgent", "")
+            if (ref.get("resource"), ref.get("subresource")) == ("pods", "status") and (
+                    agent.startswith("kwok")):
+                task = str(ref.get("name", "")).rsplit("-eval-", 1)[0]
+                pod_done[task] = _stamp(entry["stageTimestamp"])
+            elif ((ref.get("resource"), ref.get("subresource")) == ("evaluationtasks", "status")
+                  and (agent.startswith("kopf/") or agent.startswith("OpenAPI-Generator"))):
+                written[str(ref.get("name"))] = _stamp(stamp)
+    return [(written[t] - done).total_seconds() for t, done in pod_done.items()
+            if t in written and written[t] >= done]
+
+
 def utc_now() -> str:
     """As the audit log writes its timestamps (compared as strings)."""
     now = time.time()
@@ -395,11 +431,13 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
         time.sleep(5)
 
 
-def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
-    owner, cluster = start_cluster(state)
+def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
+        ) -> dict[str, Any]:
+    owner, cluster = start_cluster(state, controller_qps)
     s3_process: subprocess.Popen[bytes] | None = None
     operator: Operator | None = None
-    figures: dict[str, Any] = {"tasks": count, "load_before": load()}
+    figures: dict[str, Any] = {"tasks": count, "load_before": load(),
+                               "controller_qps": controller_qps}
     try:
         cluster.install_crds()
         node_count = count // 100 + 1
@@ -490,6 +528,7 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
                 "kwok.evaluation.dev/message": message}}})
 
         finish_start = time.monotonic()
+        finish_audit_start = utc_now()
         cpu_finish = cpu_seconds(pid)
         in_parallel(finish, count)
         wait("every task Completed", lambda: len(watcher.finished) >= count,
@@ -542,6 +581,10 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         restart_writes, restart_reads = audit_counts(audit, restart_start, restart_end)
         _, idle_reads = audit_counts(audit, idle_start, idle_end)
         figures["writes"] = dict(writes)
+        server_latencies = audit_status_latencies(audit, finish_audit_start, lifecycle_end)
+        figures["latency_server_p50"] = percentile(server_latencies or [0.0], 0.5)
+        figures["latency_server_p99"] = percentile(server_latencies or [0.0], 0.99)
+        figures["latency_server_samples"] = len(server_latencies)
         figures["delete_writes"] = dict(del_writes)
         figures["restart_writes"] = dict(restart_writes)
         figures["restart_reads"] = dict(restart_reads)
@@ -562,6 +605,127 @@ def run(count: int, idle_seconds: float, state: Path) -> dict[str, Any]:
         owner.stop()
 
 
+# --- shutdown and restart at N running tasks (--restart-only) ---------------------------------
+
+
+def settle(pid: int, timeout: float, window: float = 3.0, core: float = 0.05) -> float:
+    """Seconds until the process's CPU over `window` drops below `core` (its start-up work:
+    listing every task, Job and pod and handling each once, is done)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if (cpu_seconds(pid) - before) / window < core:
+            return time.monotonic() - started - window
+    raise TimeoutError(f"the operator was still busy {timeout:.0f}s after its start")
+
+
+def restart_phase(operator: Operator, audit: Path, count: int) -> dict[str, Any]:
+    """SIGTERM with `count` live tasks (shutdown time), start again: time until it is idle,
+    what it wrote meanwhile (Jobs created twice must be 0), RSS once idle."""
+    figures: dict[str, Any] = {"shutdown_seconds": operator.stop()}
+    restart_start = utc_now()
+    started = time.monotonic()
+    pid = operator.start()
+    try:
+        figures["restart_settle_seconds"] = settle(pid, timeout=max(300.0, count / 5))
+    except TimeoutError as error:  # still report what it wrote meanwhile (no duplicates?)
+        log(str(error))
+        figures["restart_settle_seconds"] = float("nan")
+    figures["restart_wall_seconds"] = time.monotonic() - started
+    figures["rss_restarted_mib"] = rss_mib(pid)
+    time.sleep(5)  # a late write would still be counted; the audit log is flushed in batches
+    writes, reads = audit_counts(audit, restart_start, utc_now())
+    figures["restart_writes"] = dict(writes)
+    figures["restart_reads"] = dict(reads)
+    figures["restart_job_posts"] = writes["create jobs"]
+    figures["restart_configmap_posts"] = writes["create configmaps"]
+    return figures
+
+
+def run_restart(count: int, state: Path, controller_qps: int) -> dict[str, Any]:
+    """`count` tasks brought to Running by the operator, then `restart_phase`. No bare-client
+    baseline, no finishing, no deletion (the cluster goes with its tasks): the parts of the
+    full run that cost minutes per thousand tasks on a small machine."""
+    owner, cluster = start_cluster(state, controller_qps)
+    s3_process: subprocess.Popen[bytes] | None = None
+    operator: Operator | None = None
+    figures: dict[str, Any] = {"tasks": count, "load_before": load(),
+                               "controller_qps": controller_qps}
+    try:
+        cluster.install_crds()
+        node_count = count // 100 + 1
+        add_gpu_nodes(cluster, node_count, 110)
+        cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
+            "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
+            timeout=120)
+        s3_process, s3_url = start_s3()
+        cluster.kubectl("create", "namespace", "bench-op")
+        operator = Operator(cluster, s3_url, state / "operator.log")
+        operator.start()
+        watcher = Watcher(cluster, "bench-op")
+        custom = client.CustomObjectsApi(api(cluster))
+        audit = audit_log(owner)
+        time.sleep(10)
+        log(f"operator: {count} tasks")
+        phase_start = utc_now()
+        started = time.monotonic()
+
+        def create(i: int) -> None:
+            custom.create_namespaced_custom_object(
+                "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks",
+                {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
+                 "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
+
+        in_parallel(create, count)
+        figures["create_tasks_seconds"] = time.monotonic() - started
+        wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(600, count))
+        figures["operator_seconds"] = max(watcher.jobs.values()) - started
+        wait("every task Running", lambda: len(watcher.running) >= count,
+             timeout=max(600, count))
+        figures["to_running_seconds"] = max(watcher.running.values()) - started
+        watcher.close()
+        time.sleep(5)
+        writes, _ = audit_counts(audit, phase_start, utc_now())
+        figures["writes_to_running"] = dict(writes)
+        figures["load_running"] = load()
+        log(f"shutdown and restart with {count} running tasks")
+        figures.update(restart_phase(operator, audit, count))
+        figures["load_after"] = load()
+        return figures
+    finally:
+        if operator is not None and operator.process is not None:
+            with contextlib.suppress(Exception):
+                operator.stop(timeout=20)
+        if s3_process is not None:
+            s3_process.terminate()
+            s3_process.wait(timeout=20)
+        owner.stop()
+
+
+def restart_report(f: dict[str, Any]) -> str:
+    n = f["tasks"]
+    return "\n".join([
+        f"| with {n} running tasks | operator | target |",
+        "| --- | --- | --- |",
+        f"| shutdown (SIGTERM -> exit) | {f['shutdown_seconds']:.1f} s | <= 10 s |",
+        f"| restart: start -> idle (CPU < 0.05 core over 3 s; nan: not idle in time) | "
+        f"{f['restart_settle_seconds']:.1f} s (measured over "
+        f"{f['restart_wall_seconds']:.0f} s) | |",
+        f"| Jobs / ConfigMaps created after the restart | {f['restart_job_posts']} / "
+        f"{f['restart_configmap_posts']} | 0 / 0 |",
+        f"| RSS once idle after the restart | {f['rss_restarted_mib']:.0f} MiB | |",
+        f"(controller manager and scheduler API rate: {f['controller_qps'] or 'default'})",
+        "",
+        f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
+        f"operator writes, first task -> all Running: {f['writes_to_running']}",
+        f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; {n}th Job after "
+        f"{f['operator_seconds']:.1f} s; all Running after {f['to_running_seconds']:.1f} s",
+        f"load average before / all running / after: {f['load_before']} / "
+        f"{f['load_running']} / {f['load_after']} (2 vCPUs, shared)",
+    ])
+
+
 def report(f: dict[str, Any]) -> str:
     n = f["tasks"]
     ratio = f["operator_seconds"] / f["bare_seconds"]
@@ -575,6 +739,9 @@ def report(f: dict[str, Any]) -> str:
         f"{f['operator_server_seconds'] / max(1.0, f['bare_server_seconds']):.2f}x |",
         f"| status latency, pod Succeeded or Job Complete -> task Completed, p50 / p99 | "
         f"{f['latency_p50']:.2f} s / {f['latency_p99']:.2f} s | target p99 <= 2 s |",
+        f"| the same from the audit log (KWOK's pod status write -> the operator's last "
+        f"status write), p50 / p99 | {f['latency_server_p50']:.2f} s / "
+        f"{f['latency_server_p99']:.2f} s ({f['latency_server_samples']} tasks) | |",
         f"| API writes per task, create -> run -> complete -> delete | "
         f"{f['writes_per_task']:.2f} | target <= 8; bare client 2 |",
         f"| Jobs created twice (POSTs beyond one per task, restart included) | "
@@ -599,6 +766,7 @@ def report(f: dict[str, Any]) -> str:
         "after the bench started finishing pods",
         f"operator CPU: {f['cpu_to_running_s']:.1f} s from the first task to all Running, "
         f"{f['cpu_finishing_s']:.1f} s while pods finished",
+        f"controller manager and scheduler API rate: {f['controller_qps'] or 'default'}; "
         f"load average before / idle / after: {f['load_before']} / {f['load_idle']} / "
         f"{f['load_after']} (2 vCPUs, shared)",
     ]
@@ -610,9 +778,21 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=30)
     parser.add_argument("--json", action="store_true", help="print the raw figures too")
+    parser.add_argument("--restart-only", action="store_true",
+                        help="only N running tasks, then shutdown and restart (no baseline, "
+                        "no finishing, no deletion): how 5,000 tasks are measured")
+    parser.add_argument("--controller-qps", type=int, default=0,
+                        help="API rate of the cluster's controller manager and scheduler "
+                        "(0: Kubernetes' defaults)")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="eval-bench-"))
-    figures = run(args.tasks, args.idle_seconds, state)
+    if args.restart_only:
+        figures = run_restart(args.tasks, state, args.controller_qps)
+        print(restart_report(figures))
+        if args.json:
+            print(json.dumps(figures, indent=1))
+        return 0
+    figures = run(args.tasks, args.idle_seconds, state, args.controller_qps)
     print(report(figures))
     if args.json:
         print(json.dumps(figures, indent=1))

@@ -28,6 +28,7 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_KOPF_CONNECTIONS | --kopf-connections | Kopf's requests in flight at once (watches extra) |
 | EVAL_LIST_CHUNK_SIZE | --list-chunk-size | objects per page of initial lists; 0: one page |
 | EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
+| EVAL_STATUS_SETTLE_MS | --status-settle-ms | steps before Running written once this old |
 | EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
 | EVAL_LEADER_ELECTION_LEASE | --leader-election-lease | Lease to elect a leader on; empty: off |
 | EVAL_LEADER_ELECTION_NAMESPACE | --leader-election-namespace | its namespace (default: pod's) |
@@ -77,6 +78,7 @@ FLAGS: dict[str, str] = {
     "--kopf-connections": "EVAL_KOPF_CONNECTIONS",
     "--list-chunk-size": "EVAL_LIST_CHUNK_SIZE",
     "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
+    "--status-settle-ms": "EVAL_STATUS_SETTLE_MS",
     "--job-ttl": "EVAL_JOB_TTL_SECONDS",
     # leader election (leader.py)
     "--leader-election-lease": "EVAL_LEADER_ELECTION_LEASE",
@@ -152,6 +154,9 @@ class OperatorSettings:
     list_chunk_size: int = 250
     # Pod Pending -> Scheduled -> Running often happens within a second: one write, not three.
     status_debounce_ms: int = 1500
+    # JobPending, PodPending, Scheduling, Starting are written only once they last this long
+    # (status_writes.py): a pod running within it costs no status write before Running.
+    status_settle_ms: int = 10000
     # A day: long enough to read the pods' logs; the task's status and results stay anyway.
     job_ttl_seconds: int = 86400
     # Cap on remembered per-task facts (last status written, Jobs just created): entries
@@ -220,6 +225,7 @@ class OperatorSettings:
             kopf_connections=_int(env, "EVAL_KOPF_CONNECTIONS", 16, minimum=1),
             list_chunk_size=_int(env, "EVAL_LIST_CHUNK_SIZE", 250),
             status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 1500),
+            status_settle_ms=_int(env, "EVAL_STATUS_SETTLE_MS", 10000),
             job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
             **_leader_election(env),
         )

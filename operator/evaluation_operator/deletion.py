@@ -90,9 +90,12 @@ async def delete_task(task: Task, job: dict[str, Any] | None, pods: list[dict[st
         metrics.forget_task(task.namespace, task.name)
         return
     running, overdue = pods_still_running(pods, datetime.datetime.now(datetime.UTC))
-    if job is not None and (running or not _job_finished(job)):
+    # A Completed task's runner succeeded, so its Job starts no other pod even while the Job
+    # controller has not marked it Complete yet (on a busy cluster, minutes): nothing to stop.
+    completed = status.get("phase") == Phase.COMPLETED.value
+    if job is not None and (running or not (completed or _job_finished(job))):
         await api.call(api.kube.delete_job, task.namespace, task.job_name)
-    if merge_job is not None and (running or not _job_finished(merge_job)):
+    if merge_job is not None and (running or not (completed or _job_finished(merge_job))):
         await api.call(api.kube.delete_job, task.namespace, task.merge_job_name)
     if running:
         raise RetryLater(f"waiting for runner pod(s) {', '.join(running)} to stop before "

@@ -85,6 +85,13 @@ class Reason(enum.StrEnum):
                         Reason.CANCELLED, Reason.REFERENCE_NOT_FOUND)
 
     @property
+    def on_the_way(self) -> bool:
+        """A step towards a running runner that the next step replaces, seconds later on a
+        healthy cluster: written only once it has lasted (`status_writes.hold_seconds`),
+        so a task's normal path is Running then Completed, two status writes."""
+        return self in _ON_THE_WAY
+
+    @property
     def reads_s3(self) -> bool:
         """Periodic S3 reads while in this state: progress.json while running,
         summary.json while the scores are still missing. Nothing for any other state."""
@@ -97,6 +104,9 @@ _FAILED = frozenset({
     Reason.CONTAINER_CONFIG_ERROR, Reason.INVALID_SPEC, Reason.JOB_DELETED,
     Reason.INVALID_RUNNER_OUTPUT, Reason.RESULTS_UNREADABLE, Reason.CANCELLED,
     Reason.PARTIALLY_FAILED, Reason.REFERENCE_NOT_FOUND,
+})
+_ON_THE_WAY = frozenset({
+    Reason.JOB_PENDING, Reason.POD_PENDING, Reason.SCHEDULING, Reason.STARTING,
 })
 _WARN_WHILE_EVALUATING = frozenset({
     Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACKOFF, Reason.CONTAINER_CONFIG_PENDING,

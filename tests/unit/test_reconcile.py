@@ -21,8 +21,10 @@ from evaluation_operator.world import World, compact_job, compact_pod
 
 UID = "0b6c4f5e-1111-2222-3333-444455556666"
 OLD_UID = "99999999-1111-2222-3333-444455556666"
+# Every change written at once: these tests are about what is written (when it is written:
+# test_status_writes.py).
 SETTINGS = OperatorSettings(s3_bucket="eval-results", purge_retry_max_seconds=60,
-                            status_debounce_ms=0)
+                            status_debounce_ms=0, status_settle_ms=0)
 T = TypeVar("T")
 
 
@@ -546,6 +548,19 @@ def test_a_finished_job_is_left_to_the_garbage_collector() -> None:
     assert kube.calls == []
 
 
+def test_a_completed_task_s_job_not_yet_marked_complete_is_not_deleted() -> None:
+    """The Job controller lags (minutes at 1,000 tasks): the runner succeeded anyway, so the
+    Job starts nothing more and deleting it would be one more API write per task."""
+    done = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
+                 "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    s3 = FakeS3()
+    assert delete(done, job(), [pod("Succeeded")], 0, s3).calls == []
+    assert s3.purged == [f"runs/team-a/t/{UID}/"]
+    evaluating = task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z",
+                       "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
+    assert delete(evaluating, job(), [pod("Succeeded")], 0, FakeS3()).calls == ["delete Job"]
+
+
 def test_purge_failure_keeps_the_task_and_says_why() -> None:
     started = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
                     "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
@@ -609,7 +624,7 @@ def test_the_index_keeps_only_what_status_and_deletion_read() -> None:
 
 def test_only_running_tasks_are_polled_and_the_poll_forgets_finished_ones() -> None:
     settings = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=0,
-                                progress_interval_seconds=1)
+                                status_settle_ms=0, progress_interval_seconds=1)
     message = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
                           "benchmarks": [{"name": "a", "score": 0.5}]})
 
@@ -887,6 +902,18 @@ def test_failed_create_events_are_listed_once_per_namespace_for_all_its_tasks() 
         return c.kube.calls
 
     assert run(scenario()) == ["list events", "list events"]
+
+
+def test_failed_create_events_are_listed_once_while_a_list_is_in_flight() -> None:
+    """Thousands of tasks waiting for pods ask at the same moment (the list queued behind
+    creates): one list answers them all."""
+    async def scenario() -> tuple[list[str], int]:
+        c = Cluster(task())
+        answers = await asyncio.gather(*(c.reconciler._failed_creates_in("team-a")
+                                         for _ in range(50)))
+        return c.kube.calls, len(answers)
+
+    assert run(scenario()) == (["list events"], 50)
 
 
 # --- a sharded run (spec.parallelism) -------------------------------------------------------

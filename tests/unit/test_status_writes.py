@@ -1,0 +1,156 @@
+"""When status changes are written (status_writes.py): a pod's quick way to Running costs no
+write before Running, a slow one says why once, a finished run is never held; and the same
+through the reconciler's write loop on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from evaluation_operator.config import OperatorSettings
+from evaluation_operator.states import Reason
+from evaluation_operator.status_writes import hold_seconds
+
+from tests.unit.test_reconcile import UID, Cluster, job, pod, task
+
+DEBOUNCE, SETTLE = 1.5, 10.0
+
+
+def hold(reason: Reason | None, written: Reason | None, waited: float) -> float:
+    return hold_seconds(reason, written, waited, debounce=DEBOUNCE, settle=SETTLE)
+
+
+def writes(changes: list[tuple[float, Reason]], until: float) -> list[Reason]:
+    """The reasons written for `changes` (seconds after the Job appeared, reason then), as
+    the reconciler's loop would write them: hold, recompute on every change, write, repeat."""
+    written: list[Reason] = []
+    current: Reason | None = None
+    since: float | None = None  # first change not yet written
+    events = sorted(changes)
+    now = 0.0
+    while now <= until:
+        while events and events[0][0] <= now:
+            _, reason = events.pop(0)
+            if reason is not current:
+                current = reason
+                since = now if since is None else since
+        if since is not None and current is not None:
+            last = written[-1] if written else None
+            if current is not last and hold(current, last, now - since) == 0:
+                written.append(current)
+                since = None
+        now = round(now + 0.1, 1)
+    return written
+
+
+def test_a_finished_run_is_never_held() -> None:
+    for reason in (Reason.SUCCEEDED, Reason.RUNNER_FAILED, Reason.CANCELLED):
+        assert hold(reason, None, 0) == 0
+        assert hold(reason, Reason.POD_PENDING, 0) == 0
+
+
+def test_steps_on_the_way_wait_until_they_have_lasted() -> None:
+    assert hold(Reason.POD_PENDING, None, 0) == SETTLE
+    assert hold(Reason.STARTING, Reason.POD_PENDING, 4) == SETTLE - 4
+    assert hold(Reason.SCHEDULING, None, 12) == 0
+
+
+def test_running_warnings_and_same_reason_changes_wait_only_the_debounce() -> None:
+    assert hold(Reason.RUNNING, None, 0) == DEBOUNCE
+    assert hold(Reason.RUNNING, Reason.POD_PENDING, 5) == 0  # held long enough already
+    assert hold(Reason.UNSCHEDULABLE, None, 0.5) == DEBOUNCE - 0.5
+    assert hold(Reason.QUEUED, None, 0) == DEBOUNCE
+    # A new message under the reason already shown (a retry's note, progress).
+    assert hold(Reason.POD_PENDING, Reason.POD_PENDING, 0) == DEBOUNCE
+    assert hold(None, None, 0) == 0  # nothing to say: the write finds nothing to write
+
+
+def test_no_status_written_means_no_hold_and_every_reason_is_classified() -> None:
+    on_the_way = {r for r in Reason if r.on_the_way}
+    assert on_the_way == {Reason.JOB_PENDING, Reason.POD_PENDING, Reason.SCHEDULING,
+                          Reason.STARTING}
+    assert not any(r.phase.terminal or r.warning for r in on_the_way)
+
+
+@pytest.mark.parametrize("running_at", [0.3, 2.0, 5.0, 9.5])
+def test_a_quick_way_to_running_is_one_write_before_the_end(running_at: float) -> None:
+    steps = [(0.0, Reason.POD_PENDING), (running_at * 0.3, Reason.SCHEDULING),
+             (running_at * 0.6, Reason.STARTING), (running_at, Reason.RUNNING),
+             (60.0, Reason.SUCCEEDED)]
+    assert writes(steps, until=70) == [Reason.RUNNING, Reason.SUCCEEDED]
+
+
+def test_a_slow_start_says_why_once_then_running() -> None:
+    steps = [(0.0, Reason.POD_PENDING), (30.0, Reason.SCHEDULING), (31.0, Reason.STARTING),
+             (33.0, Reason.RUNNING), (90.0, Reason.SUCCEEDED)]
+    assert writes(steps, until=100) == [Reason.POD_PENDING, Reason.RUNNING, Reason.SUCCEEDED]
+
+
+def test_a_run_that_ends_before_its_pod_shows_running_is_one_write() -> None:
+    steps = [(0.0, Reason.POD_PENDING), (0.5, Reason.STARTING), (1.0, Reason.SUCCEEDED)]
+    assert writes(steps, until=20) == [Reason.SUCCEEDED]
+
+
+def test_a_warning_is_not_held_for_the_settle() -> None:
+    steps = [(0.0, Reason.POD_PENDING), (0.5, Reason.UNSCHEDULABLE)]
+    assert writes(steps, until=5) == [Reason.UNSCHEDULABLE]
+
+
+# --- the same through the reconciler ----------------------------------------------------------
+
+
+def in_loop(settings: OperatorSettings, steps: list[tuple[float, dict[str, Any]]]
+            ) -> tuple[list[str], list[float]]:
+    """Feed pod states to a reconciler at the given times (seconds); the reasons it wrote and
+    when (seconds from the start)."""
+
+    async def scenario() -> tuple[list[str], list[float]]:
+        c = Cluster(task())
+        c.reconciler.settings = settings
+        written_at: list[float] = []
+        patch = c.kube.patch_task_status
+        started = time.monotonic()
+
+        def timed(namespace: str, name: str, status: dict[str, Any]) -> None:
+            written_at.append(time.monotonic() - started)
+            patch(namespace, name, status)
+
+        c.kube.patch_task_status = timed  # type: ignore[method-assign]
+        for at, pod_ in steps:
+            await asyncio.sleep(max(0.0, at - (time.monotonic() - started)))
+            c.set(job(), [pod_])
+            c.reconciler.mark(UID)
+        await c.reconciler.drain()
+        return [p["reason"] for p in c.kube.status_patches], written_at
+
+    return asyncio.run(scenario())
+
+
+MESSAGE = json.dumps({"v": 1, "status": "Succeeded", "overallScore": 0.5,
+                      "benchmarks": [{"name": "a", "score": 0.5}]})
+SUCCEEDED = pod("Succeeded", terminated={"exitCode": 0, "message": MESSAGE})
+FAST = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=100, status_settle_ms=1000)
+
+
+def test_the_write_loop_writes_a_quick_start_once_and_running_without_waiting_the_settle(
+) -> None:
+    reasons, at = in_loop(FAST, [(0.0, pod("Pending", node=None)), (0.1, pod("Pending")),
+                                 (0.2, pod("Running")), (1.5, SUCCEEDED)])
+    assert reasons == ["Running", "Succeeded"]
+    assert at[0] < 0.9, "Running waits the debounce, not what is left of the settle"
+
+
+def test_the_write_loop_shows_a_slow_start_once() -> None:
+    reasons, _ = in_loop(FAST, [(0.0, pod("Pending", node=None)), (1.3, pod("Pending")),
+                                (1.4, pod("Running")), (2.0, SUCCEEDED)])
+    assert reasons == ["Scheduling", "Running", "Succeeded"]
+
+
+def test_the_write_loop_writes_the_end_at_once_while_a_step_is_held() -> None:
+    slow = OperatorSettings(s3_bucket="eval-results", status_debounce_ms=60_000,
+                            status_settle_ms=60_000)
+    reasons, at = in_loop(slow, [(0.0, pod("Pending", node=None)), (0.2, SUCCEEDED)])
+    assert reasons == ["Succeeded"] and at[0] < 1

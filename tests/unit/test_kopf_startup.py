@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from evaluation_operator import kopf_startup
 from kopf._cogs.aiokits import aiotoggles
 from kopf._core.reactor import orchestration, running
 
-KOPF_TOGGLE_SET = aiotoggles.ToggleSet
+# Kopf's own class, even when an import of the handlers has installed ours already.
+KOPF_TOGGLE_SET = kopf_startup.FlipNotifyingToggleSet.__bases__[0]
 
 
 def counting(base: type[aiotoggles.ToggleSet]) -> Any:
@@ -78,9 +80,10 @@ def test_a_set_waited_off_is_released_when_a_toggle_turns_it_off() -> None:
 
 
 @pytest.fixture
-def restored_toggle_set() -> object:
+def restored_toggle_set() -> Iterator[None]:
+    before = aiotoggles.ToggleSet
     yield
-    aiotoggles.ToggleSet = KOPF_TOGGLE_SET  # type: ignore[misc]
+    aiotoggles.ToggleSet = before  # type: ignore[misc]
 
 
 @pytest.mark.usefixtures("restored_toggle_set")

@@ -39,6 +39,7 @@ from urllib.parse import quote, urlencode
 import kopf
 import urllib3
 
+from evaluation_operator import exec_credentials
 from evaluation_operator.config import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class ApiError(Exception):
 
 def login(settings: kopf.OperatorSettings | None = None, **_: Any) -> kopf.ConnectionInfo:
     """In-cluster credentials (the operator's ServiceAccount), else the kubeconfig: Kopf's
-    own login functions. Also Kopf's login handler (handlers.py), hence the signature."""
+    own login functions, plus the kubeconfig user's exec plugin (exec_credentials.py).
+    Also Kopf's login handler (handlers.py), hence the signature."""
     settings = settings or kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings)
     if info is not None:
@@ -104,7 +106,7 @@ def login(settings: kopf.OperatorSettings | None = None, **_: Any) -> kopf.Conne
         raise kopf.LoginError("neither a ServiceAccount token "
                               "(/var/run/secrets/kubernetes.io/serviceaccount) nor a kubeconfig "
                               "($KUBECONFIG, ~/.kube/config) to log in with")
-    return info
+    return exec_credentials.with_exec_credentials(info)
 
 
 def _is_timeout(error: BaseException) -> bool:

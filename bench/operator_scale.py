@@ -396,7 +396,7 @@ def audit_status_latencies(path: Path, since: str, until: str) -> list[float]:
                 task = str(ref.get("name", "")).rsplit("-eval-", 1)[0]
                 pod_done[task] = _stamp(entry["stageTimestamp"])
             elif ((ref.get("resource"), ref.get("subresource")) == ("evaluationtasks", "status")
-                  and (agent.startswith("kopf/") or agent.startswith("OpenAPI-Generator"))):
+                  and agent.startswith(OPERATOR_AGENTS)):
                 written[str(ref.get("name"))] = _stamp(stamp)
     return [(written[t] - done).total_seconds() for t, done in pod_done.items()
             if t in written and written[t] >= done]

@@ -431,6 +431,25 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
         time.sleep(5)
 
 
+def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...]
+            ) -> tuple[subprocess.Popen[bytes], str]:
+    """CRDs, GPU nodes enough for `count` tasks at once, moto's S3 (its process and URL),
+    the namespaces, and the operator's S3 credentials in `bench-op`."""
+    cluster.install_crds()
+    node_count = count // 100 + 1
+    add_gpu_nodes(cluster, node_count, 110)
+    cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
+        "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
+        timeout=120)
+    s3 = start_s3()
+    for namespace in namespaces:
+        cluster.kubectl("create", "namespace", namespace)
+    cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
+                    "bench-op", "--from-literal=AWS_ACCESS_KEY_ID=bench",
+                    "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
+    return s3
+
+
 def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         ) -> dict[str, Any]:
     owner, cluster = start_cluster(state, controller_qps)
@@ -439,18 +458,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
     figures: dict[str, Any] = {"tasks": count, "load_before": load(),
                                "controller_qps": controller_qps}
     try:
-        cluster.install_crds()
-        node_count = count // 100 + 1
-        add_gpu_nodes(cluster, node_count, 110)
-        cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
-            "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
-            timeout=120)
-        s3_process, s3_url = start_s3()
-        for namespace in ("bench-bare", "bench-op"):
-            cluster.kubectl("create", "namespace", namespace)
-        cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
-                        "bench-op", "--from-literal=AWS_ACCESS_KEY_ID=bench",
-                        "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
+        s3_process, s3_url = prepare(cluster, count, ("bench-bare", "bench-op"))
 
         log(f"baseline: a bare client creates {count} ConfigMaps and Jobs")
         figures["bare_seconds"] = baseline(cluster, "bench-bare", count)
@@ -653,14 +661,7 @@ def run_restart(count: int, state: Path, controller_qps: int) -> dict[str, Any]:
     figures: dict[str, Any] = {"tasks": count, "load_before": load(),
                                "controller_qps": controller_qps}
     try:
-        cluster.install_crds()
-        node_count = count // 100 + 1
-        add_gpu_nodes(cluster, node_count, 110)
-        cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
-            "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
-            timeout=120)
-        s3_process, s3_url = start_s3()
-        cluster.kubectl("create", "namespace", "bench-op")
+        s3_process, s3_url = prepare(cluster, count, ("bench-op",))
         operator = Operator(cluster, s3_url, state / "operator.log")
         operator.start()
         watcher = Watcher(cluster, "bench-op")

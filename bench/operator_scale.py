@@ -450,6 +450,18 @@ def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...]
     return s3
 
 
+def tear_down(owner: KwokCluster, s3_process: subprocess.Popen[bytes] | None,
+              operator: Operator | None) -> None:
+    """Stop whatever a run started, however far it got."""
+    if operator is not None and operator.process is not None:
+        with contextlib.suppress(Exception):
+            operator.stop(timeout=20)
+    if s3_process is not None:
+        s3_process.terminate()
+        s3_process.wait(timeout=20)
+    owner.stop()
+
+
 def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         ) -> dict[str, Any]:
     owner, cluster = start_cluster(state, controller_qps)
@@ -604,13 +616,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         figures["load_after"] = load()
         return figures
     finally:
-        if operator is not None and operator.process is not None:
-            with contextlib.suppress(Exception):
-                operator.stop(timeout=20)
-        if s3_process is not None:
-            s3_process.terminate()
-            s3_process.wait(timeout=20)
-        owner.stop()
+        tear_down(owner, s3_process, operator)
 
 
 # --- shutdown and restart at N running tasks (--restart-only) ---------------------------------
@@ -695,13 +701,7 @@ def run_restart(count: int, state: Path, controller_qps: int) -> dict[str, Any]:
         figures["load_after"] = load()
         return figures
     finally:
-        if operator is not None and operator.process is not None:
-            with contextlib.suppress(Exception):
-                operator.stop(timeout=20)
-        if s3_process is not None:
-            s3_process.terminate()
-            s3_process.wait(timeout=20)
-        owner.stop()
+        tear_down(owner, s3_process, operator)
 
 
 def restart_report(f: dict[str, Any]) -> str:

@@ -112,6 +112,10 @@ def _created(pod: dict[str, Any]) -> str:
     return str(pod.get("metadata", {}).get("creationTimestamp") or "")
 
 
+def _being_deleted(pod: dict[str, Any]) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def _pod_phase(pod: dict[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase") or "")
 
@@ -258,6 +262,13 @@ class Observed:
         return self.pods[-1] if self.pods else None
 
     @property
+    def last_failure(self) -> dict[str, Any] | None:
+        """The last pod that failed on its own: when one shard's exit fails the Job, the Job
+        controller stops the others (they fail too, being deleted, with no message)."""
+        own = [p for p in self.failed_pods if not _being_deleted(p)]
+        return (own or self.failed_pods or [None])[-1]
+
+    @property
     def job_status(self) -> dict[str, Any]:
         return dict(self.job.get("status") or {})
 
@@ -265,7 +276,7 @@ class Observed:
     def retry_note(self) -> str:
         if not self.failed_pods:
             return ""
-        code, kubelet_reason, summary = _failure_detail(self.failed_pods[-1])
+        code, kubelet_reason, summary = _failure_detail(self.last_failure)
         what = _runner_message(summary) or f"exit code {code} {kubelet_reason}".strip()
         if self.ctx.shards > 1:
             return (f" {len(self.failed_pods)} shard attempt(s) failed (each shard is retried "
@@ -321,9 +332,9 @@ def _succeeded(seen: Observed) -> Assessment | None:
 
 def _job_failed(seen: Observed) -> Assessment | None:
     failure = seen.conditions.get("Failed") or seen.conditions.get("FailureTarget")
-    if not failure:
+    if not failure or _pod_watch_behind(seen):
         return None
-    last_failed = seen.failed_pods[-1] if seen.failed_pods else seen.current
+    last_failed = seen.last_failure or seen.current
     code, kubelet_reason, summary = _failure_detail(last_failed)
     reason, message = _failure_reason(seen, str(failure.get("reason") or ""), code,
                                       kubelet_reason, summary, failure)
@@ -332,6 +343,14 @@ def _job_failed(seen: Observed) -> Assessment | None:
     return Assessment(reason, " ".join(message.split()), scheduled=bool(seen.first_run),
                       start_time=seen.first_run, completion_time=completion,
                       runner_summary=summary)
+
+
+def _pod_watch_behind(seen: Observed) -> bool:
+    """The Job failed on a pod exit that the pod watch has not delivered yet: a pod we hold
+    still runs, and nothing is stopping it. That pod's event, with the runner's termination
+    message, follows (pod events arrive in order, before any the Job's failure causes)."""
+    return any(_pod_phase(p) not in ("Succeeded", "Failed") and not _being_deleted(p)
+               for p in seen.pods)
 
 
 def _failure_reason(seen: Observed, job_reason: str, code: int | None, kubelet_reason: str,

@@ -96,6 +96,40 @@ def test_config_error_is_not_retried_and_quotes_the_runner() -> None:
     assert "unknown metric 'blue'" in a.message and "Retrying cannot help" in a.message
 
 
+def test_a_job_failure_waits_for_the_pod_event_that_quotes_the_runner() -> None:
+    # The Job's Failed condition can arrive before the pod's: deciding then would lose the
+    # runner's own message for good (a terminal status is never rewritten).
+    message = json.dumps({"v": 1, "status": "Failed", "reason": "ConfigurationError",
+                          "message": "benchmarks[0].dataset: no column 'question'"})
+    failed_job = job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}])
+    assert assess(failed_job, [pod("Running")], CTX).phase == "Evaluating"
+    a = assess(failed_job, [failed(78, message=message)], CTX)
+    assert (a.phase, a.reason) == ("Failed", "ConfigurationError")
+    assert "no column 'question'" in a.message
+
+
+def test_a_shard_config_error_is_quoted_not_the_shard_the_job_stopped() -> None:
+    message = json.dumps({"v": 1, "status": "Failed", "reason": "ConfigurationError",
+                          "message": "benchmarks[0].dataset: no column 'question'"})
+    culprit = failed(78, message=message, created="2026-01-01T00:00:01Z")
+    stopped = failed(137, created="2026-01-01T00:00:02Z")
+    stopped["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:09Z"
+    ctx = TaskContext(job_name="t-eval", timeout="2h", retries=3, gpus=1,
+                      gpu_resource="nvidia.com/gpu", memory="16Gi", shards=2)
+    a = assess(job([{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}]),
+               [culprit, stopped], ctx)
+    assert (a.phase, a.reason) == ("Failed", "ConfigurationError")
+    assert "no column 'question'" in a.message
+
+
+def test_a_job_failure_does_not_wait_for_pods_being_stopped() -> None:
+    stopping = pod("Running")
+    stopping["metadata"]["deletionTimestamp"] = "2026-01-01T02:00:00Z"
+    a = assess(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]),
+               [stopping], CTX)
+    assert (a.phase, a.reason) == ("Failed", "DeadlineExceeded")
+
+
 def test_deadline_exceeded_names_the_timeout() -> None:
     a = assess(job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]),
                [failed(143)], CTX)

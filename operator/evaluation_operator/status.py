@@ -265,8 +265,8 @@ class Observed:
     def last_failure(self) -> dict[str, Any] | None:
         """The last pod that failed on its own: when one shard's exit fails the Job, the Job
         controller stops the others (they fail too, being deleted, with no message)."""
-        own = [p for p in self.failed_pods if not _being_deleted(p)]
-        return (own or self.failed_pods or [None])[-1]
+        own = [p for p in self.failed_pods if not _being_deleted(p)] or self.failed_pods
+        return own[-1] if own else None
 
     @property
     def job_status(self) -> dict[str, Any]:

@@ -182,6 +182,20 @@ def from_scheduler_message(message: str, refs: tuple[Reference, ...],
     return None
 
 
+# The volume binding plugin's words (k8s pkg/scheduler/framework/plugins/volumebinding).
+_UNBOUND_CLAIM = re.compile(r"unbound immediate PersistentVolumeClaims|didn't find available "
+                            r"persistent volumes to bind|node\(s\) had volume node affinity "
+                            r"conflict")
+
+
+def unbound_claims(message: str, refs: tuple[Reference, ...]) -> tuple[Reference, ...]:
+    """The claims the task mounts, when the scheduler waits on a claim's volume (the claim
+    exists but is not bound, or its volume cannot reach any node)."""
+    if not _UNBOUND_CLAIM.search(message):
+        return ()
+    return tuple(r for r in refs if r.kind is Kind.PVC)
+
+
 def from_failed_create(message: str, refs: tuple[Reference, ...],
                        namespace: str) -> Missing | None:
     """The Job controller cannot create the runner pod (its FailedCreate event)."""

@@ -436,8 +436,7 @@ def _unschedulable(seen: Observed) -> Assessment | None:
             if missing is not None:
                 return missing_reference(missing, ctx, None, seen.now, scheduled=False,
                                          first_run=seen.first_run)
-            what = (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
-                    else "a node with enough CPU and memory")
+            what = _scheduling_wait(str(condition.get("message") or ""), ctx)
             return Assessment(
                 Reason.UNSCHEDULABLE,
                 f"Waiting for {what}: {condition.get('message') or condition.get('reason')}. "
@@ -447,6 +446,16 @@ def _unschedulable(seen: Observed) -> Assessment | None:
                 start_time=seen.first_run,
             )
     return None
+
+
+def _scheduling_wait(scheduler_message: str, ctx: TaskContext) -> str:
+    claims = references.unbound_claims(scheduler_message, ctx.references)
+    if claims:
+        named = ", ".join(f'PersistentVolumeClaim "{c.name}" ({c.field})' for c in claims)
+        return (f"a volume for {named} (check `kubectl describe pvc -n {ctx.namespace}`: "
+                "its StorageClass and provisioner, or a PersistentVolume to bind)")
+    return (f"{ctx.gpus} free {ctx.gpu_resource}" if ctx.gpus
+            else "a node with enough CPU and memory")
 
 
 def _cannot_start(seen: Observed) -> Assessment | None:

@@ -138,6 +138,24 @@ def test_a_missing_pvc_from_the_schedulers_message() -> None:
     assert missing is not None and missing.field == "spec.benchmarks[2].dataset.pvc.claimName"
 
 
+def test_an_unbound_pvc_is_named_instead_of_waiting_for_a_gpu() -> None:
+    message = ("0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+               "preemption: 0/3 nodes are available: 3 Preemption is not helpful.")
+    ctx = TaskContext(job_name="t-eval", timeout="2h", retries=0, gpus=1,
+                      gpu_resource="nvidia.com/gpu", memory="16Gi", namespace=NS,
+                      references=REFS)
+    pending = {"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:01Z"},
+               "spec": {}, "status": {"phase": "Pending", "conditions": [{
+                   "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                   "message": message}]}}
+    job = {"metadata": {"name": "t-eval"}, "spec": {}, "status": {}}
+    a = assess(job, [pending], ctx)
+    assert (a.phase, a.reason) == (Phase.EVALUATING, Reason.UNSCHEDULABLE)
+    assert 'PersistentVolumeClaim "corpus" (spec.benchmarks[2].dataset.pvc.claimName)' in a.message
+    assert "free nvidia.com/gpu" not in a.message
+    assert refs.unbound_claims("0/3 nodes are available: 3 Insufficient cpu.", REFS) == ()
+
+
 def test_a_missing_priority_class_from_the_job_controllers_event() -> None:
     message = 'pods "t-eval-x" is forbidden: no PriorityClass with name eval-high was found'
     missing = refs.from_failed_create(message, REFS, NS)

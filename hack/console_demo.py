@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from devcluster.cluster import Cluster  # noqa: E402
+from devcluster.fake_llm import FakeLLM  # noqa: E402
 
-from tests.runner.fake_llm import FakeLLM  # noqa: E402
 from tests.support import play_runner  # noqa: E402
 
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"

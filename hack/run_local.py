@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from devcluster.cluster import Cluster, ClusterError
+from devcluster.fake_llm import FakeLLM
+from devcluster.images import ImageName, ManifestError, load_manifest
+from devcluster.node import NodeError, RealNode
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the demo model server lives with the runner tests
-
-from devcluster.cluster import Cluster, ClusterError  # noqa: E402
-from devcluster.images import ImageName, ManifestError, load_manifest  # noqa: E402
-from devcluster.node import NodeError, RealNode  # noqa: E402
-
-from tests.runner.fake_llm import FakeLLM  # noqa: E402
 
 CLUSTER_DIR = REPO / ".cluster"
 KUBECONFIG = CLUSTER_DIR / "kubeconfig"

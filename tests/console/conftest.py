@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
 from tests.integration.conftest import OperatorProcess
-from tests.runner.fake_llm import FakeLLM
 from tests.support import play_runner
 from tests.support.s3 import S3Endpoint
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import layout
 
 from tests.console.conftest import RESULTS_BUCKET, Completed, run_task_with_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.requirements import require, require_module
 from tests.support.s3 import S3Endpoint
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import layout
 
 from tests.console.conftest import (
@@ -21,7 +22,6 @@ from tests.console.conftest import (
     Plugin,
     run_task_with_runner,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support import play_runner
 from tests.support.s3 import S3Endpoint
 

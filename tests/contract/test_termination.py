@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_operator.collecting import collect_scores
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.runner_output import (
@@ -43,7 +44,6 @@ from tests.contract.conftest import (
     task_object,
     terminated_pod,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 RESULTS = "contract-results"

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from devcluster.images import ImageManifest, ImageName, ManifestError, load_manifest
 from devcluster.node import RealNode, missing_requirements
 
@@ -35,7 +36,6 @@ from tests.e2e.support import (
     quiz_benchmark,
 )
 from tests.integration.conftest import OperatorProcess
-from tests.runner.fake_llm import FakeLLM
 from tests.support.requirements import require
 from tests.support.s3 import S3Endpoint, start_s3
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from devcluster.node import RealNode
 
 from tests.e2e.support import (
@@ -33,7 +34,6 @@ from tests.e2e.support import (
     translation_benchmark,
     versions_under,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 pytestmark = pytest.mark.e2e

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
 from tests.e2e.support import (
     DATA_BUCKET,
@@ -27,7 +28,6 @@ from tests.e2e.support import (
     results_zip,
     translation_benchmark,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 pytestmark = pytest.mark.e2e

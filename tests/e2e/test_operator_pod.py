@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from devcluster.node import RealNode
 
 from tests.chart.chart import CHART, helm
@@ -26,7 +27,6 @@ from tests.e2e.support import (
     read_object,
     versions_under,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 pytestmark = pytest.mark.e2e

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
 from tests.e2e.support import (
     DATA_BUCKET,
@@ -23,7 +24,6 @@ from tests.e2e.support import (
     prefix_of,
     read_object,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
 from tests.e2e.support import DATA_BUCKET, Timings, create_task, prefix_of, read_object
-from tests.runner.fake_llm import FakeLLM
 from tests.runner.test_sharding import untimed, without_run_details
 from tests.support.s3 import S3Endpoint
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
 from tests.integration.conftest import (
     BUCKET,
@@ -29,7 +30,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.support import play_runner
 from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import termination
 
 from tests.integration.conftest import (
@@ -30,7 +31,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.runner.fake_llm import FakeLLM
 from tests.runner.test_sharding import without_run_details
 from tests.support import play_runner
 from tests.support.kwok import EXIT_CODE, finish_pod

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 RESULTS_BUCKET = "runner-results"

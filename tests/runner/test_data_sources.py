@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner.config import BenchmarkConfig, DatasetConfig
 from evaluation_runner.datasets import load_dataset
 from evaluation_runner.errors import ConfigurationError, TransientError
 
 from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint, free_port
 
 CSV_ROWS = [

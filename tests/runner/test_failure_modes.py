@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import termination
 from evaluation_runner.config import EndpointConfig
 from evaluation_runner.errors import ConfigurationError, TransientError
 from evaluation_runner.model_client import ModelClient, resolve_api_key
 
 from tests.runner.conftest import RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint, free_port, start_s3
 
 ROWS = [{"prompt": f"Say {word}.", "reference": word} for word in ("one", "two", "three")]

@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from devcluster.fake_llm import FakeLLM
 from evaluation_operator.s3 import ResultsLocation, purge
 
 from tests.runner.conftest import RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.runner.test_lm_eval_adapter import MC_ROWS, VllmLike
 from tests.runner.test_lm_eval_adapter import _server as vllm_server
 from tests.support.requirements import require_module

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import sacrebleu
+from devcluster.fake_llm import FakeLLM
 from rouge_score import rouge_scorer
 
 from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 ROWS: list[dict[str, Any]] = [

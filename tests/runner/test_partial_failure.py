@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import layout
 from evaluation_runner.config import parse_config
 from evaluation_runner.errors import EXIT_CONFIGURATION, EXIT_OK
@@ -19,7 +20,6 @@ from evaluation_runner.runner import run
 from evaluation_runner.storage import ResultsWriter
 
 from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 CAPITALS = [{"prompt": f"Capital of {country}?", "reference": city}

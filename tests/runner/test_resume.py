@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_operator.s3 import ResultsLocation, is_task_key, purge
 
 from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 ROWS = [{"prompt": f"question number {i}?", "reference": f"answer {i}"} for i in range(40)]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import sacrebleu
+from devcluster.fake_llm import FakeLLM
 
 from tests.runner.conftest import DATA_BUCKET, RESULTS_BUCKET, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 MC_ROWS: list[dict[str, Any]] = [

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster.fake_llm import FakeLLM
 from evaluation_runner import layout
 from evaluation_runner.sharding import plan
 
 from tests.runner.conftest import RESULTS_BUCKET, RunResult, base_config, run_runner
-from tests.runner.fake_llm import FakeLLM
 from tests.support.s3 import S3Endpoint
 
 # Sample counts that 2, 3 and 4 do not divide (the multiple-choice set has one more row,

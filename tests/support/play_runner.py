@@ -1,7 +1,7 @@
 """Play a task's pod on KWOK with the real runner, so the task ends with a real bundle.
 
 The runner (`python -m evaluation_runner`) runs here, with the exact config.json the operator
-wrote into the task's ConfigMap, against a scripted model server (tests/runner/fake_llm.py)
+wrote into the task's ConfigMap, against a scripted model server (hack/devcluster/fake_llm.py)
 and the S3 endpoint that config names. Its exit code and termination message then finish the
 KWOK pod, as a kubelet would report them. Used by tests/console and `make console-demo`.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from devcluster.cluster import Cluster
+from devcluster.fake_llm import FakeLLM
 
-from tests.runner.fake_llm import FakeLLM
 from tests.support.kwok import EXIT_CODE, finish_pod
 
 MC_ROWS: list[dict[str, Any]] = [

@@ -1,4 +1,5 @@
-"""A scripted OpenAI-compatible server on loopback, standing in for vLLM in runner tests.
+"""A scripted OpenAI-compatible server on loopback, standing in for vLLM in runner tests
+and in `make run` (the demo model the local evaluation asks).
 
 Answers come from `answers` (prompt substring -> text); a prompt not found gets "I don't know".
 `logprobs` gives each choice's log-probability for the completions API with echo.

@@ -109,7 +109,9 @@ def summarize(path: Path) -> None:
     previous: dict[str, Any] | None = None
     for text in path.read_text().splitlines():
         line = json.loads(text)
-        if previous is not None:
+        if previous is not None and line["user"] < previous["user"]:
+            print("(the operator started again: counts from zero)")
+        elif previous is not None:
             span = line["t"] - previous["t"]
             cpu = (line["user"] + line["system"] - previous["user"] - previous["system"]) / span
             gc_core = sum(line["gc"][g][1] - previous["gc"][g][1] for g in "012") / span

@@ -347,8 +347,9 @@ def _job_failed(seen: Observed) -> Assessment | None:
 
 def _pod_watch_behind(seen: Observed) -> bool:
     """The Job failed on a pod exit that the pod watch has not delivered yet: a pod we hold
-    still runs, and nothing is stopping it. That pod's event, with the runner's termination
-    message, follows (pod events arrive in order, before any the Job's failure causes)."""
+    has not ended (pending or running) and nothing is stopping it. That pod's event, with the
+    runner's termination message, follows (pod events arrive in order, before any the Job's
+    failure causes). The same lag is why `_succeeded` waits for a pod it still sees running."""
     return any(_pod_phase(p) not in ("Succeeded", "Failed") and not _being_deleted(p)
                for p in seen.pods)
 

@@ -4,10 +4,11 @@
         .venv/bin/python bench/operator_scale.py --tasks 1000
 
 Every 5 s `activity.jsonl` in ACTIVITY_OUT gets one line: user and system CPU seconds,
-collections and seconds in the cycle collector per generation, Job and pod events handled
-(counted where the operator's indexes take them in), S3 reads with their thread CPU, the
-pooled connections of the API and S3 clients, and the busiest frames of a 50 Hz stack sample
-(threads waiting in select, locks or queues left out). `summarize` prints one row per line
+collections and seconds in the cycle collector per generation, Job and pod events received
+(counted where watch_projection.py reduces them), Python's allocated memory blocks, S3
+reads with their thread CPU, the pooled connections of the API and S3 clients, and the
+busiest frames of a 50 Hz stack sample (threads waiting in select, locks or queues left
+out). `summarize` prints one row per line
 with the rates; this is how the idle window of operator_scale.py was found busy with Job
 status events (bench/README.md, stop 18).
 """
@@ -77,6 +78,7 @@ class Activity:
                     line = {"t": time.time(), "user": cpu.user, "system": cpu.system,
                             "gc": self.gc, "counts": dict(self.counts),
                             "connections": _connections(),
+                            "blocks": sys.getallocatedblocks(),
                             "frames": self.frames.most_common(12)}
                 except RuntimeError:  # a table changed size while being copied: next time
                     continue
@@ -119,7 +121,7 @@ def summarize(path: Path) -> None:
                      for k, v in line["counts"].items()}
             stamp = time.strftime("%H:%M:%S", time.gmtime(line["t"]))
             print(f"{stamp} cpu {cpu:.3f} core, gc {gc_core:.3f} core, per s {rates}, "
-                  f"connections {line['connections']}")
+                  f"connections {line['connections']}, blocks {line.get('blocks')}")
         previous = line
 
 
@@ -130,12 +132,13 @@ def main() -> None:
     gc.callbacks.append(activity.on_gc)
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # as __main__ does
     import evaluation_operator.s3 as s3
-    import evaluation_operator.world as world
+    import evaluation_operator.watch_projection as projection
 
-    # Before the handlers import them by name: every Job and pod event passes through these.
+    # Before the handlers import it by name.
     s3.read_capped = activity.counted("s3_read", s3.read_capped, timed=True)
-    world.compact_job = activity.counted("job_event", world.compact_job)
-    world.compact_pod = activity.counted("pod_event", world.compact_pod)
+    # Every Job and pod event Kopf receives passes through its projection once.
+    for key, name in ((("batch", "jobs"), "job_event"), (("", "pods"), "pod_event")):
+        projection.PROJECTIONS[key] = activity.counted(name, projection.PROJECTIONS[key])
     threading.Thread(target=activity.sample, name="activity-sampler", daemon=True).start()
     threading.Thread(target=activity.write, args=(out / "activity.jsonl",),
                      name="activity-writer", daemon=True).start()

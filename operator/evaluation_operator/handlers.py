@@ -29,16 +29,19 @@ from evaluation_operator import (
     memory,
     metrics,
     naming,
+    watch_projection,
 )
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
-from evaluation_operator.s3 import shared_client
+from evaluation_operator.s3 import shared_client, warm_up
 from evaluation_operator.task import Task
 from evaluation_operator.world import World, compact_job, compact_pod, is_merge, task_uid_of
 
+log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 kopf_startup.install()  # before Kopf builds its start-up gate: see kopf_startup.py
+watch_projection.install()  # before Kopf's watchers start: see watch_projection.py
 # At import, before Kopf opens its first session (its resource scan may precede startup).
 connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -131,6 +134,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.scanning.disabled = True
     if SETTINGS.metrics_port:
         metrics.start_metrics_server(SETTINGS.metrics_port)
+    problem = warm_up(SETTINGS)  # before the freeze: the S3 client lives as long as we do
+    if problem:
+        log.warning("S3 client not ready at start: %s", problem)
     memory.freeze_startup_heap()  # the last startup step: what is imported by now stays
 
 

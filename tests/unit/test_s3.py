@@ -6,12 +6,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from evaluation_operator import s3
+from evaluation_operator.config import OperatorSettings
 from evaluation_operator.s3 import (
     PurgeIncompleteError,
     ResultsLocation,
     UnsafePrefixError,
     purge,
+    read_capped,
     results_location,
+    shared_client,
+    warm_up,
 )
 
 from tests.support.s3 import S3Endpoint
@@ -146,3 +151,25 @@ def test_unreachable_means_s3_did_not_answer_or_failed() -> None:
     assert is_unreachable(client_error("SlowDown", 503))
     assert not is_unreachable(client_error("AccessDenied", 403))
     assert not is_unreachable(client_error("NoSuchBucket", 404))
+
+
+def test_the_shared_client_is_made_at_start_and_serves_every_later_call(
+        s3_server: S3Endpoint, bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    settings = OperatorSettings(s3_bucket="purge-unit", s3_endpoint=s3_server.endpoint_url,
+                                s3_region=s3_server.region)
+    bucket.put_object(Bucket="purge-unit", Key="t/summary.json", Body=b"{}")
+    assert warm_up(settings) is None
+    made = s3._shared[settings]
+    assert shared_client(settings) is made
+    assert read_capped(made, ResultsLocation("purge-unit", "t/"), "summary.json", 10) == b"{}"
+    s3._shared.pop(settings)
+
+
+def test_no_bucket_means_no_client_and_a_broken_client_is_named() -> None:
+    assert warm_up(OperatorSettings()) is None and OperatorSettings() not in s3._shared
+    settings = OperatorSettings(s3_bucket="b", s3_endpoint="not a url")
+    problem = warm_up(settings)
+    assert problem is not None and "not a url" in problem
+    assert settings not in s3._shared

@@ -6,6 +6,7 @@
 | Job or pod event | index a compact copy; mark the task changed | none |
 | (a marked task) | status from the indexes, written if it changed | 0-1 PATCH |
 | Job deleted | never started: create again; started: `JobDeleted` | 0-2 |
+| a task, Job or pod deleted | freed memory handed back once deletions pause for 5 s | none |
 | one poller, running tasks only | read progress.json (jittered); write if changed | 0-1 PATCH |
 | task deleted | stop the runner, purge S3 | 0-1 DELETE |
 
@@ -213,10 +214,15 @@ async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, **kwargs: Any) 
 
 
 @kopf.on.event(*PODS, labels=CHILD_LABELS)
-async def pod_event(meta: kopf.Meta, **kwargs: Any) -> None:
+async def pod_event(type: str, meta: kopf.Meta, **kwargs: Any) -> None:
     uid = task_uid_of(meta)
-    if uid:
-        _world(kwargs).mark(uid)
+    if not uid:
+        return
+    r = _world(kwargs)
+    if type == "DELETED":
+        r.pod_gone(uid)
+    else:
+        r.mark(uid)
 
 
 # --- deletion --------------------------------------------------------------------------------

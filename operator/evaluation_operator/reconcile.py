@@ -272,6 +272,7 @@ class Reconciler:
         """The task's Job was deleted: by the TTL or with the task (nothing to do), by
         someone mid-run (the task fails), or before any runner started (made again).
         `merge`: a sharded run's merge Job; its shards' Job finished and may go by TTL."""
+        self._trim_soon()
         task = self.world.task(uid)
         if task is None or task.deleting or self._is_final(task):
             return
@@ -290,6 +291,10 @@ class Reconciler:
             self._override(uid, job_deleted(task))
         else:
             await self.create_children(task)
+
+    def pod_gone(self, uid: str) -> None:
+        self._trim_soon()
+        self.mark(uid)
 
     def set_progress(self, uid: str, fields: dict[str, Any]) -> None:
         """Status fields from progress.json (benchmark_status.progress_fields); written
@@ -316,8 +321,10 @@ class Reconciler:
         self._trim_soon()
 
     def _trim_soon(self) -> None:
-        """Once deletions pause, give the memory they freed back (memory.py): a sweep of
-        1,000 tasks deleted otherwise left the operator at its peak RSS."""
+        """Once deletions (of tasks, Jobs or pods) pause, give the memory they freed back
+        (memory.py): a sweep of 1,000 tasks deleted otherwise left the operator at its peak
+        RSS. Their Jobs and pods go after them (the garbage collector, or the TTL), so their
+        deletions count too."""
         if self._trim is not None:
             self._trim.cancel()
         try:

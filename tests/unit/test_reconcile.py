@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from evaluation_operator import deletion, naming, reconcile
+from evaluation_operator import deletion, memory, naming, reconcile
 from evaluation_operator.apiclient import ApiError
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
@@ -1013,3 +1014,28 @@ def test_cancelling_a_sharded_run_while_it_merges_stops_the_merge_job_too() -> N
     c = run(scenario())
     assert c.kube.status_patches[-1]["reason"] == "Cancelled"
     assert c.kube.calls.count("delete Job") == 2  # the shards' Job and the merge Job
+
+
+def test_memory_is_handed_back_once_the_last_jobs_and_pods_are_gone_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted task's Job and pod are deleted after it (garbage collector, TTL): their
+    index entries are freed then, so their deletions also lead to a trim, once they pause."""
+    trims: list[float] = []
+    monkeypatch.setattr(reconcile, "TRIM_AFTER_SECONDS", 0.05)
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(time.monotonic()))
+    reconciler = Reconciler(SETTINGS, Api(FakeKube(), 2))
+    reconciler.bind(World({}, {}, {}))  # the task is gone already
+
+    async def scenario() -> list[float]:
+        deleted = time.monotonic()
+        for _ in range(3):
+            await reconciler.job_gone(UID)
+            reconciler.pod_gone(UID)
+            await asyncio.sleep(0.02)  # deletions keep coming: no trim yet
+        assert trims == []
+        await asyncio.sleep(0.1)
+        await reconciler.drain()
+        return [t - deleted for t in trims]
+
+    after = run(scenario())
+    assert len(after) == 1 and after[0] >= 0.05 + 2 * 0.02

@@ -349,6 +349,10 @@ class Operator:
                     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                     "EVAL_S3_ENDPOINT": s3_url, "EVAL_S3_BUCKET": BUCKET,
                     "EVAL_S3_REGION": "us-east-1", "PYTHONPATH": str(ROOT)}
+        # BENCH_OPERATOR_ENV="PYTHONMALLOC=malloc ...": the operator's environment only.
+        for item in os.environ.get("BENCH_OPERATOR_ENV", "").split():
+            key, _, value = item.partition("=")
+            self.env[key] = value
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -2,9 +2,10 @@
 
 | what arrives | what it does | API calls |
 | --- | --- | --- |
-| any task event | index the parsed `Task`; first sight: create ConfigMap + Job | 2 POST, once |
-| Job or pod event | index a compact copy; mark the task changed | none |
-| (a marked task) | status from the indexes, written if it changed | 0-1 PATCH |
+| any watch event | the store keeps the parsed `Task` or a compact Job or pod (world.py) | none |
+| any task event | first sight: create ConfigMap + Job (children listed) | 2 POST, once |
+| Job or pod event | mark the task changed | none |
+| (a marked task) | status from the store, written if it changed | 0-1 PATCH |
 | Job deleted | never started: create again; started: `JobDeleted` | 0-2 |
 | a task, Job or pod deleted | freed memory handed back once deletions pause for 5 s | none |
 | one poller, running tasks only | read progress.json (jittered); write if changed | 0-1 PATCH |
@@ -37,12 +38,13 @@ from evaluation_operator.kube import Api, Kube
 from evaluation_operator.reconcile import Reconciler, RetryLater
 from evaluation_operator.s3 import shared_client, warm_up
 from evaluation_operator.task import Task
-from evaluation_operator.world import World, compact_job, compact_pod, is_merge, task_uid_of
+from evaluation_operator.world import Store, is_merge, task_uid_of
 
 log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 kopf_startup.install()  # before Kopf builds its start-up gate: see kopf_startup.py
-watch_projection.install()  # before Kopf's watchers start: see watch_projection.py
+STORE = Store(SETTINGS)  # what the watches delivered (world.py)
+watch_projection.install(STORE)  # before Kopf's watchers start: see watch_projection.py
 # At import, before Kopf opens its first session (its resource scan may precede startup).
 connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -61,6 +63,8 @@ def reconciler() -> Reconciler:
         kube = Kube(apiclient.rest_client(SETTINGS, pool_size=SETTINGS.api_workers), SETTINGS)
         _reconciler = Reconciler(SETTINGS, Api(kube, SETTINGS.api_workers),
                                  s3=lambda: shared_client(SETTINGS))
+        _reconciler.bind(STORE.world())
+        STORE.on_ready = _reconciler.tasks_ready
     return _reconciler
 
 
@@ -155,39 +159,17 @@ async def shut_down(**_: Any) -> None:
         _reconciler.api.close()
 
 
-# --- indexes: what the watches delivered, by task uid ----------------------------------------
-
-
-@kopf.index(*TASK)
-async def tasks_by_uid(body: kopf.Body, uid: str, **_: Any) -> dict[str, Task]:
-    return {uid: Task.from_body(body, SETTINGS)}
-
-
-@kopf.index(*JOBS, labels=CHILD_LABELS)
-async def jobs_by_task(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str, Any] | None:
-    uid = task_uid_of(meta)
-    return {uid: compact_job(body)} if uid else None
-
-
-@kopf.index(*PODS, labels=CHILD_LABELS)
-async def pods_by_task(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict[str, Any] | None:
-    uid = task_uid_of(meta)
-    return {uid: compact_pod(body)} if uid else None
-
-
-def _world(kwargs: dict[str, Any]) -> Reconciler:
-    events.remember_handler_context()
-    r = reconciler()
-    r.bind(World(kwargs["tasks_by_uid"], kwargs["jobs_by_task"], kwargs["pods_by_task"]))
-    return r
-
-
 # --- events ----------------------------------------------------------------------------------
+
+
+def _world() -> Reconciler:
+    events.remember_handler_context()
+    return reconciler()
 
 
 @kopf.on.event(*TASK)
 async def task_event(type: str, uid: str, **kwargs: Any) -> None:
-    r = _world(kwargs)
+    r = _world()
     if type == "DELETED":
         r.forget(uid)
         # Also when it went without our finalizer's handler (removed by hand, say).
@@ -198,15 +180,17 @@ async def task_event(type: str, uid: str, **kwargs: Any) -> None:
         return
     if type is None or type == "ADDED":  # (re)listed: the gauges start empty after a restart
         metrics.observe_task(task.namespace, task.name, dict(task.status))
-    await r.task_seen(task)
+    if STORE.wait_for_ready(uid, task.namespace):  # else seen once its children are listed
+        await r.task_seen(task)
 
 
 @kopf.on.event(*JOBS, labels=CHILD_LABELS)
-async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, **kwargs: Any) -> None:
+async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, namespace: str | None,
+                    **_: Any) -> None:
     uid = task_uid_of(meta)
-    if not uid:
-        return
-    r = _world(kwargs)
+    if not uid or not STORE.ready(namespace or ""):
+        return  # before its namespace is listed, its task has not been seen: it will be
+    r = _world()
     if type == "DELETED":
         await r.job_gone(uid, merge=is_merge(body))
     else:
@@ -214,11 +198,11 @@ async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, **kwargs: Any) 
 
 
 @kopf.on.event(*PODS, labels=CHILD_LABELS)
-async def pod_event(type: str, meta: kopf.Meta, **kwargs: Any) -> None:
+async def pod_event(type: str, meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
     uid = task_uid_of(meta)
-    if not uid:
+    if not uid or not STORE.ready(namespace or ""):
         return
-    r = _world(kwargs)
+    r = _world()
     if type == "DELETED":
         r.pod_gone(uid)
     else:
@@ -231,9 +215,13 @@ async def pod_event(type: str, meta: kopf.Meta, **kwargs: Any) -> None:
 # retries=None: the purge is retried until it succeeds. Never PermanentError, which would
 # remove the finalizer and leave the results behind.
 @kopf.on.delete(*TASK, retries=None)
-async def task_deleted(body: kopf.Body, uid: str, retry: int, **kwargs: Any) -> None:
-    r = _world(kwargs)
+async def task_deleted(body: kopf.Body, uid: str, retry: int, **_: Any) -> None:
+    r = _world()
     task = Task.from_body(body, SETTINGS)
+    if not STORE.ready(task.namespace):
+        # Its Job and pods are not all known yet (just started): stopping the runner and
+        # purging must not miss one.
+        raise kopf.TemporaryError("waiting for the first list of Jobs and pods", delay=1)
     try:
         await deletion.delete_task(task, r.world.job(uid), r.world.all_pods(uid), retry,
                                    SETTINGS, r.api, r.s3() if r.s3 else None,

@@ -220,8 +220,7 @@ class Reconciler:
         self._trim: asyncio.TimerHandle | None = None
 
     def bind(self, world: World) -> None:
-        """The indexes are the same objects for the operator's whole life; handlers hand
-        them over on every call (Kopf passes them only to handlers)."""
+        """What the watches delivered (world.Store), for the operator's whole life."""
         self.world = world
 
     # --- what the handlers call -------------------------------------------------------------
@@ -255,6 +254,14 @@ class Reconciler:
             self._override(task.uid, job_deleted(task))
             return
         await self.create_children(task)
+
+    def tasks_ready(self, uids: list[str]) -> None:
+        """Tasks seen before their namespace's Jobs and pods were listed (world.Store):
+        seen now."""
+        for uid in uids:
+            task = self.world.task(uid)
+            if task is not None:
+                self._spawn(self.task_seen(task))
 
     def mark(self, uid: str) -> None:
         """Something about this task changed: write its status soon (at once if the run

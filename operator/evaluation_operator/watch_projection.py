@@ -17,17 +17,25 @@ event's object is replaced by its projection before Kopf queues it:
   annotations and the operator parses its spec and status, so nothing else can go.
 
 Any other resource (Kopf's own peering objects, CRDs) passes unchanged.
+
+The same wrapper feeds the operator's `world.Store` with each projected object, and tells it
+when a Job or pod watch has finished its list (Kopf's `Bookmark.LISTED`), in the watch's
+order and before Kopf's worker for the object runs: a handler always finds the store at
+least as new as its own event.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from kopf._cogs.clients import watching
 
 from evaluation_operator import naming
-from evaluation_operator.world import compact_job, compact_pod
+from evaluation_operator.world import JOBS, PODS, TASKS, Store, compact_job, compact_pod
+
+log = logging.getLogger(__name__)
 
 Projection = Callable[[Mapping[str, Any]], dict[str, Any]]
 
@@ -60,8 +68,25 @@ PROJECTIONS: dict[tuple[str, str], Projection] = {
 }
 
 
+KINDS = {(naming.GROUP, naming.PLURAL): TASKS, ("batch", "jobs"): JOBS, ("", "pods"): PODS}
+_store: Store | None = None
+
+
 def projection_for(resource: Any) -> Projection | None:
     return PROJECTIONS.get((resource.group, resource.plural))
+
+
+def feed(store: Store, kind: str, namespace: str | None, event: Any) -> None:
+    """One (projected) event into the store; never raises into Kopf's watch."""
+    try:
+        if event is watching.Bookmark.LISTED:
+            if kind != TASKS:
+                store.listed(kind, namespace)
+        elif (isinstance(event, dict) and isinstance(event.get("object"), dict)
+              and event.get("type") not in ("BOOKMARK", "ERROR")):
+            store.take(kind, event.get("type"), event["object"])
+    except Exception:
+        log.exception("keeping a %s event failed", kind)
 
 
 def project_event(event: Any, projection: Projection) -> Any:
@@ -75,16 +100,26 @@ def project_event(event: Any, projection: Projection) -> Any:
 
 
 def projecting(stream: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    async def projected(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def projected(*, resource: Any, namespace: str | None = None, **kwargs: Any
+                        ) -> AsyncIterator[Any]:
         projection = projection_for(resource)
-        async for event in stream(resource=resource, **kwargs):
-            yield event if projection is None else project_event(event, projection)
+        kind = KINDS.get((resource.group, resource.plural))
+        async for event in stream(resource=resource, namespace=namespace, **kwargs):
+            if projection is not None:
+                event = project_event(event, projection)
+            if kind is not None and _store is not None:
+                feed(_store, kind, namespace, event)
+            yield event
 
     projected.__wrapped__ = stream  # type: ignore[attr-defined]
     return projected
 
 
-def install() -> None:
-    """Project every event Kopf's watchers receive from now on (idempotent)."""
+def install(store: Store | None = None) -> None:
+    """Project every event Kopf's watchers receive from now on, and feed `store` with it
+    (idempotent; the last store given is fed)."""
+    global _store
+    if store is not None:
+        _store = store
     if not hasattr(watching.infinite_watch, "__wrapped__"):
         watching.infinite_watch = projecting(watching.infinite_watch)

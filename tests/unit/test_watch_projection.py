@@ -11,8 +11,19 @@ from typing import Any
 
 import pytest
 from evaluation_operator import naming, watch_projection
+from evaluation_operator.config import OperatorSettings
 from evaluation_operator.status import TaskContext, assess
-from evaluation_operator.world import compact_job, compact_pod, is_merge, task_uid_of
+from evaluation_operator.watch_projection import feed
+from evaluation_operator.world import (
+    JOBS,
+    PODS,
+    TASKS,
+    Store,
+    compact_job,
+    compact_pod,
+    is_merge,
+    task_uid_of,
+)
 from kopf._cogs.clients import watching
 from kopf._cogs.structs import references
 from kopf._core.reactor import queueing
@@ -149,3 +160,55 @@ def test_the_operator_installs_it_when_kopf_loads_the_handlers() -> None:
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            timeout=60, check=True)
     assert found.stdout.strip() == "infinite_watch"
+
+
+def test_the_store_keeps_what_the_streams_deliver_and_drops_what_is_deleted() -> None:
+    store = Store(OperatorSettings())
+    task_body = {"metadata": {"name": "t", "namespace": "team-a", "uid": UID},
+                 "spec": {}, "status": {"phase": "Evaluating"}}
+    job, pod = full_job(), full_pod()
+    feed(store, TASKS, "team-a", {"type": None, "object": task_body})
+    feed(store, JOBS, "team-a", {"type": "ADDED", "object": watch_projection.project_job(job)})
+    feed(store, PODS, "team-a", {"type": "MODIFIED",
+                                 "object": watch_projection.project_pod(pod)})
+    world = store.world()
+    kept = world.task(UID)
+    assert kept is not None and kept.status == {"phase": "Evaluating"}
+    assert world.merge_job(UID) == compact_job(job) and world.all_pods(UID) == [compact_pod(pod)]
+    feed(store, PODS, "team-a", {"type": "DELETED", "object": pod})
+    feed(store, JOBS, "team-a", {"type": "DELETED", "object": job})
+    feed(store, TASKS, "team-a", {"type": "DELETED", "object": task_body})
+    assert (store.tasks, store.jobs, store.pods) == ({}, {}, {})
+    # A broken object is logged, never raised into Kopf's watch.
+    feed(store, TASKS, "team-a", {"type": "ADDED", "object": {"metadata": None, "spec": 1}})
+
+
+def test_tasks_wait_until_their_namespace_s_jobs_and_pods_are_listed() -> None:
+    store = Store(OperatorSettings())
+    handed: list[list[str]] = []
+    store.on_ready = handed.append
+    assert not store.wait_for_ready("a", "team-a")
+    assert not store.wait_for_ready("b", "team-b")
+    assert not store.wait_for_ready("gone", "team-a")
+    store.take(TASKS, "DELETED", {"metadata": {"uid": "gone"}})  # deleted meanwhile
+    feed(store, JOBS, "team-a", watching.Bookmark.LISTED)
+    assert handed == [] and not store.ready("team-a")
+    feed(store, PODS, "team-a", watching.Bookmark.LISTED)
+    assert handed == [["a"]] and store.ready("team-a") and not store.ready("team-b")
+    feed(store, TASKS, None, watching.Bookmark.LISTED)  # tasks' own list: no matter
+    feed(store, JOBS, None, watching.Bookmark.LISTED)  # cluster-wide watches
+    feed(store, PODS, None, watching.Bookmark.LISTED)
+    assert handed == [["a"], ["b"]] and store.wait_for_ready("c", "team-c")
+
+
+def test_the_stream_feeds_the_store_in_order_with_the_list_s_end() -> None:
+    store = Store(OperatorSettings())
+    watch_projection.install(store)
+    try:
+        events = [{"type": None, "object": full_pod()}, watching.Bookmark.LISTED]
+        out = run_stream(events, resource("", "pods"))
+    finally:
+        watch_projection._store = None
+    assert out[1] is watching.Bookmark.LISTED
+    assert store.pods[UID] == {"pod-uid": compact_pod(full_pod())}
+    assert ("pods", None) in store._listed

@@ -53,7 +53,7 @@ import yaml  # noqa: E402
 from devcluster import cluster as cluster_module  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
 from devcluster.tools import Toolchain  # noqa: E402
-from evaluation_operator import naming  # noqa: E402
+from evaluation_operator import memory, naming  # noqa: E402
 from evaluation_operator.config import OperatorSettings  # noqa: E402
 from evaluation_operator.manifests import build_configmap, build_job  # noqa: E402
 from evaluation_operator.runner_config import build_runner_config  # noqa: E402
@@ -348,7 +348,8 @@ class Operator:
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
                     "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                     "EVAL_S3_ENDPOINT": s3_url, "EVAL_S3_BUCKET": BUCKET,
-                    "EVAL_S3_REGION": "us-east-1", "PYTHONPATH": str(ROOT)}
+                    "EVAL_S3_REGION": "us-east-1", "PYTHONPATH": str(ROOT),
+                    **memory.PROCESS_ENV}  # as `make run` and the image start it
         # BENCH_OPERATOR_ENV="PYTHONMALLOC=malloc ...": the operator's environment only.
         for item in os.environ.get("BENCH_OPERATOR_ENV", "").split():
             key, _, value = item.partition("=")

@@ -27,6 +27,7 @@ from devcluster.cluster import Cluster, ClusterError
 from devcluster.fake_llm import FakeLLM
 from devcluster.images import ImageName, ManifestError, load_manifest
 from devcluster.node import NodeError, RealNode
+from evaluation_operator import memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,8 @@ def main() -> int:
                "EVAL_S3_BUCKET": BUCKET, "EVAL_S3_REGION": "us-east-1",
                "EVAL_RUNNER_IMAGE": runner_image, "EVAL_RUNNER_IMAGE_PULL_POLICY": "Never",
                "EVAL_PROGRESS_INTERVAL_SECONDS": "5",
-               "EVAL_METRICS_PORT": os.environ.get("EVAL_METRICS_PORT", "9090")}
+               "EVAL_METRICS_PORT": os.environ.get("EVAL_METRICS_PORT", "9090"),
+               **memory.PROCESS_ENV}
         print(f"node {node.name} Ready ({node.timings['up_to_ready_s']:.1f}s), "
               f"runner image {runner_image}")
         print(f"S3 at {s3_url} (bucket {BUCKET}); demo model at {model.url}; "

@@ -14,6 +14,13 @@ these do nothing).
   bodies piled up meanwhile (a full collection with 300 tasks running freed 157,000
   blocks). `freeze_startup_heap` moves what the imports made to the permanent generation,
   so full collections run in proportion to the operator's own working set.
+* Allocator: `PROCESS_ENV` is how the operator's process is started (the image's ENV,
+  `make run`, the tests and the bench). With Python's own allocator, small objects live in
+  1 MiB arenas that go back to the system only once entirely empty; one object kept alive
+  pins the rest. After 1,000 tasks were deleted the operator stayed at 151 MiB (72 at start)
+  although its live objects were back to the count at start; with glibc's malloc for them
+  too, `trim` hands the freed pages back: 106 MiB, and 98 with the store (bench/README.md,
+  2026-11-30). Running and restart figures did not move beyond run-to-run spread.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 
 M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
+PROCESS_ENV = {"PYTHONMALLOC": "malloc"}  # read by Python at start: set by whoever starts it
 
 
 def _libc() -> ctypes.CDLL | None:

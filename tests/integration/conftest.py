@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
+from evaluation_operator import memory
 from kubernetes import client
 
 from tests.support.s3 import S3Endpoint
@@ -49,6 +50,7 @@ class OperatorProcess:
             "EVAL_START_FAILURE_GRACE_SECONDS": str(START_FAILURE_GRACE_SECONDS),
             "EVAL_RESULTS_TIMEOUT_SECONDS": str(RESULTS_TIMEOUT_SECONDS),
             "EVAL_RUNNER_IMAGE": "registry.example/evaluation-runner:test",
+            **memory.PROCESS_ENV,  # as the image and `make run` start it
         }
 
     def start(self) -> None:

@@ -79,3 +79,45 @@ def test_freezing_the_startup_heap_frees_dead_cycles_sooner() -> None:
 
     # Without: dead bodies wait until the oldest generation grew by a quarter of the imports.
     assert peak_blocks("freeze") * 2 < peak_blocks("plain")
+
+
+def test_every_way_of_starting_the_operator_uses_the_same_allocator() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dockerfile = (root / "operator" / "Dockerfile").read_text()
+    for key, value in memory.PROCESS_ENV.items():
+        assert f"{key}={value}" in dockerfile
+    for starter in ("hack/run_local.py", "tests/integration/conftest.py",
+                    "bench/operator_scale.py"):
+        assert "**memory.PROCESS_ENV" in (root / starter).read_text(), starter
+
+
+KEEP_A_FEW = """
+import gc, sys
+sys.path.insert(0, sys.argv[1])
+from evaluation_operator import memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before = rss()
+objects = [{"n": i} for i in range(400_000)]  # ~100 MiB of small dicts
+kept = objects[::500]  # one in 500 survives, as long-lived objects made mid-burst do
+del objects
+memory.trim()
+print(round(rss() - before, 1))
+"""
+
+
+@glibc
+def test_glibc_malloc_gives_back_what_pymalloc_keeps_pinned() -> None:
+    """A few survivors among many freed small objects pin pymalloc's arenas; under
+    PROCESS_ENV the freed pages go back (memory.py, Allocator)."""
+    root = Path(__file__).resolve().parents[2] / "operator"
+
+    def kept_mib(allocator: str) -> float:
+        env = {**os.environ, "PYTHONMALLOC": allocator}
+        ran = subprocess.run([sys.executable, "-c", KEEP_A_FEW, str(root)], env=env,
+                             capture_output=True, text=True, check=True, timeout=120)
+        return float(ran.stdout.split()[-1])
+
+    assert memory.PROCESS_ENV["PYTHONMALLOC"] == "malloc"
+    pymalloc, malloc = kept_mib("pymalloc"), kept_mib("malloc")
+    assert pymalloc > 40 and malloc < pymalloc / 3, (pymalloc, malloc)

@@ -138,7 +138,8 @@ def main() -> None:
     s3.read_capped = activity.counted("s3_read", s3.read_capped, timed=True)
     # Every Job and pod event Kopf receives passes through its projection once.
     for key, name in ((("batch", "jobs"), "job_event"), (("", "pods"), "pod_event")):
-        projection.PROJECTIONS[key] = activity.counted(name, projection.PROJECTIONS[key])
+        kind, project = projection.KINDS[key]
+        projection.KINDS[key] = (kind, activity.counted(name, project))
     threading.Thread(target=activity.sample, name="activity-sampler", daemon=True).start()
     threading.Thread(target=activity.write, args=(out / "activity.jsonl",),
                      name="activity-writer", daemon=True).start()

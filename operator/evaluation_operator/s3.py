@@ -90,10 +90,11 @@ def warm_up(settings: OperatorSettings) -> str | None:
     """Make the shared client at start-up; the reason if it cannot be made (None: made).
 
     Making it loads botocore's S3 model: ~215,000 small objects and ~20 MiB that stay for
-    the operator's life. Loaded by the first S3 read in the middle of a burst of events,
-    they were scattered among that burst's short-lived objects and kept the allocator's
-    arenas from being given back once the tasks were deleted (bench/README.md). Nothing is
-    sent to S3; a request is signed, as each read will be.
+    the operator's life, so they count in its RSS at start rather than appearing in the
+    middle of the first burst of events, and a client that cannot be made (no credentials)
+    is said at start. (Measured: it did not by itself change the RSS left after the tasks
+    were deleted; bench/README.md.) Nothing is sent to S3; a request is signed, as each read
+    will be.
     """
     if not settings.s3_bucket:
         return None

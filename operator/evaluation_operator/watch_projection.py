@@ -1,10 +1,9 @@
 """Only what the operator reads of each watched object, kept from the moment it arrives.
 
-Kopf keeps every object's last event until its worker is done with it, and before its
-start-up gate opens (kopf_startup.py) it keeps all of them at once: after a restart with
-5,000 tasks that was 15,000 whole tasks, Jobs and pods, and 714 MiB of RSS that the
-allocator kept (bench/README.md). Most of a Job or a pod is its spec (containers, volumes,
-tolerations) and `metadata.managedFields`, of which the operator reads nothing.
+Kopf keeps every object's last event until its worker is done with it (with Kopf's indexes,
+which the operator no longer uses, it kept all of them at once after a restart). Most of a Job
+or a pod is its spec (containers, volumes, tolerations) and `metadata.managedFields`, of which
+the operator reads nothing.
 
 `install()` wraps Kopf's watch stream (`kopf._cogs.clients.watching.infinite_watch`, which
 `kopf._core.reactor.queueing.watcher` calls through its module, Kopf 1.45) so that each
@@ -61,19 +60,13 @@ def project_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # By (API group, plural): Kopf's `Resource` names a resource the same way at any version.
-PROJECTIONS: dict[tuple[str, str], Projection] = {
-    (naming.GROUP, naming.PLURAL): project_task,
-    ("batch", "jobs"): project_job,
-    ("", "pods"): project_pod,
+# The store's name for the kind, and its projection.
+KINDS: dict[tuple[str, str], tuple[str, Projection]] = {
+    (naming.GROUP, naming.PLURAL): (TASKS, project_task),
+    ("batch", "jobs"): (JOBS, project_job),
+    ("", "pods"): (PODS, project_pod),
 }
-
-
-KINDS = {(naming.GROUP, naming.PLURAL): TASKS, ("batch", "jobs"): JOBS, ("", "pods"): PODS}
 _store: Store | None = None
-
-
-def projection_for(resource: Any) -> Projection | None:
-    return PROJECTIONS.get((resource.group, resource.plural))
 
 
 def feed(store: Store, kind: str, namespace: str | None, event: Any) -> None:
@@ -102,13 +95,13 @@ def project_event(event: Any, projection: Projection) -> Any:
 def projecting(stream: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def projected(*, resource: Any, namespace: str | None = None, **kwargs: Any
                         ) -> AsyncIterator[Any]:
-        projection = projection_for(resource)
-        kind = KINDS.get((resource.group, resource.plural))
+        found = KINDS.get((resource.group, resource.plural))
         async for event in stream(resource=resource, namespace=namespace, **kwargs):
-            if projection is not None:
+            if found is not None:
+                kind, projection = found
                 event = project_event(event, projection)
-            if kind is not None and _store is not None:
-                feed(_store, kind, namespace, event)
+                if _store is not None:
+                    feed(_store, kind, namespace, event)
             yield event
 
     projected.__wrapped__ = stream  # type: ignore[attr-defined]

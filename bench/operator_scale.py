@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 from devcluster import cluster as cluster_module  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
-from devcluster.tools import Toolchain  # noqa: E402
+from devcluster.tools import REPO_ROOT, Toolchain, toolchain  # noqa: E402
 from evaluation_operator import memory, naming  # noqa: E402
 from evaluation_operator.config import OperatorSettings  # noqa: E402
 from evaluation_operator.manifests import build_configmap, build_job  # noqa: E402
@@ -433,6 +433,54 @@ def audit_status_latencies(path: Path, since: str, until: str) -> list[float]:
             if t in written and written[t] >= done]
 
 
+def agent_class(agent: str) -> str:
+    for prefix, name in (("kopf/", "operator"), ("evaluation-operator/", "operator"),
+                         (AGENT, "bench"), ("kube-controller-manager", "controller manager"),
+                         ("kube-scheduler", "scheduler"), ("kwok", "kwok")):
+        if agent.startswith(prefix):
+            return name
+    return agent.split("/", 1)[0] or "?"
+
+
+def audit_window(path: Path, since: str, until: str) -> dict[str, Any]:
+    """Where the API server's time went in [since, until): per client and "verb resource",
+    the requests and the sum of their server-side durations (received -> response); and
+    per task, the operator's stages after the task's create (Job names end in -eval)."""
+    spent: dict[str, list[float]] = {}
+    created: dict[str, datetime.datetime] = {}
+    stages: dict[str, dict[str, datetime.datetime]] = {}
+    with path.open() as lines:
+        for line in lines:
+            entry = json.loads(line)
+            stamp = entry.get("requestReceivedTimestamp", "")
+            if not since <= stamp < until or entry["verb"] in ("watch", "list", "get"):
+                continue
+            ref = entry.get("objectRef") or {}
+            resource = ref.get("resource", "?") + (
+                f"/{ref['subresource']}" if ref.get("subresource") else "")
+            who = agent_class(entry.get("userAgent", ""))
+            received, done = _stamp(stamp), _stamp(entry["stageTimestamp"])
+            row = spent.setdefault(f"{who}: {entry['verb']} {resource}", [0, 0.0])
+            row[0] += 1
+            row[1] += (done - received).total_seconds()
+            name = str(ref.get("name") or "")
+            if who == "bench" and entry["verb"] == "create" and resource == "evaluationtasks":
+                created[name] = done
+            elif who == "operator" and entry["verb"] in ("create", "patch"):
+                task = name.removesuffix("-eval").removesuffix("-config")
+                stages.setdefault(task, {}).setdefault(f"{entry['verb']} {resource}", received)
+    delays: dict[str, list[float]] = {}
+    for task, seen in stages.items():
+        if task in created:
+            for stage, at in seen.items():
+                delays.setdefault(stage, []).append((at - created[task]).total_seconds())
+    return {"server_seconds": {k: [v[0], round(v[1], 1)] for k, v in sorted(
+                spent.items(), key=lambda kv: -kv[1][1])},
+            "after_task_created": {k: [len(v), round(percentile(v, 0.5), 2),
+                                       round(percentile(v, 0.99), 2)]
+                                   for k, v in delays.items()}}
+
+
 def utc_now() -> str:
     """As the audit log writes its timestamps (compared as strings)."""
     now = time.time()
@@ -462,10 +510,36 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
         time.sleep(5)
 
 
-def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...]
-            ) -> tuple[subprocess.Popen[bytes], str]:
+def install_finalizer_policy(cluster: Cluster, namespace: str) -> None:
+    """The chart's finalizer policy for the operator's namespace, as `helm install` would
+    make it on this cluster, so the bench measures what the chart deploys."""
+    rendered = subprocess.run(
+        [str(toolchain().helm), "template", "bench", str(REPO_ROOT / "charts" /
+                                                         "evaluation-operator"),
+         "--kube-version", toolchain().kubernetes_version,
+         "--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+         "--set-json", f"watchNamespaces={json.dumps([namespace])}",
+         "--show-only", "templates/finalizerpolicy.yaml"],
+        capture_output=True, text=True, check=True).stdout
+    cluster.apply(rendered)
+    probe = {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
+             "metadata": {"name": "probe", "namespace": namespace}, "spec": spec(0)}
+
+    def finalized() -> bool:
+        # The API server loads a new policy within a few seconds, and refuses creates
+        # (503) while it has not yet loaded the schema of a CRD this new.
+        made = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                               input=json.dumps(probe), check=False)
+        return made.returncode == 0 and naming.FINALIZER in (
+            json.loads(made.stdout)["metadata"].get("finalizers") or [])
+    cluster.wait_until("the finalizer policy to take effect", finalized, timeout=60)
+
+
+def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...],
+            finalizer_policy: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     """CRDs, GPU nodes enough for `count` tasks at once, moto's S3 (its process and URL),
-    the namespaces, and the operator's S3 credentials in `bench-op`."""
+    the namespaces, the chart's finalizer policy and the operator's S3 credentials in
+    `bench-op`."""
     cluster.install_crds()
     node_count = count // 100 + 1
     add_gpu_nodes(cluster, node_count, 110)
@@ -475,6 +549,8 @@ def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...]
     s3 = start_s3()
     for namespace in namespaces:
         cluster.kubectl("create", "namespace", namespace)
+    if finalizer_policy:
+        install_finalizer_policy(cluster, "bench-op")
     cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
                     "bench-op", "--from-literal=AWS_ACCESS_KEY_ID=bench",
                     "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
@@ -493,16 +569,18 @@ def tear_down(owner: KwokCluster, s3_process: subprocess.Popen[bytes] | None,
     owner.stop()
 
 
-def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
-        ) -> dict[str, Any]:
+def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
+        finalizer_policy: bool = True) -> dict[str, Any]:
     owner, cluster = start_cluster(state, controller_qps)
     s3_process: subprocess.Popen[bytes] | None = None
     operator: Operator | None = None
     figures: dict[str, Any] = {"tasks": count, "load_before": load(),
-                               "controller_qps": controller_qps}
+                               "controller_qps": controller_qps,
+                               "finalizer_policy": finalizer_policy}
     try:
         s3_process, s3_url = prepare(cluster, count,
-                                     ("bench-bare-suspended", "bench-bare", "bench-op"))
+                                     ("bench-bare-suspended", "bench-bare", "bench-op"),
+                                     finalizer_policy)
 
         log(f"baseline: a bare client creates {count} ConfigMaps and suspended Jobs")
         figures["bare_suspended_seconds"] = baseline(cluster, "bench-bare-suspended", count,
@@ -512,7 +590,9 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         # make and run their pods while it creates the rest, on the same cores. The baseline
         # that compares like with like has the cluster doing the same.
         log(f"baseline: a bare client creates {count} ConfigMaps and the same Jobs, running")
+        bare_window = [utc_now()]
         figures["bare_seconds"] = baseline(cluster, "bench-bare", count, suspend=False)
+        bare_window.append(utc_now())
         bare_core, bare_batch = client.CoreV1Api(api(cluster)), client.BatchV1Api(api(cluster))
         figures["bare_server_seconds"] = server_span(
             [c for c in bare_core.list_namespaced_config_map("bench-bare").items
@@ -545,6 +625,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))
         figures["operator_seconds"] = max(watcher.jobs.values()) - started
+        creation_end = utc_now()
         wait("every task Running", lambda: len(watcher.running) >= count,
              timeout=max(300, count))
         figures["to_running_seconds"] = max(watcher.running.values()) - started
@@ -657,6 +738,8 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0
         restart_writes, restart_reads = audit_counts(audit, restart_start, restart_end)
         _, idle_reads = audit_counts(audit, idle_start, idle_end)
         figures["writes"] = dict(writes)
+        figures["bare_window"] = audit_window(audit, *bare_window)
+        figures["creation_window"] = audit_window(audit, phase_start, creation_end)
         server_latencies = audit_status_latencies(audit, finish_audit_start, lifecycle_end)
         figures["latency_server_p50"] = percentile(server_latencies or [0.0], 0.5)
         figures["latency_server_p99"] = percentile(server_latencies or [0.0], 0.99)
@@ -713,7 +796,8 @@ def restart_phase(operator: Operator, audit: Path, count: int) -> dict[str, Any]
     return figures
 
 
-def run_restart(count: int, state: Path, controller_qps: int) -> dict[str, Any]:
+def run_restart(count: int, state: Path, controller_qps: int, finalizer_policy: bool = True
+                ) -> dict[str, Any]:
     """`count` tasks brought to Running by the operator, then `restart_phase`. No bare-client
     baseline, no finishing, no deletion (the cluster goes with its tasks): the parts of the
     full run that cost minutes per thousand tasks on a small machine."""
@@ -721,9 +805,10 @@ def run_restart(count: int, state: Path, controller_qps: int) -> dict[str, Any]:
     s3_process: subprocess.Popen[bytes] | None = None
     operator: Operator | None = None
     figures: dict[str, Any] = {"tasks": count, "load_before": load(),
-                               "controller_qps": controller_qps}
+                               "controller_qps": controller_qps,
+                               "finalizer_policy": finalizer_policy}
     try:
-        s3_process, s3_url = prepare(cluster, count, ("bench-op",))
+        s3_process, s3_url = prepare(cluster, count, ("bench-op",), finalizer_policy)
         operator = Operator(cluster, s3_url, state / "operator.log")
         operator.start()
         watcher = Watcher(cluster, "bench-op")
@@ -772,7 +857,8 @@ def restart_report(f: dict[str, Any]) -> str:
         f"| Jobs / ConfigMaps created after the restart | {f['restart_job_posts']} / "
         f"{f['restart_configmap_posts']} | 0 / 0 |",
         f"| RSS once idle after the restart | {f['rss_restarted_mib']:.0f} MiB | |",
-        f"(controller manager and scheduler API rate: {f['controller_qps'] or 'default'})",
+        f"(controller manager and scheduler API rate: {f['controller_qps'] or 'default'}; "
+        f"finalizer: {FINALIZER_BY[f.get('finalizer_policy', False)]})",
         "",
         f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
         f"operator writes, first task -> all Running: {f['writes_to_running']}",
@@ -781,6 +867,10 @@ def restart_report(f: dict[str, Any]) -> str:
         f"load average before / all running / after: {f['load_before']} / "
         f"{f['load_running']} / {f['load_after']} (2 vCPUs, shared)",
     ])
+
+
+FINALIZER_BY = {True: "set at admission (the chart's MutatingAdmissionPolicy)",
+                False: "added by the operator (a PATCH per task)"}
 
 
 def report(f: dict[str, Any]) -> str:
@@ -830,11 +920,25 @@ def report(f: dict[str, Any]) -> str:
         "after the bench started finishing pods",
         f"operator CPU: {f['cpu_to_running_s']:.1f} s from the first task to all Running, "
         f"{f['cpu_finishing_s']:.1f} s while pods finished",
+        f"finalizer: {FINALIZER_BY[f.get('finalizer_policy', False)]}",
         f"controller manager and scheduler API rate: {f['controller_qps'] or 'default'}; "
         f"load average before / idle / after: {f['load_before']} / {f['load_idle']} / "
         f"{f['load_after']} (2 vCPUs, shared)",
+        *window_report("bare client, running Jobs", f["bare_window"]),
+        *window_report("operator, first task -> last Job", f["creation_window"]),
     ]
     return "\n".join(lines)
+
+
+def window_report(title: str, window: dict[str, Any]) -> list[str]:
+    """The API server's write work in a window, heaviest first, and the operator's stages."""
+    lines = ["", f"API writes while creating ({title}): requests, server seconds summed",
+             *(f"  {key}: {n}, {seconds} s"
+               for key, (n, seconds) in list(window["server_seconds"].items())[:10])]
+    for stage, (n, p50, p99) in window["after_task_created"].items():
+        lines.append(f"  task created -> operator's first {stage}: p50 {p50} s, p99 {p99} s "
+                     f"({n} tasks)")
+    return lines
 
 
 def main() -> int:
@@ -848,15 +952,20 @@ def main() -> int:
     parser.add_argument("--controller-qps", type=int, default=0,
                         help="API rate of the cluster's controller manager and scheduler "
                         "(0: Kubernetes' defaults)")
+    parser.add_argument("--no-finalizer-policy", action="store_true",
+                        help="leave out the chart's finalizer policy: the operator adds the "
+                        "finalizer with a PATCH per task, as on clusters before 1.36")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     if args.restart_only:
-        figures = run_restart(args.tasks, state, args.controller_qps)
+        figures = run_restart(args.tasks, state, args.controller_qps,
+                              not args.no_finalizer_policy)
         print(restart_report(figures))
         if args.json:
             print(json.dumps(figures, indent=1))
         return 0
-    figures = run(args.tasks, args.idle_seconds, state, args.controller_qps)
+    figures = run(args.tasks, args.idle_seconds, state, args.controller_qps,
+                  not args.no_finalizer_policy)
     print(report(figures))
     if args.json:
         print(json.dumps(figures, indent=1))

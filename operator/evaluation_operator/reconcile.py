@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import heapq
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from evaluation_operator.status import (
     missing_reference,
     render_status,
 )
-from evaluation_operator.status_writes import hold_seconds
+from evaluation_operator.status_writes import BUSY_RECHECK_SECONDS, hold_seconds
 from evaluation_operator.task import Task
 from evaluation_operator.world import EMPTY, World
 
@@ -205,6 +206,7 @@ class Reconciler:
         self._written: LRU[str, dict[str, Any]] = LRU(settings.memory_tasks)
         self._created: LRU[str, bool] = LRU(settings.memory_tasks)
         self._creating: set[str] = set()
+        self._last_created = -math.inf  # loop time a create_children last ended
         self._overrides: dict[str, Assessment] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
@@ -427,6 +429,7 @@ class Reconciler:
             self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
         finally:
             self._creating.discard(task.uid)
+            self._last_created = asyncio.get_running_loop().time()
 
     async def _waiting_for_configmap(self, task: Task) -> bool:
         """A dataset ConfigMap (or its key) is missing: the kubelet would only say so in a
@@ -564,7 +567,14 @@ class Reconciler:
         return hold_seconds(assessment.reason if assessment else None,
                             reason_of(self._status(task).get("reason")), waited,
                             debounce=self.settings.status_debounce_ms / 1000,
-                            settle=self.settings.status_settle_ms / 1000)
+                            settle=self.settings.status_settle_ms / 1000,
+                            creating=self._creating_children(),
+                            burst=self.settings.status_burst_hold_ms / 1000)
+
+    def _creating_children(self) -> bool:
+        """Children being created, or created within BUSY_RECHECK_SECONDS: a sweep."""
+        since = asyncio.get_running_loop().time() - self._last_created
+        return bool(self._creating) or since < BUSY_RECHECK_SECONDS
 
     def _spawn(self, work: Any) -> None:
         job: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)

@@ -263,7 +263,7 @@ class Reconciler:
         for uid in uids:
             task = self.world.task(uid)
             if task is not None:
-                self._spawn(self.task_seen(task))
+                self.spawn(self.task_seen(task))
 
     def mark(self, uid: str) -> None:
         """Something about this task changed: write its status soon (at once if the run
@@ -275,7 +275,7 @@ class Reconciler:
             return
         pending = _Pending()
         self._pending[uid] = pending
-        self._spawn(self._write_loop(uid, pending))
+        self.spawn(self._write_loop(uid, pending))
 
     async def job_gone(self, uid: str, merge: bool = False) -> None:
         """The task's Job was deleted: by the TTL or with the task (nothing to do), by
@@ -507,7 +507,7 @@ class Reconciler:
             self._retry.pop(uid, None)
             task = self.world.task(uid)
             if task is not None:
-                self._spawn(self.task_seen(task))
+                self.spawn(self.task_seen(task))
 
         self._retry[uid] = asyncio.get_running_loop().call_later(delay, again)
 
@@ -576,7 +576,8 @@ class Reconciler:
         since = asyncio.get_running_loop().time() - self._last_created
         return bool(self._creating) or since < BUSY_RECHECK_SECONDS
 
-    def _spawn(self, work: Any) -> None:
+    def spawn(self, work: Any) -> None:
+        """Run `work` in the background, awaited by `drain`."""
         job: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
@@ -826,7 +827,7 @@ class Reconciler:
             for uid in due:
                 self._polls[uid] = loop.time() + self.settings.progress_interval(
                     len(self._polls)) * random.uniform(0.9, 1.1)
-                self._spawn(self._poll(uid))
+                self.spawn(self._poll(uid))
 
     async def _poll(self, uid: str) -> None:
         task = self.world.task(uid)

@@ -29,6 +29,7 @@ by a command-line flag of `python -m evaluation_operator`.
 | EVAL_LIST_CHUNK_SIZE | --list-chunk-size | objects per page of initial lists; 0: one page |
 | EVAL_STATUS_DEBOUNCE_MS | --status-debounce-ms | in-progress changes merged this long |
 | EVAL_STATUS_SETTLE_MS | --status-settle-ms | steps before Running written once this old |
+| EVAL_STATUS_BURST_HOLD_MS | --status-burst-hold-ms | longest hold while children are created |
 | EVAL_JOB_TTL_SECONDS | --job-ttl | finished Jobs and pods go this long after; 0: kept |
 | EVAL_LEADER_ELECTION_LEASE | --leader-election-lease | Lease to elect a leader on; empty: off |
 | EVAL_LEADER_ELECTION_NAMESPACE | --leader-election-namespace | its namespace (default: pod's) |
@@ -79,6 +80,7 @@ FLAGS: dict[str, str] = {
     "--list-chunk-size": "EVAL_LIST_CHUNK_SIZE",
     "--status-debounce-ms": "EVAL_STATUS_DEBOUNCE_MS",
     "--status-settle-ms": "EVAL_STATUS_SETTLE_MS",
+    "--status-burst-hold-ms": "EVAL_STATUS_BURST_HOLD_MS",
     "--job-ttl": "EVAL_JOB_TTL_SECONDS",
     # leader election (leader.py)
     "--leader-election-lease": "EVAL_LEADER_ELECTION_LEASE",
@@ -157,6 +159,9 @@ class OperatorSettings:
     # JobPending, PodPending, Scheduling, Starting are written only once they last this long
     # (status_writes.py): a pod running within it costs no status write before Running.
     status_settle_ms: int = 10000
+    # While ConfigMaps and Jobs are being created (a sweep applied at once), in-progress
+    # status changes wait for a pause in creating, at most this long (status_writes.py).
+    status_burst_hold_ms: int = 30000
     # A day: long enough to read the pods' logs; the task's status and results stay anyway.
     job_ttl_seconds: int = 86400
     # Cap on remembered per-task facts (last status written, Jobs just created): entries
@@ -226,6 +231,7 @@ class OperatorSettings:
             list_chunk_size=_int(env, "EVAL_LIST_CHUNK_SIZE", 250),
             status_debounce_ms=_int(env, "EVAL_STATUS_DEBOUNCE_MS", 1500),
             status_settle_ms=_int(env, "EVAL_STATUS_SETTLE_MS", 10000),
+            status_burst_hold_ms=_int(env, "EVAL_STATUS_BURST_HOLD_MS", 30000),
             job_ttl_seconds=_int(env, "EVAL_JOB_TTL_SECONDS", 86400),
             **_leader_election(env),
         )

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | any watch event | the store keeps the parsed `Task` or a compact Job or pod (world.py) | none |
 | any task event | first sight: create ConfigMap + Job (children listed) | 2 POST, once |
-| Job or pod event | mark the task changed | none |
+| Job or pod event (in the stream, not through Kopf) | mark the task changed | none |
 | (a marked task) | status from the store, written if it changed | 0-1 PATCH |
 | Job deleted | never started: create again; started: `JobDeleted` | 0-2 |
 | a task, Job or pod deleted | freed memory handed back once deletions pause for 5 s | none |
@@ -32,6 +32,7 @@ from evaluation_operator import (
     metrics,
     naming,
     watch_projection,
+    world,
 )
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.kube import Api, Kube
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 kopf_startup.install()  # before Kopf builds its start-up gate: see kopf_startup.py
 STORE = Store(SETTINGS)  # what the watches delivered (world.py)
-watch_projection.install(STORE)  # before Kopf's watchers start: see watch_projection.py
+# Before Kopf's watchers start (watch_projection.py); `child_event` is defined below.
+watch_projection.install(STORE, lambda *event: child_event(*event))
 # At import, before Kopf opens its first session (its resource scan may precede startup).
 connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -94,11 +96,10 @@ class UnbrandedProgress(kopf.AnnotationsProgressStorage):
 
 
 class HandlerSuccessFilter(logging.Filter):
-    """Drops Kopf's "Handler 'job_event' succeeded." lines for the watch handlers: one per
-    watch event, ~8 per task, saying nothing (failures are still logged)."""
+    """Drops Kopf's "Handler 'task_event' succeeded." lines: one per task event, saying
+    nothing (failures are still logged)."""
 
-    QUIET = frozenset(f"Handler '{name}' succeeded."
-                      for name in ("task_event", "job_event", "pod_event"))
+    QUIET = frozenset({"Handler 'task_event' succeeded."})
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self.QUIET
@@ -184,29 +185,32 @@ async def task_event(type: str, uid: str, **kwargs: Any) -> None:
         await r.task_seen(task)
 
 
-@kopf.on.event(*JOBS, labels=CHILD_LABELS)
-async def job_event(type: str, meta: kopf.Meta, body: kopf.Body, namespace: str | None,
-                    **_: Any) -> None:
+def child_event(kind: str, type: str | None, obj: dict[str, Any]) -> None:
+    """A Job's or pod's event, handed over in the watch stream (watch_projection.py), after
+    the store took it: Kopf's workers never see these."""
+    meta = obj.get("metadata") or {}
     uid = task_uid_of(meta)
-    if not uid or not STORE.ready(namespace or ""):
+    if not uid or not STORE.ready(meta.get("namespace") or ""):
         return  # before its namespace is listed, its task has not been seen: it will be
-    r = _world()
-    if type == "DELETED":
-        await r.job_gone(uid, merge=is_merge(body))
-    else:
+    r = reconciler()
+    if type != "DELETED":
         r.mark(uid)
+    elif kind == world.JOBS:
+        r.spawn(r.job_gone(uid, merge=is_merge(obj)))
+    else:
+        r.pod_gone(uid)
+
+
+# Registered so that Kopf runs the Job and pod watches (list, resume, reconnect); their events
+# go to `child_event` in the stream and never reach these.
+@kopf.on.event(*JOBS, labels=CHILD_LABELS)
+async def watch_jobs(**_: Any) -> None:
+    """Never called: see child_event."""
 
 
 @kopf.on.event(*PODS, labels=CHILD_LABELS)
-async def pod_event(type: str, meta: kopf.Meta, namespace: str | None, **_: Any) -> None:
-    uid = task_uid_of(meta)
-    if not uid or not STORE.ready(namespace or ""):
-        return
-    r = _world()
-    if type == "DELETED":
-        r.pod_gone(uid)
-    else:
-        r.mark(uid)
+async def watch_pods(**_: Any) -> None:
+    """Never called: see child_event."""
 
 
 # --- deletion --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import heapq
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -54,7 +55,7 @@ from evaluation_operator.status import (
     missing_reference,
     render_status,
 )
-from evaluation_operator.status_writes import hold_seconds
+from evaluation_operator.status_writes import BUSY_RECHECK_SECONDS, hold_seconds
 from evaluation_operator.task import Task
 from evaluation_operator.world import EMPTY, World
 
@@ -205,6 +206,7 @@ class Reconciler:
         self._written: LRU[str, dict[str, Any]] = LRU(settings.memory_tasks)
         self._created: LRU[str, bool] = LRU(settings.memory_tasks)
         self._creating: set[str] = set()
+        self._last_created = -math.inf  # loop time a create_children last ended
         self._overrides: dict[str, Assessment] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
@@ -261,7 +263,7 @@ class Reconciler:
         for uid in uids:
             task = self.world.task(uid)
             if task is not None:
-                self._spawn(self.task_seen(task))
+                self.spawn(self.task_seen(task))
 
     def mark(self, uid: str) -> None:
         """Something about this task changed: write its status soon (at once if the run
@@ -273,7 +275,7 @@ class Reconciler:
             return
         pending = _Pending()
         self._pending[uid] = pending
-        self._spawn(self._write_loop(uid, pending))
+        self.spawn(self._write_loop(uid, pending))
 
     async def job_gone(self, uid: str, merge: bool = False) -> None:
         """The task's Job was deleted: by the TTL or with the task (nothing to do), by
@@ -427,6 +429,7 @@ class Reconciler:
             self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
         finally:
             self._creating.discard(task.uid)
+            self._last_created = asyncio.get_running_loop().time()
 
     async def _waiting_for_configmap(self, task: Task) -> bool:
         """A dataset ConfigMap (or its key) is missing: the kubelet would only say so in a
@@ -504,7 +507,7 @@ class Reconciler:
             self._retry.pop(uid, None)
             task = self.world.task(uid)
             if task is not None:
-                self._spawn(self.task_seen(task))
+                self.spawn(self.task_seen(task))
 
         self._retry[uid] = asyncio.get_running_loop().call_later(delay, again)
 
@@ -564,9 +567,17 @@ class Reconciler:
         return hold_seconds(assessment.reason if assessment else None,
                             reason_of(self._status(task).get("reason")), waited,
                             debounce=self.settings.status_debounce_ms / 1000,
-                            settle=self.settings.status_settle_ms / 1000)
+                            settle=self.settings.status_settle_ms / 1000,
+                            creating=self._creating_children(),
+                            burst=self.settings.status_burst_hold_ms / 1000)
 
-    def _spawn(self, work: Any) -> None:
+    def _creating_children(self) -> bool:
+        """Children being created, or created within BUSY_RECHECK_SECONDS: a sweep."""
+        since = asyncio.get_running_loop().time() - self._last_created
+        return bool(self._creating) or since < BUSY_RECHECK_SECONDS
+
+    def spawn(self, work: Any) -> None:
+        """Run `work` in the background, awaited by `drain`."""
         job: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._tasks.add(job)
         job.add_done_callback(self._tasks.discard)
@@ -816,7 +827,7 @@ class Reconciler:
             for uid in due:
                 self._polls[uid] = loop.time() + self.settings.progress_interval(
                     len(self._polls)) * random.uniform(0.9, 1.1)
-                self._spawn(self._poll(uid))
+                self.spawn(self._poll(uid))
 
     async def _poll(self, uid: str) -> None:
         task = self.world.task(uid)

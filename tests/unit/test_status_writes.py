@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.states import Reason
-from evaluation_operator.status_writes import hold_seconds
+from evaluation_operator.status_writes import BUSY_RECHECK_SECONDS, hold_seconds
 
 from tests.unit.test_reconcile import UID, Cluster, job, pod, task
 
@@ -99,6 +99,28 @@ def test_a_warning_is_not_held_for_the_settle() -> None:
     assert writes(steps, until=5) == [Reason.UNSCHEDULABLE]
 
 
+BURST = 30.0
+
+
+def test_while_children_are_created_only_the_end_and_warnings_go_out() -> None:
+    def busy(reason: Reason, written: Reason | None, waited: float) -> float:
+        return hold_seconds(reason, written, waited, debounce=DEBOUNCE, settle=SETTLE,
+                            creating=True, burst=BURST)
+
+    # Past its debounce, Running still waits for a pause in creating, rechecked each second.
+    assert busy(Reason.RUNNING, None, 5) == BUSY_RECHECK_SECONDS
+    assert busy(Reason.JOB_PENDING, None, 12) == BUSY_RECHECK_SECONDS  # settled: held too
+    assert busy(Reason.POD_PENDING, None, 2) == SETTLE - 2  # the settle is longer: kept
+    # At most `burst` from the first change: a steady stream of new tasks never hides it.
+    assert busy(Reason.RUNNING, None, BURST - 0.25) == 0.25
+    assert busy(Reason.RUNNING, None, BURST) == 0
+    # What a user must see at once is never held for it.
+    assert busy(Reason.SUCCEEDED, None, 0) == 0
+    assert busy(Reason.RUNNER_FAILED, Reason.RUNNING, 0) == 0
+    assert busy(Reason.UNSCHEDULABLE, None, 5) == 0
+    assert busy(Reason.IMAGE_PULL_BACKOFF, None, 0.5) == DEBOUNCE - 0.5
+
+
 # --- the same through the reconciler ----------------------------------------------------------
 
 
@@ -154,3 +176,41 @@ def test_the_write_loop_writes_the_end_at_once_while_a_step_is_held() -> None:
                             status_settle_ms=60_000)
     reasons, at = in_loop(slow, [(0.0, pod("Pending", node=None)), (0.2, SUCCEEDED)])
     assert reasons == ["Succeeded"] and at[0] < 1
+
+
+def test_the_write_loop_holds_running_while_another_tasks_children_are_created() -> None:
+    async def scenario() -> list[tuple[str, float]]:
+        c = Cluster(task())
+        c.reconciler.settings = OperatorSettings(
+            s3_bucket="eval-results", status_debounce_ms=100, status_settle_ms=1000,
+            status_burst_hold_ms=2500)
+        other = task(uid="0b6c4f5e-1111-2222-3333-777788889999")
+        c.tasks[other.uid] = [other]
+        create = c.kube.create
+        started = time.monotonic()
+
+        def slow_create(manifest: dict[str, Any]) -> bool:  # a busy API server
+            time.sleep(0.6)
+            return create(manifest)
+
+        written: list[float] = []
+        patch = c.kube.patch_task_status
+
+        def timed(namespace: str, name: str, status: dict[str, Any]) -> None:
+            written.append(time.monotonic() - started)
+            patch(namespace, name, status)
+
+        c.kube.create = slow_create  # type: ignore[method-assign]
+        c.kube.patch_task_status = timed  # type: ignore[method-assign]
+        creating = asyncio.get_running_loop().create_task(c.reconciler.create_children(other))
+        c.set(job(), [pod("Running")])
+        c.reconciler.mark(UID)
+        await creating  # ConfigMap and Job: ~1.2 s
+        created = time.monotonic() - started
+        await c.reconciler.drain()
+        return [(c.kube.status_patches[0]["reason"], written[0] - created)]
+
+    [(reason, after_creates)] = asyncio.run(scenario())
+    assert reason == "Running"
+    # Written once creating had paused for BUSY_RECHECK_SECONDS, not after the debounce.
+    assert after_creates >= BUSY_RECHECK_SECONDS * 0.8

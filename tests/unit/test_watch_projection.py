@@ -105,6 +105,16 @@ def test_a_task_keeps_everything_but_managed_fields() -> None:
     assert task["metadata"]["managedFields"] is MANAGED  # the original is not changed
 
 
+@pytest.fixture(autouse=True)
+def nothing_installed() -> Iterator[None]:
+    """No store and no hand-over unless a test installs them (importing the handlers, as
+    other tests do, installs the operator's)."""
+    before = watch_projection._store, watch_projection._children
+    watch_projection._store = watch_projection._children = None
+    yield
+    watch_projection._store, watch_projection._children = before
+
+
 def resource(group: str, plural: str) -> references.Resource:
     return references.Resource(group=group, version="v1", plural=plural)
 
@@ -212,3 +222,31 @@ def test_the_stream_feeds_the_store_in_order_with_the_list_s_end() -> None:
     assert out[1] is watching.Bookmark.LISTED
     assert store.pods[UID] == {"pod-uid": compact_pod(full_pod())}
     assert ("pods", None) in store._listed
+
+
+def test_job_and_pod_events_go_to_the_operator_and_never_to_kopf(
+        caplog: pytest.LogCaptureFixture) -> None:
+    handed: list[tuple[str, str | None, str]] = []
+
+    def children(kind: str, type_: str | None, obj: dict[str, Any]) -> None:
+        handed.append((kind, type_, obj["metadata"]["uid"]))
+        if type_ == "DELETED":
+            raise RuntimeError("a handler bug")
+
+    store = Store(OperatorSettings())
+    watch_projection.install(store, children)
+    marks = [watching.Bookmark.LISTED, {"type": "BOOKMARK", "object": {"metadata": {}}},
+             {"type": "ERROR", "object": {"code": 410}}]
+    pods = [{"type": None, "object": full_pod()}, {"type": "MODIFIED", "object": full_pod()},
+            {"type": "DELETED", "object": full_pod()}]
+    out = run_stream([*pods, *marks], resource("", "pods"))
+    # Kopf gets only the watch's own markers: it still lists, resumes and reconnects.
+    assert out == marks
+    assert handed == [(PODS, None, "pod-uid"), (PODS, "MODIFIED", "pod-uid"),
+                      (PODS, "DELETED", "pod-uid")]
+    assert "handling a pods event failed" in caplog.text  # logged, the watch goes on
+    assert not store.pods  # the store took each first: the deletion too
+    assert run_stream([{"type": "ADDED", "object": full_job()}], resource("batch", "jobs")
+                      ) == [] and handed[-1][0] == JOBS
+    task = {"type": "ADDED", "object": {"metadata": {"name": "t", "uid": UID}}}
+    assert run_stream([task], resource(naming.GROUP, naming.PLURAL)) == [task]  # Kopf's

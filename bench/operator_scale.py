@@ -407,13 +407,16 @@ def _stamp(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def audit_status_latencies(path: Path, since: str, until: str) -> list[float]:
+def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] | None = None
+                           ) -> list[float]:
     """Per task, from the API server's own clock (no watch lag): the last pods/status write
     by the fake kubelet (KWOK: the pod finished) -> the operator's last status write of the
     task (Completed), in [since, until). Tasks whose status was written before their pod
-    finished (none expected) are left out."""
+    finished (none expected) are left out. `tail` gets the five slowest: seconds from the
+    window's first finished pod to their pod's finish and to each status write."""
     pod_done: dict[str, datetime.datetime] = {}
     written: dict[str, datetime.datetime] = {}
+    every: dict[str, list[datetime.datetime]] = {}
     with path.open() as lines:
         for line in lines:
             entry = json.loads(line)
@@ -429,8 +432,16 @@ def audit_status_latencies(path: Path, since: str, until: str) -> list[float]:
             elif ((ref.get("resource"), ref.get("subresource")) == ("evaluationtasks", "status")
                   and agent.startswith(OPERATOR_AGENTS)):
                 written[str(ref.get("name"))] = _stamp(stamp)
-    return [(written[t] - done).total_seconds() for t, done in pod_done.items()
-            if t in written and written[t] >= done]
+                every.setdefault(str(ref.get("name")), []).append(_stamp(stamp))
+    late = sorted(((written[t] - done).total_seconds(), t) for t, done in pod_done.items()
+                  if t in written and written[t] >= done)
+    if tail is not None and late:
+        start = min(pod_done.values())
+        for seconds, t in late[-5:]:
+            tail.append(f"{t}: {seconds:.2f} s; pod finished at "
+                        f"{(pod_done[t] - start).total_seconds():.2f} s, status written at "
+                        f"{[round((w - start).total_seconds(), 2) for w in every[t]]}")
+    return [seconds for seconds, _ in late]
 
 
 def agent_class(agent: str) -> str:
@@ -747,7 +758,9 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["writes"] = dict(writes)
         figures["bare_window"] = audit_window(audit, *bare_window)
         figures["creation_window"] = audit_window(audit, phase_start, creation_end)
-        server_latencies = audit_status_latencies(audit, finish_audit_start, lifecycle_end)
+        figures["latency_server_tail"] = []
+        server_latencies = audit_status_latencies(audit, finish_audit_start, lifecycle_end,
+                                                  figures["latency_server_tail"])
         figures["latency_server_p50"] = percentile(server_latencies or [0.0], 0.5)
         figures["latency_server_p99"] = percentile(server_latencies or [0.0], 0.99)
         figures["latency_server_samples"] = len(server_latencies)
@@ -918,6 +931,7 @@ def report(f: dict[str, Any]) -> str:
         "",
         f"operator writes create->complete: {f['writes']}",
         f"operator writes during deletion: {f['delete_writes']}",
+        f"slowest status writes by the audit log: {f['latency_server_tail']}",
         f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
         f"operator reads while idle: {f['idle_reads']}",
         f"task reasons last seen: {f['phases']}",

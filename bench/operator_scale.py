@@ -301,7 +301,12 @@ class Watcher:
                     self._seen(what, obj, time.monotonic())
             except Exception as error:  # a watch that expires or breaks: start again
                 if not self.stop.is_set():
-                    log(f"watch {what}: {error}")
+                    # The client reads an ERROR event's `raw_object`, which it sets only
+                    # when it decodes into models: a KeyError here is that event (e.g. "too
+                    # large resource version" while the watch cache catches up).
+                    said = ("an ERROR event" if isinstance(error, KeyError) and
+                            error.args == ("raw_object",) else str(error))
+                    log(f"watch {what}: {said}; listing again")
                     time.sleep(0.5)
 
     def _seen(self, what: str, obj: dict[str, Any], now: float) -> None:

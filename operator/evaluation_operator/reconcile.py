@@ -206,7 +206,9 @@ class Reconciler:
         self._written: LRU[str, dict[str, Any]] = LRU(settings.memory_tasks)
         self._created: LRU[str, bool] = LRU(settings.memory_tasks)
         self._creating: set[str] = set()
-        self._last_created = -math.inf  # loop time a create_children last ended
+        # Child POSTs in flight, and when the last one ended (loop time): a sweep being made.
+        self._creates_in_flight = 0
+        self._last_created = -math.inf
         self._overrides: dict[str, Assessment] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
@@ -429,7 +431,6 @@ class Reconciler:
             self._retry_later(task.uid, FAILED_WRITE_RETRY_SECONDS)
         finally:
             self._creating.discard(task.uid)
-            self._last_created = asyncio.get_running_loop().time()
 
     async def _waiting_for_configmap(self, task: Task) -> bool:
         """A dataset ConfigMap (or its key) is missing: the kubelet would only say so in a
@@ -477,7 +478,7 @@ class Reconciler:
         """Create a child. An existing one is ours (a restart) unless it belongs to an older
         task of the same name."""
         try:
-            if await self.api.call(self.api.kube.create, manifest):
+            if await self._post(manifest):
                 return
             meta = manifest["metadata"]
             owner = await self.api.call(self.api.kube.owner_uid, manifest["kind"],
@@ -572,9 +573,18 @@ class Reconciler:
                             burst=self.settings.status_burst_hold_ms / 1000)
 
     def _creating_children(self) -> bool:
-        """Children being created, or created within BUSY_RECHECK_SECONDS: a sweep."""
+        """A child POST in flight, or one ended within BUSY_RECHECK_SECONDS: a sweep."""
         since = asyncio.get_running_loop().time() - self._last_created
-        return bool(self._creating) or since < BUSY_RECHECK_SECONDS
+        return self._creates_in_flight > 0 or since < BUSY_RECHECK_SECONDS
+
+    async def _post(self, manifest: dict[str, Any]) -> bool:
+        """Create an object (False: it exists), counted for `_creating_children`."""
+        self._creates_in_flight += 1
+        try:
+            return bool(await self.api.call(self.api.kube.create, manifest))
+        finally:
+            self._creates_in_flight -= 1
+            self._last_created = asyncio.get_running_loop().time()
 
     def spawn(self, work: Any) -> None:
         """Run `work` in the background, awaited by `drain`."""

@@ -13,8 +13,9 @@ import pytest
 from evaluation_operator.config import OperatorSettings
 from evaluation_operator.states import Reason
 from evaluation_operator.status_writes import BUSY_RECHECK_SECONDS, hold_seconds
+from evaluation_operator.task import Task
 
-from tests.unit.test_reconcile import UID, Cluster, job, pod, task
+from tests.unit.test_reconcile import UID, Cluster, body, job, pod, task
 
 DEBOUNCE, SETTLE = 1.5, 10.0
 
@@ -214,3 +215,39 @@ def test_the_write_loop_holds_running_while_another_tasks_children_are_created()
     assert reason == "Running"
     # Written once creating had paused for BUSY_RECHECK_SECONDS, not after the debounce.
     assert after_creates >= BUSY_RECHECK_SECONDS * 0.8
+
+
+def test_looking_up_a_missing_dataset_configmap_holds_no_other_status() -> None:
+    """Only POSTs count as creating: a task waiting for its dataset ConfigMap (looked up,
+    nothing created) does not delay the other tasks' status."""
+    async def scenario() -> float:
+        c = Cluster(task())
+        c.reconciler.settings = OperatorSettings(
+            s3_bucket="eval-results", status_debounce_ms=100, status_settle_ms=1000,
+            status_burst_hold_ms=5000, start_failure_grace_seconds=60)
+        raw = body(uid="0b6c4f5e-1111-2222-3333-777788889999")
+        raw["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+        raw["spec"]["benchmarks"][0]["dataset"] = {"configMap": {"name": "qa",
+                                                                 "key": "qa.jsonl"}}
+        waiting = Task.from_body(raw, c.reconciler.settings)
+        c.tasks[waiting.uid] = [waiting]
+        keys = c.kube.configmap_keys
+
+        def slow_lookup(namespace: str, name: str) -> frozenset[str] | None:
+            time.sleep(0.6)
+            return keys(namespace, name)
+
+        c.kube.configmap_keys = slow_lookup  # type: ignore[method-assign]
+        started = time.monotonic()
+        looking = asyncio.get_running_loop().create_task(c.reconciler.task_seen(waiting))
+        c.set(job(), [pod("Running")])
+        c.reconciler.mark(UID)
+        while not c.kube.status_patches:
+            await asyncio.sleep(0.01)
+        written = time.monotonic() - started
+        await looking
+        await c.reconciler.drain()
+        assert "create ConfigMap" not in c.kube.calls
+        return written
+
+    assert asyncio.run(scenario()) < 0.5  # the debounce, not the lookup plus a second

@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 kopf_startup.install()  # before Kopf builds its start-up gate: see kopf_startup.py
 STORE = Store(SETTINGS)  # what the watches delivered (world.py)
-# Before Kopf's watchers start (watch_projection.py); `child_event` is defined below.
-watch_projection.install(STORE, lambda *event: child_event(*event))
 # At import, before Kopf opens its first session (its resource scan may precede startup).
 connections.bound_kopf_connections(connections.connection_limit(SETTINGS))
 CHILD_LABELS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY}
@@ -199,6 +197,10 @@ def child_event(kind: str, type: str | None, obj: dict[str, Any]) -> None:
         r.spawn(r.job_gone(uid, merge=is_merge(obj)))
     else:
         r.pod_gone(uid)
+
+
+# At import, before Kopf's watchers start: see watch_projection.py.
+watch_projection.install(STORE, child_event)
 
 
 # Registered so that Kopf runs the Job and pod watches (list, resume, reconnect); their events

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from devcluster.cluster import Cluster
 
-from tests.chart.chart import helm_path
+from tests.chart.chart import CHART, helm, helm_path, set_args
 from tests.support.requirements import require
 
 
@@ -35,3 +37,17 @@ def new_namespace(cluster: Cluster, created: list[str], prefix: str) -> str:
     cluster.kubectl("create", "namespace", name)
     created.append(name)
     return name
+
+
+@contextlib.contextmanager
+def release(cluster: Cluster, namespace: str, values: dict[str, Any], *extra: str
+            ) -> Iterator[str]:
+    """The chart installed with these values (extra: Helm flags); uninstalled afterwards."""
+    name = unique("eval")
+    helm("install", name, str(CHART), "--namespace", namespace, *set_args(values), *extra,
+         kubeconfig=cluster.kubeconfig)
+    try:
+        yield name
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
+             kubeconfig=cluster.kubeconfig, check=False)

@@ -17,8 +17,7 @@ from devcluster.cluster import Cluster, ClusterError
 from evaluation_operator import naming
 
 from tests.chart.chart import CHART, KUBE_VERSION, find, helm, one, set_args
-from tests.chart.conftest import new_namespace, unique
-from tests.chart.test_install import release
+from tests.chart.conftest import new_namespace, release, unique
 from tests.integration.conftest import task_manifest
 
 POLICY_API = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"

@@ -29,12 +29,11 @@ from evaluation_operator.naming import job_name
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from tests.chart.conftest import new_namespace
+from tests.chart.conftest import new_namespace, release
 from tests.chart.test_install import (
     _get,
     container_env,
     only_this_operator,
-    release,
     service_account,
     token_kubeconfig,
 )

@@ -23,8 +23,8 @@ import yaml
 from devcluster.cluster import Cluster
 from kubernetes import client
 
-from tests.chart.chart import CHART, helm, render_text, set_args
-from tests.chart.conftest import new_namespace, unique
+from tests.chart.chart import CHART, helm, render_text
+from tests.chart.conftest import new_namespace, release
 from tests.integration.conftest import (
     condition,
     create_task,
@@ -39,19 +39,6 @@ from tests.support.s3 import S3Endpoint, free_port
 
 pytestmark = pytest.mark.cluster
 BUCKET = "chart-results"
-
-
-@contextlib.contextmanager
-def release(cluster: Cluster, namespace: str, values: dict[str, Any], *extra: str
-            ) -> Iterator[str]:
-    name = unique("eval")
-    helm("install", name, str(CHART), "--namespace", namespace, *set_args(values), *extra,
-         kubeconfig=cluster.kubeconfig)
-    try:
-        yield name
-    finally:
-        helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "60s",
-             kubeconfig=cluster.kubeconfig, check=False)
 
 
 def service_account(release_name: str) -> str:

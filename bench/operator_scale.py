@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 from devcluster import cluster as cluster_module  # noqa: E402
+from devcluster import kwok_pods  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
 from devcluster.tools import REPO_ROOT, Toolchain, toolchain  # noqa: E402
 from evaluation_operator import memory, naming  # noqa: E402
@@ -697,8 +698,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
                                                   "samples": 4}],
                                   "results": {"uri": uri, "bundle": uri + "results.zip"}})
             core.patch_namespaced_pod(pods[name], "bench-op", {"metadata": {"annotations": {
-                "kwok.evaluation.dev/exit-code": "0",
-                "kwok.evaluation.dev/message": message}}})
+                kwok_pods.EXIT_CODE: "0", kwok_pods.MESSAGE: message}}})
 
         finish_start = time.monotonic()
         finish_audit_start = utc_now()

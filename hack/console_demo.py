@@ -16,10 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devcluster import play_runner  # noqa: E402
 from devcluster.cluster import Cluster  # noqa: E402
 from devcluster.fake_llm import FakeLLM  # noqa: E402
-
-from tests.support import play_runner  # noqa: E402
 
 KUBECONFIG = REPO / ".cluster" / "kubeconfig"
 DEMO = REPO / ".cluster" / "demo.yaml"

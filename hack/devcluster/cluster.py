@@ -6,7 +6,8 @@ Three ways to get one, all handing back the same `Cluster`:
   kube-controller-manager, kube-scheduler and the KWOK controller run as local processes
   through `kwokctl --runtime binary`, from binaries the Makefile built from the Go module
   proxy. Nodes are fake (hack/kwok/nodes.yaml): two with 8 `nvidia.com/gpu` each and one
-  CPU-only node. Pod behaviour is scripted by hack/kwok/stages.yaml (see tests/support/kwok.py).
+  CPU-only node. Pod behaviour is scripted by hack/kwok/stages.yaml (see
+  kwok_pods.py).
 * kind (EVAL_TEST_CLUSTER=kind): a kind cluster (needs Docker); nodes are given fake
   `nvidia.com/gpu` capacity through the node status subresource.
 * existing (EVAL_TEST_KUBECONFIG=/path): whatever cluster that kubeconfig points at.

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import Cluster
+from devcluster.kwok_pods import finish_pod
 from evaluation_operator.naming import job_name
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -44,7 +45,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint, free_port
 from tests.support.tcp_proxy import SilenceableProxy
 

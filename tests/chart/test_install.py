@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import Cluster
+from devcluster.kwok_pods import UNPULLABLE_REGISTRY, finish_pod, unpullable_image
 from kubernetes import client
 
 from tests.chart.chart import CHART, helm, render_text
@@ -34,7 +35,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support.kwok import UNPULLABLE_REGISTRY, finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint, free_port
 
 pytestmark = pytest.mark.cluster

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import CPU_NODES, GPU_NODES, Cluster
+from devcluster.kwok_pods import COMPLETE_DELAY, finish_pod, unpullable_image
 from kubernetes import client
-
-from tests.support.kwok import COMPLETE_DELAY, finish_pod, unpullable_image
 
 pytestmark = pytest.mark.cluster
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster import play_runner
 from devcluster.cluster import Cluster
 from devcluster.fake_llm import FakeLLM
 
 from tests.integration.conftest import OperatorProcess
-from tests.support import play_runner
 from tests.support.s3 import S3Endpoint
 
 RESULTS_BUCKET = "console-results"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from devcluster import play_runner
 from devcluster.cluster import Cluster
 from devcluster.fake_llm import FakeLLM
 from evaluation_runner import layout
@@ -22,7 +23,6 @@ from tests.console.conftest import (
     Plugin,
     run_task_with_runner,
 )
-from tests.support import play_runner
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]
@@ -214,10 +214,9 @@ def test_delete_warns_asks_and_purges(plugin: Plugin, completed: Completed, clus
 
 def test_show_of_a_failed_task_says_why(plugin: Plugin, completed: Completed,
                                         cluster: Cluster, llm: FakeLLM) -> None:
+    from devcluster import play_runner
+    from devcluster.kwok_pods import finish_pod
     from kubernetes import client
-
-    from tests.support import play_runner
-    from tests.support.kwok import finish_pod
 
     ns = completed.namespace
     task = play_runner.manifest("broken", llm.url, "console-datasets")

@@ -1,6 +1,6 @@
 """Per-benchmark status and partial failure on the real API server with real S3 (moto).
 
-The partial run is the real runner (tests/support/play_runner.py) on the config the operator
+The partial run is the real runner (hack/devcluster/play_runner.py) on the config the operator
 wrote, against the scripted model; the progress test plays progress.json by hand, as the
 runner would rewrite it, and watches status and `kubectl get -o wide` follow.
 """
@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster import play_runner
 from devcluster.cluster import Cluster
 from devcluster.fake_llm import FakeLLM
+from devcluster.kwok_pods import finish_pod
 
 from tests.integration.conftest import (
     BUCKET,
@@ -30,8 +32,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support import play_runner
-from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import Cluster
+from devcluster.kwok_pods import finish_pod
 
 from tests.integration.conftest import (
     BUCKET,
@@ -30,7 +31,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster]

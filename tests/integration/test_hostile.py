@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import Cluster
+from devcluster.kwok_pods import finish_pod
 
 from tests.integration.conftest import (
     BUCKET,
@@ -27,7 +28,6 @@ from tests.integration.conftest import (
     task_manifest,
     wait_status,
 )
-from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint
 from tests.support.tcp_proxy import SilenceableProxy
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from devcluster.cluster import GPU_NODES, Cluster
+from devcluster.kwok_pods import finish_pod, unpullable_image
 
 from tests.integration.conftest import (
     BUCKET,
@@ -27,7 +28,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.kwok import finish_pod, unpullable_image
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

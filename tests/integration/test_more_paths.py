@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from devcluster.cluster import GPU_NODES, Cluster
+from devcluster.kwok_pods import finish_pod
 
 from tests.integration.conftest import (
     BUCKET,
@@ -24,7 +25,6 @@ from tests.integration.conftest import (
     versions_under,
     wait_status,
 )
-from tests.support.kwok import finish_pod
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from devcluster import play_runner
 from devcluster.cluster import Cluster
 from devcluster.fake_llm import FakeLLM
+from devcluster.kwok_pods import EXIT_CODE, finish_pod
 from evaluation_runner import termination
 
 from tests.integration.conftest import (
@@ -32,8 +34,6 @@ from tests.integration.conftest import (
     wait_status,
 )
 from tests.runner.test_sharding import without_run_details
-from tests.support import play_runner
-from tests.support.kwok import EXIT_CODE, finish_pod
 from tests.support.s3 import S3Endpoint
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kwok]

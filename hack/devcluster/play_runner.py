@@ -17,8 +17,7 @@ from typing import Any
 
 from devcluster.cluster import Cluster
 from devcluster.fake_llm import FakeLLM
-
-from tests.support.kwok import EXIT_CODE, finish_pod
+from devcluster.kwok_pods import EXIT_CODE, finish_pod
 
 MC_ROWS: list[dict[str, Any]] = [
     {"question": "Capital of France?", "options": ["Berlin", "Paris", "Rome", "Madrid"],

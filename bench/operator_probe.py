@@ -9,6 +9,9 @@ the first dump; slow, and its snapshots inflate RSS) the biggest allocation site
 OPWRAP_PATH puts another copy of the operator's package first on the path (to profile an
 older version in the same bench, or to keep editing this tree while a bench runs).
 
+Each dump also gives the resident MiB per kind of mapping (/proc/self/smaps: the brk heap,
+anonymous mappings, files), which tells heap pages from thread stacks and libraries.
+
 Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
 open sockets, and with OPWRAP=mem tracemalloc's current and peak: whether RSS above the live
@@ -87,6 +90,22 @@ def _sockets() -> int:
     return count
 
 
+def _resident_by_mapping() -> list[tuple[str, float]]:
+    """Resident MiB per kind of mapping (/proc/self/smaps): the brk heap (glibc's main
+    arena), anonymous mappings (its other arenas, thread stacks, mmapped blocks), files."""
+    sizes: collections.Counter[str] = collections.Counter()
+    kind = ""
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                name = fields[5] if len(fields) > 5 else "[anon]"
+                kind = name if name.startswith("[") else ("file:" + name.rsplit("/", 1)[-1])
+            elif fields[0] == "Rss:":
+                sizes[kind] += int(fields[1]) / 1024
+    return [(k, round(v, 1)) for k, v in sizes.most_common(12)]
+
+
 def timeline() -> None:
     started = time.monotonic()
     highest = 30 * MIB
@@ -117,6 +136,7 @@ def dump(signum: int, frame: FrameType | None) -> None:
         used, free, mapped = _mallinfo()
         print(f"rss {_rss():.1f} MiB; python blocks {sys.getallocatedblocks()}; glibc heap "
               f"in use {used:.1f}, free {free:.1f}, mmapped {mapped:.1f} MiB", file=out)
+        print("resident by mapping, MiB:", _resident_by_mapping(), file=out)
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
         print("objects:", types.most_common(40), file=out)
         if tracemalloc.is_tracing():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 
@@ -35,6 +36,7 @@ ARENAS = 2
 PROCESS_ENV = {"PYTHONMALLOC": "malloc"}  # read by Python at start: set by whoever starts it
 
 
+@functools.cache  # finding it runs `ldconfig -p` in a new process: once, not at each trim
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:

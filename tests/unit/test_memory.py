@@ -36,6 +36,19 @@ def test_trim_gives_back_pages_freed_between_live_objects() -> None:
 
 
 @glibc
+def test_trim_looks_up_the_c_library_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # find_library runs `ldconfig -p` in a new process each time it is asked.
+    memory.trim()
+
+    def no_lookup(name: str) -> str:
+        raise AssertionError(f"looked up {name} again")
+
+    monkeypatch.setattr(ctypes.util, "find_library", no_lookup)
+    memory.trim()
+    memory.limit_arenas()
+
+
+@glibc
 def test_an_arena_limit_from_the_environment_is_left_alone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert ctypes.util.find_library("c")

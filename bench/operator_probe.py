@@ -10,7 +10,10 @@ OPWRAP_PATH puts another copy of the operator's package first on the path (to pr
 older version in the same bench, or to keep editing this tree while a bench runs).
 
 Each dump also gives the resident MiB per kind of mapping (/proc/self/smaps: the brk heap,
-anonymous mappings, files), which tells heap pages from thread stacks and libraries.
+anonymous mappings, files), which tells heap pages from thread stacks and libraries. With
+OPWRAP=pages, the second and later dumps also count the brk heap's pages on which every
+object was made after start, by type and by the object holding it, with samples: what keeps
+freed pages resident (it unfreezes and refreezes the collector's objects: last dumps only).
 
 Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
@@ -32,7 +35,9 @@ import sys
 import threading
 import time
 import tracemalloc
+import weakref
 from types import FrameType
+from typing import Any
 
 OUT = os.environ["OPWRAP_OUT"]
 if os.environ.get("OPWRAP_PATH"):
@@ -93,7 +98,7 @@ def _sockets() -> int:
 def _resident_by_mapping() -> list[tuple[str, float]]:
     """Resident MiB per kind of mapping (/proc/self/smaps): the brk heap (glibc's main
     arena), anonymous mappings (its other arenas, thread stacks, mmapped blocks), files."""
-    sizes: collections.Counter[str] = collections.Counter()
+    sizes: dict[str, float] = collections.defaultdict(float)
     kind = ""
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
@@ -103,7 +108,80 @@ def _resident_by_mapping() -> list[tuple[str, float]]:
                 kind = name if name.startswith("[") else ("file:" + name.rsplit("/", 1)[-1])
             elif fields[0] == "Rss:":
                 sizes[kind] += int(fields[1]) / 1024
-    return [(k, round(v, 1)) for k, v in sizes.most_common(12)]
+    return [(k, round(v, 1)) for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:12]]
+
+
+def _heap_range() -> tuple[int, int]:
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith("[heap]"):
+                low, high = line.split()[0].split("-")
+                return int(low, 16), int(high, 16)
+    return 0, 0
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, str | bytes):
+        return repr(obj[:60])
+    if isinstance(obj, weakref.ref):
+        target = obj()
+        return f"to {type(target).__name__} cb {getattr(obj, '__callback__', None)!r}"[:120]
+    if type(obj).__name__ == "builtin_function_or_method":
+        return repr(obj)[:100]
+    return type(obj).__name__
+
+
+def pinned_pages(out: Any) -> None:
+    """OPWRAP=pages, from the second dump on (it unfreezes and freezes the collector's
+    objects again: leave it to the last dumps): the brk heap's 4 KiB pages that hold objects
+    made after start (not frozen by memory.freeze_startup_heap) and none made before, by the
+    types of what is on them. A freed page with one such object on it stays resident.
+    Objects the collector does not track (strings, numbers, dicts of them) count with the
+    first tracked object found holding them, start's first."""
+    later = {id(o) for o in gc.get_objects()}
+    gc.unfreeze()
+    everything = gc.get_objects()
+    gc.freeze()
+    low, high = _heap_range()
+    early: set[int] = set()
+    late: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    holders: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    samples: dict[int, list[str]] = collections.defaultdict(list)
+    seen: set[int] = set()
+
+    def visit(obj: object, made_later: bool) -> None:
+        stack = [obj]
+        while stack:
+            item = stack.pop()
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if low <= id(item) < high:
+                page = id(item) >> 12
+                if made_later:
+                    late[page][type(item).__name__] += 1
+                    holders[page][type(obj).__name__] += 1
+                    if len(samples[page]) < 3:
+                        samples[page].append(f"{type(obj).__name__}>{type(item).__name__}:"
+                                             f"{_describe(item)}")
+                else:
+                    early.add(page)
+            stack.extend(r for r in gc.get_referents(item) if not gc.is_tracked(r))
+
+    for owner in sorted(everything, key=lambda o: id(o) in later):  # start's first
+        visit(owner, id(owner) in later)
+    only_late = {page: kinds for page, kinds in late.items() if page not in early}
+    by_type: collections.Counter[str] = collections.Counter()
+    by_holder: collections.Counter[str] = collections.Counter()
+    for page, kinds in only_late.items():
+        by_type.update(kinds.keys())
+        by_holder.update(holders[page].keys())
+    print(f"heap {(high - low) / MIB:.1f} MiB; pages with objects made after start only: "
+          f"{len(only_late)} ({len(only_late) * 4 / 1024:.1f} MiB); pages by the types on "
+          "them:", by_type.most_common(30), file=out)
+    print("the same by the tracked object holding them:", by_holder.most_common(30), file=out)
+    for page in list(only_late)[:: max(1, len(only_late) // 60)]:
+        print("  page:", " | ".join(samples[page]), file=out)
 
 
 def timeline() -> None:
@@ -137,6 +215,8 @@ def dump(signum: int, frame: FrameType | None) -> None:
         print(f"rss {_rss():.1f} MiB; python blocks {sys.getallocatedblocks()}; glibc heap "
               f"in use {used:.1f}, free {free:.1f}, mmapped {mapped:.1f} MiB", file=out)
         print("resident by mapping, MiB:", _resident_by_mapping(), file=out)
+        if "pages" in os.environ.get("OPWRAP", "") and dumps >= 2:
+            pinned_pages(out)
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
         print("objects:", types.most_common(40), file=out)
         if tracemalloc.is_tracing():

@@ -6,6 +6,7 @@ import ctypes.util
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,29 @@ def test_trim_looks_up_the_c_library_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(ctypes.util, "find_library", no_lookup)
     memory.trim()
     memory.limit_arenas()
+
+
+def test_trim_empties_the_caches_that_fill_with_each_task() -> None:
+    # An entry made during a sweep keeps the heap page it sits on resident after it.
+    import abc
+    import collections.abc
+
+    import yarl
+
+    class MadeDuringASweep:
+        pass
+
+    url = "https://127.0.0.1:6443/apis/evaluation.dev/v1alpha1/namespaces/a/evaluationtasks/t-1"
+    urllib.parse.urlsplit(url)
+    yarl.URL(url)
+    assert not isinstance(MadeDuringASweep(), collections.abc.Sized)
+    negative_cache = abc._get_dump(collections.abc.Sized)[2]  # type: ignore[attr-defined]
+    assert any(ref() is MadeDuringASweep for ref in negative_cache)
+
+    memory.trim()
+    assert urllib.parse.urlsplit.cache_info().currsize == 0  # type: ignore[attr-defined]
+    assert yarl._url.encode_url.cache_info().currsize == 0
+    assert not abc._get_dump(collections.abc.Sized)[2]  # type: ignore[attr-defined]
 
 
 @glibc

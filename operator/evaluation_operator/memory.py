@@ -110,5 +110,7 @@ def trim() -> bool:
     """Collect garbage and give free heap pages back to the system; True if any were."""
     libc = _libc()
     gc.collect()
+    if libc is None:
+        return False  # no malloc_trim: emptying the caches would give nothing back
     clear_caches()
-    return bool(libc is not None and libc.malloc_trim(0))
+    return bool(libc.malloc_trim(0))

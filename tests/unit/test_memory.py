@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+import collections.abc
 import ctypes.util
 import os
 import subprocess
@@ -10,6 +12,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import yarl
 from evaluation_operator import memory
 
 glibc = pytest.mark.skipif(sys.platform != "linux" or memory._libc() is None,
@@ -49,13 +52,9 @@ def test_trim_looks_up_the_c_library_once(monkeypatch: pytest.MonkeyPatch) -> No
     memory.limit_arenas()
 
 
+@glibc
 def test_trim_empties_the_caches_that_fill_with_each_task() -> None:
     # An entry made during a sweep keeps the heap page it sits on resident after it.
-    import abc
-    import collections.abc
-
-    import yarl
-
     class MadeDuringASweep:
         pass
 

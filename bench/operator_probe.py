@@ -19,6 +19,12 @@ Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks,
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
 open sockets, and with OPWRAP=mem tracemalloc's current and peak: whether RSS above the live
 data is freed memory the allocators keep (fragmentation) or memory still in use, and when.
+
+With OPWRAP=lag, `lag-<pid>.tsv` gets one line per moment that explains a late status write
+(wall-clock seconds, as the audit log's): `pod-done` when the pod watch delivered a pod's
+Succeeded, `patch` a task status PATCH (queued on the API pool, started, ended), `stall` the
+event loop answering a call more than 0.2 s late, `gc` a collection over 50 ms, `watch-error`
+an ERROR event in a watch (410 Gone: Kopf lists again).
 """
 
 from __future__ import annotations
@@ -131,6 +137,34 @@ def _describe(obj: object) -> str:
     return type(obj).__name__
 
 
+def _owner(obj: object, ignore: set[int], depth: int = 4) -> str:
+    """Who keeps `obj` alive, as a path down to it: from a module's global when one is
+    found within `depth` referrer steps (first referrer at each step), else from "?"."""
+    modules = {id(vars(m)): name for name, m in list(sys.modules.items()) if m is not None}
+    steps: list[str] = []
+    current = obj
+    for _ in range(depth):
+        referrers = gc.get_referrers(current)
+        ignore.add(id(referrers))
+        found = [r for r in referrers if id(r) not in ignore and not isinstance(r, FrameType)]
+        if not found:
+            break
+        owner = found[0]
+        if isinstance(owner, dict):
+            key = next((str(k)[:30] for k, v in owner.items() if v is current), "?")
+            if id(owner) in modules:
+                return f"{modules[id(owner)]}.{key}" + "".join(reversed(steps)) + (
+                    f" -> {type(obj).__name__}")
+            steps.append(f"[{key}]")
+        else:
+            attributes = getattr(owner, "__dict__", None)
+            name = next((k for k, v in attributes.items() if v is current), "") if isinstance(
+                attributes, dict) else ""
+            steps.append(f"<{type(owner).__name__}>" + (f".{name}" if name else ""))
+        current = owner
+    return "?" + "".join(reversed(steps)) + f" -> {type(obj).__name__}"
+
+
 def pinned_pages(out: Any) -> None:
     """OPWRAP=pages, from the second dump on (it unfreezes and freezes the collector's
     objects again: leave it to the last dumps): the brk heap's 4 KiB pages that hold objects
@@ -146,6 +180,7 @@ def pinned_pages(out: Any) -> None:
     early: set[int] = set()
     late: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     holders: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    holder_objects: dict[int, object] = {}  # one holding object per page, to name its owner
     samples: dict[int, list[str]] = collections.defaultdict(list)
     seen: set[int] = set()
 
@@ -161,6 +196,7 @@ def pinned_pages(out: Any) -> None:
                 if made_later:
                     late[page][type(item).__name__] += 1
                     holders[page][type(obj).__name__] += 1
+                    holder_objects.setdefault(page, obj)
                     if len(samples[page]) < 3:
                         samples[page].append(f"{type(obj).__name__}>{type(item).__name__}:"
                                              f"{_describe(item)}")
@@ -180,6 +216,12 @@ def pinned_pages(out: Any) -> None:
           f"{len(only_late)} ({len(only_late) * 4 / 1024:.1f} MiB); pages by the types on "
           "them:", by_type.most_common(30), file=out)
     print("the same by the tracked object holding them:", by_holder.most_common(30), file=out)
+    del everything
+    ignore = {id(holder_objects), id(samples), id(late), id(holders)}
+    owners = collections.Counter(_owner(holder_objects[page], ignore) for page in only_late
+                                 if page in holder_objects)
+    print("the same by who keeps the holder (referrers, up to 4 steps):",
+          owners.most_common(40), file=out)
     for page in list(only_late)[:: max(1, len(only_late) // 60)]:
         print("  page:", " | ".join(samples[page]), file=out)
 
@@ -202,6 +244,92 @@ def timeline() -> None:
                 highest = traced
                 peak_snapshot(traced)
             time.sleep(1)
+
+
+LAG = "lag" in os.environ.get("OPWRAP", "")
+_lag_out: Any = None
+_lag_lock = threading.Lock()
+
+
+def lag_line(*fields: object) -> None:
+    with _lag_lock:
+        print("\t".join(str(f) for f in fields), file=_lag_out)
+
+
+def _watch_loop(loop: Any) -> None:
+    """Every 50 ms, how late the event loop runs a callback (it runs Kopf and the
+    operator's handlers: a late one delays every status write)."""
+    while not loop.is_closed():
+        asked = time.time()
+        done = threading.Event()
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done.set)
+        done.wait(60)
+        late = time.time() - asked
+        if late > 0.2:
+            lag_line("stall", f"{asked:.3f}", f"{late:.3f}")
+        time.sleep(0.05)
+
+
+def watch_lag() -> None:
+    """OPWRAP=lag: wraps the operator's watch hand-over, status PATCH and API pool."""
+    global _lag_out
+    import asyncio
+
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # as __main__ does
+    from evaluation_operator import kube, watch_projection
+
+    _lag_out = open(f"{OUT}/lag-{os.getpid()}.tsv", "w", buffering=1)  # noqa: SIM115
+    handed, patch = watch_projection.hand_over, kube.Kube.patch_task_status
+    seen: set[str] = set()
+    started: list[Any] = []
+
+    def hand_over(children: Any, kind: str, event: Any) -> bool:
+        if not started:
+            started.append(threading.Thread(target=_watch_loop, daemon=True,
+                                            args=(asyncio.get_running_loop(),)))
+            started[0].start()
+        if isinstance(event, dict) and event.get("type") == "ERROR":
+            lag_line("watch-error", f"{time.time():.3f}", kind, str(event.get("object"))[:200])
+        obj = event.get("object") if isinstance(event, dict) else None
+        if isinstance(obj, dict) and (obj.get("status") or {}).get("phase") == "Succeeded":
+            name = obj["metadata"]["name"]
+            if name not in seen:
+                seen.add(name)
+                lag_line("pod-done", f"{time.time():.3f}", name)
+        return handed(children, kind, event)
+
+    def patch_task_status(self: Any, namespace: str, name: str, status: Any) -> None:
+        began = time.time()
+        try:
+            patch(self, namespace, name, status)
+        finally:
+            lag_line("patch", f"{began:.3f}", name, status.get("reason"),
+                     f"{time.time() - began:.3f}", getattr(_queued, "at", ""))
+
+    _queued = threading.local()
+
+    async def api_call(self: Any, function: Any, *args: Any) -> Any:
+        asked = time.time()
+
+        def run() -> Any:
+            _queued.at = f"{time.time() - asked:.3f}"
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run)
+
+    began = [0.0]
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.time()
+        elif (spent := time.time() - began[0]) > 0.05:
+            lag_line("gc", f"{began[0]:.3f}", info["generation"], f"{spent:.3f}",
+                     info["collected"])
+
+    watch_projection.hand_over = hand_over
+    kube.Kube.patch_task_status = patch_task_status  # type: ignore[method-assign]
+    kube.Api.call = api_call  # type: ignore[method-assign]
+    gc.callbacks.append(collected)
 
 
 def dump(signum: int, frame: FrameType | None) -> None:
@@ -236,5 +364,7 @@ from evaluation_operator.memory import limit_arenas  # noqa: E402
 
 limit_arenas()  # as __main__ does, before this file's own thread starts
 threading.Thread(target=timeline, name="probe-timeline", daemon=True).start()
+if LAG:
+    watch_lag()
 sys.argv = ["evaluation_operator"]
 runpy.run_module("evaluation_operator", run_name="__main__", alter_sys=True)

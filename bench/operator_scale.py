@@ -33,12 +33,14 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -261,6 +263,7 @@ class Watcher:
         self.jobs: dict[str, float] = {}
         self.job_done: dict[str, float] = {}
         self.pod_done: dict[str, float] = {}
+        self.pod_done_wall: dict[str, float] = {}  # the same, by the wall clock (audit log's)
         self.running: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.phases: dict[str, str] = {}
@@ -270,6 +273,7 @@ class Watcher:
         self.versions: dict[tuple[str, str], str] = {}
         self.changes: Counter[str] = Counter()
         self.last_change = time.monotonic()
+        self.resumes: dict[str, str | None] = {}  # by kind: the last resourceVersion seen
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop, args=(what,), daemon=True)
                         for what in ("jobs", "pods", "tasks")]
@@ -290,10 +294,20 @@ class Watcher:
         # V1Pod and back took the bench's watches seconds of CPU per thousand tasks, on the
         # cores the operator and the API server share, while the operator was measured (and
         # not while the bare client was); until 2026-11-30 04:15 UTC they did.
-        for event in w.stream(function, *args, timeout_seconds=60, deserialize=False):
-            yield event["object"]
+        # Each watch resumes where the last one ended: one started afresh gets every object
+        # again (1,000 tasks), which the API server cut short while the bench fell behind,
+        # over and over, on the cores the operator shares (until 2026-11-30 10:10 UTC).
+        resume = {"resource_version": self.resumes[what]} if self.resumes.get(what) else {}
+        self.resumes[what] = None  # unless this watch ends well: an ERROR (410) starts afresh
+        last = resume.get("resource_version")
+        for event in w.stream(function, *args, timeout_seconds=60, deserialize=False,
+                              allow_watch_bookmarks=True, **resume):
+            last = event["object"]["metadata"]["resourceVersion"]
+            if event["type"] != "BOOKMARK":
+                yield event["object"]
             if self.stop.is_set():
                 w.stop()
+        self.resumes[what] = last
 
     def _loop(self, what: str) -> None:
         while not self.stop.is_set():
@@ -338,6 +352,7 @@ class Watcher:
                 self.job_done.setdefault(task, now)
         elif (obj.get("status") or {}).get("phase") == "Succeeded":
             self.pod_done.setdefault(task, now)
+            self.pod_done_wall.setdefault(task, time.time())
 
     def close(self) -> None:
         self.stop.set()
@@ -416,13 +431,18 @@ def _stamp(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] | None = None
-                           ) -> list[float]:
+def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] | None = None,
+                           seen: dict[str, float] | None = None,
+                           split: dict[str, list[float]] | None = None) -> list[float]:
     """Per task, from the API server's own clock (no watch lag): the last pods/status write
     by the fake kubelet (KWOK: the pod finished) -> the operator's last status write of the
     task (Completed), in [since, until). Tasks whose status was written before their pod
     finished (none expected) are left out. `tail` gets the five slowest: seconds from the
-    window's first finished pod to their pod's finish and to each status write."""
+    window's first finished pod to their pod's finish, to the bench's own watch delivering
+    it (`seen`: wall-clock seconds by task; a late one is the API server's watch fan-out,
+    which every watcher waits for, the operator's included) and to each status write.
+    `split` gets, per task seen by the bench, that delivery ("delivery": pod finished ->
+    the bench's watch has it) and the rest ("after delivery": -> the operator's write)."""
     pod_done: dict[str, datetime.datetime] = {}
     written: dict[str, datetime.datetime] = {}
     every: dict[str, list[datetime.datetime]] = {}
@@ -444,13 +464,46 @@ def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] |
                 every.setdefault(str(ref.get("name")), []).append(_stamp(stamp))
     late = sorted(((written[t] - done).total_seconds(), t) for t, done in pod_done.items()
                   if t in written and written[t] >= done)
+    if split is not None:
+        for _, t in late:
+            if t in (seen or {}):
+                delivered = (seen or {})[t]
+                split.setdefault("delivery", []).append(delivered - pod_done[t].timestamp())
+                split.setdefault("after delivery", []).append(
+                    max(0.0, written[t].timestamp() - delivered))
     if tail is not None and late:
         start = min(pod_done.values())
+        tail.append(f"seconds below count from the first pod finished, at {start.isoformat()}")
         for seconds, t in late[-5:]:
+            when = (f"{(seen or {})[t] - start.timestamp():.2f} s" if t in (seen or {})
+                    else "?")
             tail.append(f"{t}: {seconds:.2f} s; pod finished at "
-                        f"{(pod_done[t] - start).total_seconds():.2f} s, status written at "
+                        f"{(pod_done[t] - start).total_seconds():.2f} s, seen by the bench's "
+                        f"watch at {when}, status written at "
                         f"{[round((w - start).total_seconds(), 2) for w in every[t]]}")
     return [seconds for seconds, _ in late]
+
+
+def watches_cut_short(path: Path, since: str, until: str) -> list[str]:
+    """Watches that ended in [since, until) before their own timeout: the API server closes
+    a watch whose client does not keep up with its events (and, until it does, every other
+    watcher of that resource waits too), so these say whose watch lagged, and when."""
+    cut: list[str] = []
+    with path.open() as lines:
+        for line in lines:
+            entry = json.loads(line)
+            ended = entry.get("stageTimestamp", "")
+            if entry["verb"] != "watch" or not since <= ended < until:
+                continue
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(entry["requestURI"]).query)
+            timeout = float((query.get("timeoutSeconds") or ["0"])[0])
+            lasted = (_stamp(ended) - _stamp(entry["requestReceivedTimestamp"])).total_seconds()
+            if timeout and lasted < timeout - 1:
+                resource = (entry.get("objectRef") or {}).get("resource", "?")
+                cut.append(f"{agent_class(entry.get('userAgent', ''))} {resource}: ended at "
+                           f"{(_stamp(ended) - _stamp(since)).total_seconds():.1f} s after "
+                           f"{lasted:.1f} of {timeout:.0f} s")
+    return cut
 
 
 def agent_class(agent: str) -> str:
@@ -514,7 +567,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def probe(pid: int, what: str, seconds: float = 0) -> None:
     """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper) or a
-    py-spy profile of the next `seconds`."""
+    py-spy profile of the next `seconds`. The audit log is copied there at the end."""
     out = os.environ.get("BENCH_PROBE")
     if not out:
         return
@@ -763,15 +816,23 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         del_writes, _ = audit_counts(audit, delete_start, delete_end)
         restart_writes, restart_reads = audit_counts(audit, restart_start, restart_end)
         _, idle_reads = audit_counts(audit, idle_start, idle_end)
+        _, finish_reads = audit_counts(audit, finish_audit_start, lifecycle_end)
+        figures["finish_reads"] = dict(finish_reads)
+        figures["finish_watches_cut"] = watches_cut_short(audit, finish_audit_start,
+                                                          lifecycle_end)
         figures["writes"] = dict(writes)
         figures["bare_window"] = audit_window(audit, *bare_window)
         figures["creation_window"] = audit_window(audit, phase_start, creation_end)
         figures["latency_server_tail"] = []
+        split: dict[str, list[float]] = {}
         server_latencies = audit_status_latencies(audit, finish_audit_start, lifecycle_end,
-                                                  figures["latency_server_tail"])
+                                                  figures["latency_server_tail"],
+                                                  watcher.pod_done_wall, split)
         figures["latency_server_p50"] = percentile(server_latencies or [0.0], 0.5)
         figures["latency_server_p99"] = percentile(server_latencies or [0.0], 0.99)
         figures["latency_server_samples"] = len(server_latencies)
+        figures["latency_split_p99"] = {part: round(percentile(values, 0.99), 2)
+                                        for part, values in split.items()}
         figures["delete_writes"] = dict(del_writes)
         figures["restart_writes"] = dict(restart_writes)
         figures["restart_reads"] = dict(restart_reads)
@@ -781,6 +842,8 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["duplicate_job_posts"] = writes["create jobs"] - count + restart_writes[
             "create jobs"]
         figures["load_after"] = load()
+        if os.environ.get("BENCH_PROBE"):
+            shutil.copy(audit, os.environ["BENCH_PROBE"])
         return figures
     finally:
         tear_down(owner, s3_process, operator)
@@ -868,6 +931,8 @@ def run_restart(count: int, state: Path, controller_qps: int, finalizer_policy: 
         log(f"shutdown and restart with {count} running tasks")
         figures.update(restart_phase(operator, audit, count))
         figures["load_after"] = load()
+        if os.environ.get("BENCH_PROBE"):
+            shutil.copy(audit, os.environ["BENCH_PROBE"])
         return figures
     finally:
         tear_down(owner, s3_process, operator)
@@ -942,6 +1007,11 @@ def report(f: dict[str, Any]) -> str:
         f"slowest status writes by the audit log: {f['latency_server_tail']}",
         f"operator writes/reads after restart: {f['restart_writes']} / {f['restart_reads']}",
         f"operator reads while idle: {f['idle_reads']}",
+        f"operator reads while pods finished: {f['finish_reads']}",
+        "watches the API server ended early while pods finished (seconds from the bench's "
+        f"first finish): {f['finish_watches_cut']}",
+        "the audit log's status latency, p99 of each part (delivery: pod finished -> the "
+        f"bench's own watch has it; after: -> the operator's write): {f['latency_split_p99']}",
         f"task reasons last seen: {f['phases']}",
         f"Events in the namespace after the pods finished (by source: reason): {f['events']}",
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "

@@ -137,6 +137,17 @@ def _describe(obj: object) -> str:
     return type(obj).__name__
 
 
+def _key_of(container: Any, value: object) -> str:
+    """The key (a dict) or attribute (an object's __dict__) under which `value` is held.
+    Plain loops: a generator here would close over `value` and show up as its referrer."""
+    items = container if isinstance(container, dict) else getattr(container, "__dict__", None)
+    if isinstance(items, dict):
+        for key, held in items.items():
+            if held is value:
+                return str(key)[:30]
+    return ""
+
+
 def _owner(obj: object, ignore: set[int], depth: int = 4) -> str:
     """Who keeps `obj` alive, as a path down to it: from a module's global when one is
     found within `depth` referrer steps (first referrer at each step), else from "?"."""
@@ -146,21 +157,22 @@ def _owner(obj: object, ignore: set[int], depth: int = 4) -> str:
     for _ in range(depth):
         referrers = gc.get_referrers(current)
         ignore.add(id(referrers))
-        found = [r for r in referrers if id(r) not in ignore and not isinstance(r, FrameType)]
-        if not found:
+        owner = None
+        for referrer in referrers:
+            if id(referrer) not in ignore and not isinstance(referrer, FrameType):
+                owner = referrer
+                break
+        if owner is None:
             break
-        owner = found[0]
-        if isinstance(owner, dict):
-            key = next((str(k)[:30] for k, v in owner.items() if v is current), "?")
-            if id(owner) in modules:
-                return f"{modules[id(owner)]}.{key}" + "".join(reversed(steps)) + (
-                    f" -> {type(obj).__name__}")
-            steps.append(f"[{key}]")
-        else:
-            attributes = getattr(owner, "__dict__", None)
-            name = next((k for k, v in attributes.items() if v is current), "") if isinstance(
-                attributes, dict) else ""
-            steps.append(f"<{type(owner).__name__}>" + (f".{name}" if name else ""))
+        key = _key_of(owner, current)
+        if id(owner) in modules:
+            return f"{modules[id(owner)]}.{key}" + "".join(reversed(steps)) + (
+                f" -> {type(obj).__name__}")
+        if isinstance(owner, dict) and not (key.isidentifier() and not any(
+                c.isdigit() for c in key)):
+            key = "*"  # one entry of many (a uid, a number): counted together
+        steps.append(f"[{key}]" if isinstance(owner, dict) else
+                     f"<{type(owner).__name__}>" + (f".{key}" if key else ""))
         current = owner
     return "?" + "".join(reversed(steps)) + f" -> {type(obj).__name__}"
 
@@ -173,9 +185,15 @@ def pinned_pages(out: Any) -> None:
     Objects the collector does not track (strings, numbers, dicts of them) count with the
     first tracked object found holding them, start's first."""
     later = {id(o) for o in gc.get_objects()}
-    gc.unfreeze()
+    gc.unfreeze()  # until the end: gc.get_referrers does not search frozen objects
+    try:
+        _pinned_pages(out, later)
+    finally:
+        gc.freeze()
+
+
+def _pinned_pages(out: Any, later: set[int]) -> None:
     everything = gc.get_objects()
-    gc.freeze()
     low, high = _heap_range()
     early: set[int] = set()
     late: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)

@@ -12,8 +12,11 @@ older version in the same bench, or to keep editing this tree while a bench runs
 Each dump also gives the resident MiB per kind of mapping (/proc/self/smaps: the brk heap,
 anonymous mappings, files), which tells heap pages from thread stacks and libraries. With
 OPWRAP=pages, the second and later dumps also count the brk heap's pages on which every
-object was made after start, by type and by the object holding it, with samples: what keeps
-freed pages resident (it unfreezes and refreezes the collector's objects: last dumps only).
+object was made after start, by type, by the object holding it and (for a sample of the
+pages) by who keeps that holder, with samples: what keeps freed pages resident. It stops
+the operator for a minute or more at 1,000 tasks and unfreezes and refreezes the
+collector's objects: the figures the bench takes after such a dump (with N running: the
+idle window, the status latency) do not count.
 
 Every second `timeline-<pid>.tsv` gets one line: RSS, Python's allocated blocks, glibc's heap
 in use and free (mallinfo2, all arenas; pymalloc's own 1 MiB arenas are in neither), threads,
@@ -137,6 +140,9 @@ def _describe(obj: object) -> str:
     return type(obj).__name__
 
 
+OWNER_SAMPLE = 150
+
+
 def _key_of(container: Any, value: object) -> str:
     """The key (a dict) or attribute (an object's __dict__) under which `value` is held.
     Plain loops: a generator here would close over `value` and show up as its referrer."""
@@ -236,10 +242,13 @@ def _pinned_pages(out: Any, later: set[int]) -> None:
     print("the same by the tracked object holding them:", by_holder.most_common(30), file=out)
     del everything
     ignore = {id(holder_objects), id(samples), id(late), id(holders)}
-    owners = collections.Counter(_owner(holder_objects[page], ignore) for page in only_late
-                                 if page in holder_objects)
-    print("the same by who keeps the holder (referrers, up to 4 steps):",
-          owners.most_common(40), file=out)
+    # Each step scans every object (seconds at 1,000 tasks, the operator stopped meanwhile):
+    # a spread sample of the pages, not all of them.
+    pages = [page for page in only_late if page in holder_objects]
+    sample = pages[:: max(1, len(pages) // OWNER_SAMPLE)]
+    owners = collections.Counter(_owner(holder_objects[page], ignore) for page in sample)
+    print(f"the same by who keeps the holder (referrers, up to 4 steps; {len(sample)} of "
+          f"{len(pages)} pages):", owners.most_common(40), file=out)
     for page in list(only_late)[:: max(1, len(only_late) // 60)]:
         print("  page:", " | ".join(samples[page]), file=out)
 

@@ -25,6 +25,10 @@ these do nothing).
   although its live objects were back to the count at start; with glibc's malloc for them
   too, `trim` hands the freed pages back: 106 MiB, and 98 with the store (bench/README.md,
   2026-11-30). Running and restart figures did not move beyond run-to-run spread.
+* Thread caches: glibc keeps up to 7 freed chunks of each of 64 small sizes per thread
+  (tcache) for that thread's next malloc. To `malloc_trim` those chunks are in use, so each
+  can pin a page: up to ~1.8 MiB per thread (tests/unit/test_memory.py measures it on the
+  main thread). `PROCESS_ENV` turns the caches off (`glibc.malloc.tcache_count=0`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from typing import Any
 
 M_ARENA_MAX = -8  # glibc's malloc.h
 ARENAS = 2
-PROCESS_ENV = {"PYTHONMALLOC": "malloc"}  # read by Python at start: set by whoever starts it
+# Read at start (by Python, by glibc): set by whoever starts the operator's process.
+PROCESS_ENV = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
 
 
 @functools.cache  # finding it runs `ldconfig -p` in a new process: once, not at each trim

@@ -157,3 +157,35 @@ def test_glibc_malloc_gives_back_what_pymalloc_keeps_pinned() -> None:
     assert memory.PROCESS_ENV["PYTHONMALLOC"] == "malloc"
     pymalloc, malloc = kept_mib("pymalloc"), kept_mib("malloc")
     assert pymalloc > 40 and malloc < pymalloc / 3, (pymalloc, malloc)
+
+
+CACHE_A_FEW = """
+import random, sys
+sys.path.insert(0, sys.argv[1])
+from evaluation_operator import memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before = rss()
+blocks = [bytearray(16 + (i * 8) % 1000) for i in range(60_000)]  # every small size
+random.Random(1).shuffle(blocks)
+del blocks  # freed in random order: glibc's thread cache keeps a few of each size
+memory.trim()
+print(round(rss() - before, 1))
+"""
+
+
+@glibc
+def test_freed_small_chunks_go_back_without_glibcs_thread_cache() -> None:
+    """Chunks in glibc's per-thread cache count as in use, so each pins its page through
+    `trim`; PROCESS_ENV turns the cache off (memory.py, Thread caches)."""
+    root = Path(__file__).resolve().parents[2] / "operator"
+
+    def kept_mib(tunables: str | None) -> float:
+        env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+        env |= {"PYTHONMALLOC": "malloc"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
+        ran = subprocess.run([sys.executable, "-c", CACHE_A_FEW, str(root)], env=env,
+                             capture_output=True, text=True, check=True, timeout=120)
+        return float(ran.stdout.split()[-1])
+
+    cached, uncached = kept_mib(None), kept_mib(memory.PROCESS_ENV.get("GLIBC_TUNABLES"))
+    assert cached > 1.0 and uncached < cached / 3, (cached, uncached)

@@ -1074,19 +1074,26 @@ def main() -> int:
                         "finalizer with a PATCH per task, as on clusters before 1.36")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    try:
+        bench(args, state)
+    except BaseException:
+        log(f"the cluster's and the operator's logs are kept in {state}")
+        raise
+    shutil.rmtree(state, ignore_errors=True)  # a run that went well leaves nothing behind
+    return 0
+
+
+def bench(args: argparse.Namespace, state: Path) -> None:
     if args.restart_only:
         figures = run_restart(args.tasks, state, args.controller_qps,
                               not args.no_finalizer_policy)
         print(restart_report(figures))
-        if args.json:
-            print(json.dumps(figures, indent=1))
-        return 0
-    figures = run(args.tasks, args.idle_seconds, state, args.controller_qps,
-                  not args.no_finalizer_policy, args.creation_only)
-    print(creation_report(figures) if args.creation_only else report(figures))
+    else:
+        figures = run(args.tasks, args.idle_seconds, state, args.controller_qps,
+                      not args.no_finalizer_policy, args.creation_only)
+        print(creation_report(figures) if args.creation_only else report(figures))
     if args.json:
         print(json.dumps(figures, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -127,65 +127,54 @@ def test_every_way_of_starting_the_operator_uses_the_same_allocator() -> None:
         assert "**memory.PROCESS_ENV" in (root / starter).read_text(), starter
 
 
-KEEP_A_FEW = """
-import gc, sys
-sys.path.insert(0, sys.argv[1])
-from evaluation_operator import memory
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-before = rss()
-objects = [{"n": i} for i in range(400_000)]  # ~100 MiB of small dicts
-kept = objects[::500]  # one in 500 survives, as long-lived objects made mid-burst do
-del objects
-memory.trim()
-print(round(rss() - before, 1))
-"""
-
-
-@glibc
-def test_glibc_malloc_gives_back_what_pymalloc_keeps_pinned() -> None:
-    """A few survivors among many freed small objects pin pymalloc's arenas; under
-    PROCESS_ENV the freed pages go back (memory.py, Allocator)."""
-    root = Path(__file__).resolve().parents[2] / "operator"
-
-    def kept_mib(allocator: str) -> float:
-        env = {**os.environ, "PYTHONMALLOC": allocator}
-        ran = subprocess.run([sys.executable, "-c", KEEP_A_FEW, str(root)], env=env,
-                             capture_output=True, text=True, check=True, timeout=120)
-        return float(ran.stdout.split()[-1])
-
-    assert memory.PROCESS_ENV["PYTHONMALLOC"] == "malloc"
-    pymalloc, malloc = kept_mib("pymalloc"), kept_mib("malloc")
-    assert pymalloc > 40 and malloc < pymalloc / 3, (pymalloc, malloc)
-
-
-CACHE_A_FEW = """
+TRIM_AFTER = """
 import random, sys
 sys.path.insert(0, sys.argv[1])
 from evaluation_operator import memory
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 before = rss()
-blocks = [bytearray(16 + (i * 8) % 1000) for i in range(60_000)]  # every small size
-random.Random(1).shuffle(blocks)
-del blocks  # freed in random order: glibc's thread cache keeps a few of each size
+{burst}
 memory.trim()
 print(round(rss() - before, 1))
 """
+KEEP_A_FEW = """
+objects = [{"n": i} for i in range(400_000)]  # ~100 MiB of small dicts
+kept = objects[::500]  # one in 500 survives, as long-lived objects made mid-burst do
+del objects
+"""
+CACHE_A_FEW = """
+blocks = [bytearray(16 + (i * 8) % 1000) for i in range(60_000)]  # every small size
+random.Random(1).shuffle(blocks)
+del blocks  # freed in random order: glibc's thread cache keeps a few of each size
+"""
+
+
+def kept_after_trim(burst: str, env: dict[str, str]) -> float:
+    """MiB of RSS a new process keeps after `burst` and `memory.trim`, with `env` (and no
+    GLIBC_TUNABLES but env's) on top of this one's environment."""
+    root = Path(__file__).resolve().parents[2] / "operator"
+    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    ran = subprocess.run([sys.executable, "-c", TRIM_AFTER.replace("{burst}", burst),
+                          str(root)], env=environment | env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return float(ran.stdout.split()[-1])
+
+
+@glibc
+def test_glibc_malloc_gives_back_what_pymalloc_keeps_pinned() -> None:
+    """A few survivors among many freed small objects pin pymalloc's arenas; under
+    PROCESS_ENV the freed pages go back (memory.py, Allocator)."""
+    assert memory.PROCESS_ENV["PYTHONMALLOC"] == "malloc"
+    pymalloc = kept_after_trim(KEEP_A_FEW, {"PYTHONMALLOC": "pymalloc"})
+    malloc = kept_after_trim(KEEP_A_FEW, {"PYTHONMALLOC": "malloc"})
+    assert pymalloc > 40 and malloc < pymalloc / 3, (pymalloc, malloc)
 
 
 @glibc
 def test_freed_small_chunks_go_back_without_glibcs_thread_cache() -> None:
     """Chunks in glibc's per-thread cache count as in use, so each pins its page through
     `trim`; PROCESS_ENV turns the cache off (memory.py, Thread caches)."""
-    root = Path(__file__).resolve().parents[2] / "operator"
-
-    def kept_mib(tunables: str | None) -> float:
-        env = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-        env |= {"PYTHONMALLOC": "malloc"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
-        ran = subprocess.run([sys.executable, "-c", CACHE_A_FEW, str(root)], env=env,
-                             capture_output=True, text=True, check=True, timeout=120)
-        return float(ran.stdout.split()[-1])
-
-    cached, uncached = kept_mib(None), kept_mib(memory.PROCESS_ENV.get("GLIBC_TUNABLES"))
+    cached = kept_after_trim(CACHE_A_FEW, {"PYTHONMALLOC": "malloc"})
+    uncached = kept_after_trim(CACHE_A_FEW, memory.PROCESS_ENV)
     assert cached > 1.0 and uncached < cached / 3, (cached, uncached)

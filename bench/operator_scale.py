@@ -443,6 +443,7 @@ def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] |
     which every watcher waits for, the operator's included) and to each status write.
     `split` gets, per task seen by the bench, that delivery ("delivery": pod finished ->
     the bench's watch has it) and the rest ("after delivery": -> the operator's write)."""
+    seen = seen or {}
     pod_done: dict[str, datetime.datetime] = {}
     written: dict[str, datetime.datetime] = {}
     every: dict[str, list[datetime.datetime]] = {}
@@ -466,8 +467,8 @@ def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] |
                   if t in written and written[t] >= done)
     if split is not None:
         for _, t in late:
-            if t in (seen or {}):
-                delivered = (seen or {})[t]
+            if t in seen:
+                delivered = seen[t]
                 split.setdefault("delivery", []).append(delivered - pod_done[t].timestamp())
                 split.setdefault("after delivery", []).append(
                     max(0.0, written[t].timestamp() - delivered))
@@ -475,8 +476,7 @@ def audit_status_latencies(path: Path, since: str, until: str, tail: list[str] |
         start = min(pod_done.values())
         tail.append(f"seconds below count from the first pod finished, at {start.isoformat()}")
         for seconds, t in late[-5:]:
-            when = (f"{(seen or {})[t] - start.timestamp():.2f} s" if t in (seen or {})
-                    else "?")
+            when = f"{seen[t] - start.timestamp():.2f} s" if t in seen else "?"
             tail.append(f"{t}: {seconds:.2f} s; pod finished at "
                         f"{(pod_done[t] - start).total_seconds():.2f} s, seen by the bench's "
                         f"watch at {when}, status written at "
@@ -567,7 +567,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def probe(pid: int, what: str, seconds: float = 0) -> None:
     """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper) or a
-    py-spy profile of the next `seconds`. The audit log is copied there at the end."""
+    py-spy profile of the next `seconds`. The audit log goes there too (`keep_for_probe`)."""
     out = os.environ.get("BENCH_PROBE")
     if not out:
         return
@@ -581,6 +581,12 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
     else:
         os.kill(pid, signal.SIGUSR1)
         time.sleep(5)
+
+
+def keep_for_probe(audit: Path) -> None:
+    """The audit log, for a look after the run (BENCH_PROBE=/dir), before the cluster goes."""
+    if os.environ.get("BENCH_PROBE"):
+        shutil.copy(audit, os.environ["BENCH_PROBE"])
 
 
 def install_finalizer_policy(cluster: Cluster, namespace: str) -> None:
@@ -842,8 +848,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["duplicate_job_posts"] = writes["create jobs"] - count + restart_writes[
             "create jobs"]
         figures["load_after"] = load()
-        if os.environ.get("BENCH_PROBE"):
-            shutil.copy(audit, os.environ["BENCH_PROBE"])
+        keep_for_probe(audit)
         return figures
     finally:
         tear_down(owner, s3_process, operator)
@@ -931,8 +936,7 @@ def run_restart(count: int, state: Path, controller_qps: int, finalizer_policy: 
         log(f"shutdown and restart with {count} running tasks")
         figures.update(restart_phase(operator, audit, count))
         figures["load_after"] = load()
-        if os.environ.get("BENCH_PROBE"):
-            shutil.copy(audit, os.environ["BENCH_PROBE"])
+        keep_for_probe(audit)
         return figures
     finally:
         tear_down(owner, s3_process, operator)

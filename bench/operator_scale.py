@@ -189,6 +189,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_process(names: dict[int, str]) -> dict[int, tuple[str, float]]:
+    """By pid: the command name (or the name given for that pid: several are `python`) and
+    the CPU seconds it used so far, for every process on the machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        pid, fields = int(entry.name), stat.rsplit(")", 1)[1].split()
+        command = names.get(pid, stat[stat.index("(") + 1:stat.rindex(")")])
+        found[pid] = (command, sum(int(f) for f in fields[11:13]) / ticks)
+    return found
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+              seconds: float) -> dict[str, float]:
+    """Cores used in a window, by process name (a process started meanwhile counts whole),
+    busiest first; under 0.01 core left out. Kernel threads rename themselves: by pid."""
+    cores: dict[str, float] = {}
+    for pid, (name, used) in after.items():
+        cores[name] = cores.get(name, 0.0) + (used - before.get(pid, (name, 0.0))[1]) / seconds
+    return {name: round(core, 2) for name, core in sorted(cores.items(), key=lambda kv: -kv[1])
+            if core >= 0.01}
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -566,8 +595,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def probe(pid: int, what: str, seconds: float = 0) -> None:
-    """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper) or a
-    py-spy profile of the next `seconds`. The audit log goes there too (`keep_for_probe`)."""
+    """Investigation hooks (BENCH_PROBE=/dir): a memory dump (SIGUSR1 to the wrapper, when
+    there is one) or a py-spy profile of the next `seconds`. The audit log goes there too
+    (`keep_for_probe`)."""
     out = os.environ.get("BENCH_PROBE")
     if not out:
         return
@@ -578,7 +608,8 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
                               str(int(seconds)), "--format", "raw", "--nonblocking",
                               "-o", f"{out}/{what}.txt"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    else:
+    elif os.environ.get("BENCH_OPERATOR_WRAPPER"):
+        # Only the wrapper (operator_probe.py) handles it: SIGUSR1 would end the operator.
         os.kill(pid, signal.SIGUSR1)
         time.sleep(5)
 
@@ -672,7 +703,11 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         # that compares like with like has the cluster doing the same.
         log(f"baseline: a bare client creates {count} ConfigMaps and the same Jobs, running")
         bare_window = [utc_now()]
+        names = {os.getpid(): "bench", s3_process.pid: "moto"}
+        cpu_before = cpu_by_process(names)
         figures["bare_seconds"] = baseline(cluster, "bench-bare", count, suspend=False)
+        figures["bare_cpu_split"] = cpu_split(cpu_before, cpu_by_process(names),
+                                              figures["bare_seconds"])
         bare_window.append(utc_now())
         bare_core, bare_batch = client.CoreV1Api(api(cluster)), client.BatchV1Api(api(cluster))
         figures["bare_server_seconds"] = server_span(
@@ -694,6 +729,8 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         phase_start = utc_now()
         started = time.monotonic()
         cpu_create = cpu_seconds(pid)
+        names[pid] = "operator"
+        cpu_before = cpu_by_process(names)
 
         def create(i: int) -> None:
             custom.create_namespaced_custom_object(
@@ -706,6 +743,8 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))
         figures["operator_seconds"] = max(watcher.jobs.values()) - started
+        figures["operator_cpu_split"] = cpu_split(cpu_before, cpu_by_process(names),
+                                                  time.monotonic() - started)
         creation_end = utc_now()
         wait("every task Running", lambda: len(watcher.running) >= count,
              timeout=max(300, count))
@@ -1027,8 +1066,9 @@ def report(f: dict[str, Any]) -> str:
         f"controller manager and scheduler API rate: {f['controller_qps'] or 'default'}; "
         f"load average before / idle / after: {f['load_before']} / {f['load_idle']} / "
         f"{f['load_after']} (2 vCPUs, shared)",
-        *window_report("bare client, running Jobs", f["bare_window"]),
-        *window_report("operator, first task -> last Job", f["creation_window"]),
+        *window_report("bare client, running Jobs", f["bare_window"], f["bare_cpu_split"]),
+        *window_report("operator, first task -> last Job", f["creation_window"],
+                       f["operator_cpu_split"]),
     ]
     return "\n".join(lines)
 
@@ -1044,14 +1084,17 @@ def creation_report(f: dict[str, Any]) -> str:
         f"{f['to_running_seconds']:.1f} s; operator CPU {f['cpu_to_running_s']:.1f} s; RSS "
         f"{f['rss_start_mib']:.0f} / {f['rss_running_mib']:.0f} MiB",
         f"finalizer: {FINALIZER_BY[f['finalizer_policy']]}; load before {f['load_before']}",
-        *window_report("bare client, running Jobs", f["bare_window"]),
-        *window_report("operator, first task -> last Job", f["creation_window"]),
+        *window_report("bare client, running Jobs", f["bare_window"], f["bare_cpu_split"]),
+        *window_report("operator, first task -> last Job", f["creation_window"],
+                       f["operator_cpu_split"]),
     ])
 
 
-def window_report(title: str, window: dict[str, Any]) -> list[str]:
-    """The API server's write work in a window, heaviest first, and the operator's stages."""
-    lines = ["", f"API writes while creating ({title}): requests, server seconds summed",
+def window_report(title: str, window: dict[str, Any], cpu: dict[str, float]) -> list[str]:
+    """The API server's write work in a window, heaviest first, the operator's stages, and
+    the cores each process used."""
+    lines = ["", f"cores used while creating ({title}), by process: {cpu}",
+             f"API writes while creating ({title}): requests, server seconds summed",
              *(f"  {key}: {n}, {seconds} s"
                for key, (n, seconds) in list(window["server_seconds"].items())[:10])]
     for stage, (n, p50, p99) in window["after_task_created"].items():

@@ -1,5 +1,5 @@
 """What admitting an EvaluationTask costs the API server, against a ConfigMap, with and
-without the CRD's CEL rules.
+without the CRD's CEL rules, and with the chart's finalizer policy.
 
     .venv/bin/python bench/task_admission.py --objects 1000      # needs `make tools`
 
@@ -7,7 +7,9 @@ One private KWOK control plane, nothing else running on it (no operator, no cont
 work: no Jobs). The same 16 client threads as bench/operator_scale.py create, in turn:
 `objects` ConfigMaps carrying the runner config the operator would write, `objects`
 EvaluationTasks through the real CRD (crds/), and `objects` EvaluationTasks through a copy
-of the CRD with every `x-kubernetes-validations` rule removed (another group). Printed per
+of the CRD with every `x-kubernetes-validations` rule removed (another group), and
+`objects` EvaluationTasks in a namespace where the chart's finalizer policy (a
+MutatingAdmissionPolicy, as `helm install` renders it) sets the finalizer. Printed per
 kind: wall time, per-request latency p50 / p99, and the API server's CPU seconds per 1,000
 creates (from /proc), so the cost of schema validation and of the CEL rules can be told
 apart from the cost of a write.
@@ -32,7 +34,15 @@ import yaml  # noqa: E402
 from devcluster.cluster import Cluster, KwokCluster  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from bench.operator_scale import THREADS, api, cpu_seconds, in_parallel, load, spec  # noqa: E402
+from bench.operator_scale import (  # noqa: E402
+    THREADS,
+    api,
+    cpu_seconds,
+    in_parallel,
+    install_finalizer_policy,
+    load,
+    spec,
+)
 
 CRD_PATH = ROOT / "crds" / "evaluation.dev_evaluationtasks.yaml"
 BARE_GROUP = "no-cel.bench.evaluation.dev"
@@ -93,9 +103,10 @@ def measure(cluster: Cluster, pid: int, count: int) -> dict[str, dict[str, float
     version = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
     cluster.kubectl("create", "namespace", "admission")
 
-    def task(group_name: str, prefix: str) -> Callable[[int], None]:
+    def task(group_name: str, prefix: str, namespace: str = "admission"
+             ) -> Callable[[int], None]:
         def create(i: int) -> None:
-            custom.create_namespaced_custom_object(group_name, version, "admission", plural, {
+            custom.create_namespaced_custom_object(group_name, version, namespace, plural, {
                 "apiVersion": f"{group_name}/{version}", "kind": crd["spec"]["names"]["kind"],
                 "metadata": {"name": f"{prefix}-{i}"}, "spec": spec(i)})
         return create
@@ -104,9 +115,15 @@ def measure(cluster: Cluster, pid: int, count: int) -> dict[str, dict[str, float
         core.create_namespaced_config_map("admission", {
             "metadata": {"name": f"cm-{i}"}, "data": {"config.json": str(spec(i)) * 4}})
 
-    return {"ConfigMap": timed(configmap, count, pid),
-            "EvaluationTask, CEL rules": timed(task(group, "cel"), count, pid),
-            "EvaluationTask, no CEL rules": timed(task(BARE_GROUP, "plain"), count, pid)}
+    figures = {"ConfigMap": timed(configmap, count, pid),
+               "EvaluationTask, CEL rules": timed(task(group, "cel"), count, pid),
+               "EvaluationTask, no CEL rules": timed(task(BARE_GROUP, "plain"), count, pid)}
+    # The chart's finalizer policy, as operator_scale.py installs it: another namespace.
+    cluster.kubectl("create", "namespace", "admission-finalizer")
+    install_finalizer_policy(cluster, "admission-finalizer")
+    figures["EvaluationTask, CEL rules, the chart's finalizer policy"] = timed(
+        task(group, "fin", "admission-finalizer"), count, pid)
+    return figures
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ OPWRAP_PATH puts another copy of the operator's package first on the path (to pr
 older version in the same bench, or to keep editing this tree while a bench runs).
 
 Each dump also gives the resident MiB per kind of mapping (/proc/self/smaps: the brk heap,
-anonymous mappings, files), which tells heap pages from thread stacks and libraries. With
+anonymous mappings, files), which tells heap pages from thread stacks and libraries, and the
+modules imported and loggers made since start-up ended (`memory.freeze_startup_heap`): made
+during a sweep, they stay among the pages it freed. With
 OPWRAP=pages, the second and later dumps also count the brk heap's pages on which every
 object was made after start, by type, by the object holding it and (for a sample of the
 pages) by who keeps that holder, with samples: what keeps freed pages resident. It stops
@@ -359,6 +361,37 @@ def watch_lag() -> None:
     gc.callbacks.append(collected)
 
 
+# What existed once start-up was done (memory.freeze_startup_heap): what appears later was
+# made during a sweep and stays for the process's life, among the pages the sweep freed.
+at_startup: dict[str, set[str]] = {}
+
+
+def _logger_names() -> set[str]:
+    import logging
+    return set(logging.Logger.manager.loggerDict)
+
+
+def record_startup() -> None:
+    from evaluation_operator import memory
+
+    freeze = memory.freeze_startup_heap
+
+    def recording() -> None:
+        freeze()
+        at_startup["modules"] = set(sys.modules)
+        at_startup["loggers"] = _logger_names()
+
+    memory.freeze_startup_heap = recording
+
+
+def made_after_startup(out: Any) -> None:
+    if at_startup:
+        print("modules imported after start-up:",
+              sorted(set(sys.modules) - at_startup["modules"]), file=out)
+        print("loggers made after start-up:", len(_logger_names() - at_startup["loggers"]),
+              sorted(_logger_names() - at_startup["loggers"])[:20], file=out)
+
+
 def dump(signum: int, frame: FrameType | None) -> None:
     global dumps
     dumps += 1
@@ -370,6 +403,7 @@ def dump(signum: int, frame: FrameType | None) -> None:
         print(f"rss {_rss():.1f} MiB; python blocks {sys.getallocatedblocks()}; glibc heap "
               f"in use {used:.1f}, free {free:.1f}, mmapped {mapped:.1f} MiB", file=out)
         print("resident by mapping, MiB:", _resident_by_mapping(), file=out)
+        made_after_startup(out)
         if "pages" in os.environ.get("OPWRAP", "") and dumps >= 2:
             pinned_pages(out)
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
@@ -390,6 +424,7 @@ signal.signal(signal.SIGUSR1, dump)
 from evaluation_operator.memory import limit_arenas  # noqa: E402
 
 limit_arenas()  # as __main__ does, before this file's own thread starts
+record_startup()
 threading.Thread(target=timeline, name="probe-timeline", daemon=True).start()
 if LAG:
     watch_lag()

@@ -339,9 +339,18 @@ class Reconciler:
         if self._trim is not None:
             self._trim.cancel()
         try:
-            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_SECONDS, memory.trim)
+            self._trim = asyncio.get_running_loop().call_later(TRIM_AFTER_SECONDS,
+                                                               self.trim_memory)
         except RuntimeError:  # no loop: nothing was running to free
             self._trim = None
+
+    def trim_memory(self) -> None:
+        """Shrink every table (the reconciler's, the store's) to what it holds, then trim."""
+        for value in (*vars(self).values(), *self.world.tables()):
+            table = value.items if isinstance(value, LRU) else value
+            if isinstance(table, dict | set):
+                memory.compact(table)
+        memory.trim()
 
     def state_sizes(self) -> dict[str, int]:
         """For tests and the bench: the size of every per-task table, found by type, so a

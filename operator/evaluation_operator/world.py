@@ -92,6 +92,10 @@ class World:
     def __init__(self, tasks: Index, jobs: Index, pods: Index) -> None:
         self.tasks, self.jobs, self.pods_index = tasks, jobs, pods
 
+    def tables(self) -> tuple[Index, Index, Index]:
+        """The tables themselves (memory.compact), never to be written to through this view."""
+        return self.tasks, self.jobs, self.pods_index
+
     def task(self, uid: str) -> Task | None:
         found = self.tasks.get(uid)
         if isinstance(found, Task) or found is None:

@@ -26,6 +26,33 @@ def rss_mib() -> float:
     raise AssertionError("no VmRSS")
 
 
+def test_compact_gives_back_what_a_table_kept_from_its_largest_size() -> None:
+    # Per-task tables once most of their 1,000 tasks are deleted: same entries, same order.
+    tables: list[dict[str, int] | set[str]] = [
+        {f"task-{i}": i for i in range(1000)},
+        collections.OrderedDict((f"task-{i}", i) for i in range(1000)),
+        {f"task-{i}" for i in range(1000)},
+    ]
+    for table in tables:
+        for i in range(2, 1000):
+            if isinstance(table, dict):
+                del table[f"task-{i}"]
+            else:
+                table.discard(f"task-{i}")
+    kept = [sys.getsizeof(table) for table in tables]
+    before = [list(table.items()) if isinstance(table, dict) else sorted(table)
+              for table in tables]
+
+    for table in tables:
+        memory.compact(table)
+
+    assert [list(table.items()) if isinstance(table, dict) else sorted(table)
+            for table in tables] == before
+    assert isinstance(tables[1], collections.OrderedDict)
+    assert all(sys.getsizeof(table) * 10 < size for table, size in zip(tables, kept,
+                                                                       strict=True))
+
+
 @glibc
 def test_trim_gives_back_pages_freed_between_live_objects() -> None:
     # 2 KiB objects come from malloc's heap (not Python's small-object arenas); keeping

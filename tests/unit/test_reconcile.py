@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -1014,6 +1015,29 @@ def test_cancelling_a_sharded_run_while_it_merges_stops_the_merge_job_too() -> N
     c = run(scenario())
     assert c.kube.status_patches[-1]["reason"] == "Cancelled"
     assert c.kube.calls.count("delete Job") == 2  # the shards' Job and the merge Job
+
+
+def test_the_trim_shrinks_the_reconcilers_and_the_stores_tables_to_what_they_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a sweep is deleted, no per-task table keeps the storage of 1,000 entries."""
+    monkeypatch.setattr(memory, "trim", lambda: True)
+    tasks: dict[str, Any] = {f"uid-{i}": object() for i in range(1000)}
+    reconciler = Reconciler(SETTINGS, Api(FakeKube(), 2))
+    reconciler.bind(World(tasks, {}, {}))
+    for i in range(1000):
+        reconciler._polls[f"uid-{i}"] = 0.0
+        reconciler._written.put(f"uid-{i}", {})
+    for i in range(1, 1000):
+        reconciler.forget(f"uid-{i}")
+        del tasks[f"uid-{i}"]
+    sizes = [sys.getsizeof(t) for t in (reconciler._polls, reconciler._written.items, tasks)]
+
+    reconciler.trim_memory()
+
+    assert list(tasks) == list(reconciler._polls) == ["uid-0"]
+    assert reconciler._written.get("uid-0") == {}
+    after = [sys.getsizeof(t) for t in (reconciler._polls, reconciler._written.items, tasks)]
+    assert all(now * 10 < before for now, before in zip(after, sizes, strict=True)), after
 
 
 def test_memory_is_handed_back_once_the_last_jobs_and_pods_are_gone_too(

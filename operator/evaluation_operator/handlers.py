@@ -141,6 +141,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     problem = warm_up(SETTINGS)  # before the freeze: the S3 client lives as long as we do
     if problem:
         log.warning("S3 client not ready at start: %s", problem)
+    reconciler().api.start_threads()  # so do the API pool's threads
     memory.freeze_startup_heap()  # the last startup step: what is imported by now stays
 
 

@@ -9,6 +9,7 @@ tasks does not flood the API server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import enum
 import threading
@@ -240,6 +241,19 @@ class Api:
     def __init__(self, kube: KubeApi, workers: int) -> None:
         self.kube = kube
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+
+    def start_threads(self, timeout: float = 10) -> int:
+        """Start every worker thread now (the pool starts one per call otherwise, until all
+        are); the number started. At start-up, their objects sit among the start-up heap,
+        not among the pages a first sweep of tasks grows and frees (memory.py)."""
+        workers = self.pool._max_workers  # ThreadPoolExecutor has no public prestart
+        ready = threading.Barrier(workers, timeout=timeout)
+        # Each call blocks its thread until all have one: so the pool starts a new one each.
+        waits = [self.pool.submit(ready.wait) for _ in range(workers)]
+        with contextlib.suppress(threading.BrokenBarrierError):
+            for wait in waits:
+                wait.result()
+        return len(self.pool._threads)
 
     async def call(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)

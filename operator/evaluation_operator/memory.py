@@ -28,6 +28,10 @@ these do nothing).
 * Tables: a dict or set never shrinks as entries go, only when it is cleared; one per-task
   table sized for 1,000 tasks keeps ~40 KiB (an OrderedDict ~70) once empty, spread over
   the heap it grew in. `compact` copies the entries into storage their size needs.
+* Made once, kept for good: what the operator makes once and keeps (the API pool's threads,
+  botocore's models of the purge's requests) is made at start-up (`Api.start_threads`,
+  `s3.warm_up`). Made in the middle of the first sweep, it would sit among the pages the
+  sweep frees, and each such object keeps its page resident after the sweep is deleted.
 * Thread caches: glibc keeps up to 7 freed chunks of each of 64 small sizes per thread
   (tcache) for that thread's next malloc. To `malloc_trim` those chunks are in use, so each
   can pin a page: up to ~1.8 MiB per thread (tests/unit/test_memory.py measures it on the

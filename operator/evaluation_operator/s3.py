@@ -93,15 +93,22 @@ def warm_up(settings: OperatorSettings) -> str | None:
     the operator's life, so they count in its RSS at start rather than appearing in the
     middle of the first burst of events, and a client that cannot be made (no credentials)
     is said at start. (Measured: it did not by itself change the RSS left after the tasks
-    were deleted; bench/README.md.) Nothing is sent to S3; a request is signed, as each read
-    will be.
+    were deleted; bench/README.md.) Nothing is sent to S3; a request of each kind the
+    operator makes is signed, and the purge's paginator made: botocore loads their models on
+    first use, and what it loads then stays among the pages a sweep of deletions frees.
     """
     if not settings.s3_bucket:
         return None
+    bucket, key = settings.s3_bucket, "warm-up"
     try:
-        shared_client(settings).generate_presigned_url(
-            "get_object", Params={"Bucket": settings.s3_bucket, "Key": "warm-up"},
-            ExpiresIn=60)
+        client = shared_client(settings)
+        client.get_paginator("list_object_versions")
+        for operation, params in (
+                ("get_object", {"Bucket": bucket, "Key": key, "Range": "bytes=0-0"}),
+                ("list_object_versions", {"Bucket": bucket, "Prefix": key}),
+                ("delete_objects", {"Bucket": bucket, "Delete": {"Objects": [{"Key": key}],
+                                                                 "Quiet": True}})):
+            client.generate_presigned_url(operation, Params=params, ExpiresIn=60)
     except Exception as error:  # no credentials yet, say: each call will try again
         return f"{type(error).__name__}: {error}"
     return None

@@ -485,6 +485,21 @@ def test_a_task_deleted_while_its_status_write_is_in_flight_leaves_nothing_behin
     assert c.kube.status_patches and set(sizes.values()) == {0}
 
 
+def test_the_api_pools_threads_start_at_once_and_later_calls_start_none() -> None:
+    api = Api(FakeKube(), 4)
+    try:
+        assert api.start_threads() == 4
+        started = set(api.pool._threads)
+
+        async def calls() -> list[int]:
+            return await asyncio.gather(*(api.call(lambda: 1) for _ in range(8)))
+
+        assert run(calls()) == [1] * 8
+        assert set(api.pool._threads) == started
+    finally:
+        api.close()
+
+
 def test_lru_and_throttle_are_bounded() -> None:
     lru: LRU[int, int] = LRU(3)
     for i in range(10):

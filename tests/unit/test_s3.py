@@ -167,6 +167,21 @@ def test_the_shared_client_is_made_at_start_and_serves_every_later_call(
     s3._shared.pop(settings)
 
 
+def test_warming_up_loads_what_the_purge_uses_without_a_request() -> None:
+    # Loaded later, in the middle of a sweep of deletions, these stay among the pages it
+    # frees (memory.py); nothing listens at this endpoint, so any request would fail.
+    settings = OperatorSettings(s3_bucket="b", s3_endpoint="http://127.0.0.1:9",
+                                s3_region="us-east-1")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "id")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+        assert warm_up(settings) is None
+    loaded = {key[2] for key in s3._shared[settings]._loader._cache
+              if key[0] == "load_service_model"}
+    assert {"service-2", "paginators-1"} <= loaded
+    s3._shared.pop(settings)
+
+
 def test_no_bucket_means_no_client_and_a_broken_client_is_named() -> None:
     assert warm_up(OperatorSettings()) is None and OperatorSettings() not in s3._shared
     settings = OperatorSettings(s3_bucket="b", s3_endpoint="not a url")

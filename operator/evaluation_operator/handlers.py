@@ -141,13 +141,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     problem = warm_up(SETTINGS)  # before the freeze: the S3 client lives as long as we do
     if problem:
         log.warning("S3 client not ready at start: %s", problem)
-    reconciler().api.start_threads()  # so do the API pool's threads
     memory.freeze_startup_heap()  # the last startup step: what is imported by now stays
 
 
 @kopf.on.startup()
 async def start_polling(**_: Any) -> None:
     global _poller
+    reconciler().api.start_threads()  # now, not amid the first sweep (memory.py)
     _poller = asyncio.get_running_loop().create_task(reconciler().poll_forever())
 
 

@@ -26,7 +26,7 @@ these do nothing).
   too, `trim` hands the freed pages back: 106 MiB, and 98 with the store (bench/README.md,
   2026-11-30). Running and restart figures did not move beyond run-to-run spread.
 * Tables: a dict or set never shrinks as entries go, only when it is cleared; one per-task
-  table sized for 1,000 tasks keeps ~40 KiB (an OrderedDict ~70) once empty, spread over
+  table sized for 1,000 tasks keeps ~25 KiB (a set ~32, an OrderedDict ~41) once empty, in
   the heap it grew in. `compact` copies the entries into storage their size needs.
 * Made once, kept for good: what the operator makes once and keeps (the API pool's threads,
   botocore's models of the purge's requests) is made at start-up (`Api.start_threads`,

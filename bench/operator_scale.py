@@ -184,15 +184,19 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_of(stat: str) -> float:
+    """User + system CPU seconds from a /proc/<pid>/stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    return _cpu_of(Path(f"/proc/{pid}/stat").read_text())
 
 
 def cpu_by_process(names: dict[int, str]) -> dict[int, tuple[str, float]]:
     """By pid: the command name (or the name given for that pid: several are `python`) and
     the CPU seconds it used so far, for every process on the machine."""
-    ticks = os.sysconf("SC_CLK_TCK")
     found: dict[int, tuple[str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -201,9 +205,9 @@ def cpu_by_process(names: dict[int, str]) -> dict[int, tuple[str, float]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # gone meanwhile
-        pid, fields = int(entry.name), stat.rsplit(")", 1)[1].split()
+        pid = int(entry.name)
         command = names.get(pid, stat[stat.index("(") + 1:stat.rindex(")")])
-        found[pid] = (command, sum(int(f) for f in fields[11:13]) / ticks)
+        found[pid] = (command, _cpu_of(stat))
     return found
 
 

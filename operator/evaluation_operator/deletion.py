@@ -11,8 +11,9 @@ import logging
 import time
 from typing import Any
 
-from evaluation_operator import events, metrics
+from evaluation_operator import metrics
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.events import Recorder
 from evaluation_operator.kube import Api
 from evaluation_operator.reconcile import RetryLater, now_iso
 from evaluation_operator.s3 import ResultsLocation, purge
@@ -77,7 +78,7 @@ def _job_finished(job: dict[str, Any]) -> bool:
 
 async def delete_task(task: Task, job: dict[str, Any] | None, pods: list[dict[str, Any]],
                       retry: int, settings: OperatorSettings, api: Api, s3: Any | None,
-                      merge_job: dict[str, Any] | None = None) -> None:
+                      events: Recorder, merge_job: dict[str, Any] | None = None) -> None:
     """Stop the runner, then delete every object version under the task's prefix.
 
     The order matters: a runner still going after the purge would write its progress or

@@ -26,7 +26,6 @@ from evaluation_operator import (
     apiclient,
     connections,
     deletion,
-    events,
     kopf_startup,
     memory,
     metrics,
@@ -162,32 +161,14 @@ async def shut_down(**_: Any) -> None:
 # --- events ----------------------------------------------------------------------------------
 
 
-def _world() -> Reconciler:
-    events.remember_handler_context()
-    return reconciler()
-
-
-@kopf.on.event(*TASK)
-async def task_event(type: str, uid: str, **kwargs: Any) -> None:
-    r = _world()
-    if type == "DELETED":
-        r.forget(uid)
-        # Also when it went without our finalizer's handler (removed by hand, say).
-        metrics.forget_task(kwargs["namespace"], kwargs["name"])
-        return
-    task = r.world.task(uid)
-    if task is None:
-        return
-    if type is None or type == "ADDED":  # (re)listed: the gauges start empty after a restart
-        metrics.observe_task(task.namespace, task.name, dict(task.status))
-    if STORE.wait_for_ready(uid, task.namespace):  # else seen once its children are listed
-        await r.task_seen(task)
-
-
-def child_event(kind: str, type: str | None, obj: dict[str, Any]) -> None:
-    """A Job's or pod's event, handed over in the watch stream (watch_projection.py), after
-    the store took it: Kopf's workers never see these."""
+def stream_event(kind: str, type: str | None, obj: dict[str, Any]) -> None:
+    """An event handed over in the watch stream (watch_projection.py), after the store took
+    it: every Job and pod event, and a task's unless Kopf has a part in it (its finalizer,
+    its deletion). Kopf's workers never see these."""
     meta = obj.get("metadata") or {}
+    if kind == world.TASKS:
+        _task_changed(reconciler(), type, meta.get("uid") or "")
+        return
     uid = task_uid_of(meta)
     if not uid or not STORE.ready(meta.get("namespace") or ""):
         return  # before its namespace is listed, its task has not been seen: it will be
@@ -200,20 +181,43 @@ def child_event(kind: str, type: str | None, obj: dict[str, Any]) -> None:
         r.pod_gone(uid)
 
 
+def _task_changed(r: Reconciler, type: str | None, uid: str) -> None:
+    task = r.world.task(uid)
+    if task is None:
+        return
+    if type is None or type == "ADDED":  # (re)listed: the gauges start empty after a restart
+        metrics.observe_task(task.namespace, task.name, dict(task.status))
+    if STORE.wait_for_ready(uid, task.namespace):  # else seen once its children are listed
+        r.see(uid)
+
+
 # At import, before Kopf's watchers start: see watch_projection.py.
-watch_projection.install(STORE, child_event)
+watch_projection.install(STORE, stream_event)
+
+
+@kopf.on.event(*TASK)
+async def task_event(type: str, uid: str, **kwargs: Any) -> None:
+    """The task events Kopf keeps (watch_projection.kopf_needed): the first one of a task
+    without the finalizer (Kopf adds it), a deletion's, and the task gone."""
+    r = reconciler()
+    if type == "DELETED":
+        r.forget(uid)
+        # Also when it went without our finalizer's handler (removed by hand, say).
+        metrics.forget_task(kwargs["namespace"], kwargs["name"])
+        return
+    _task_changed(r, type, uid)
 
 
 # Registered so that Kopf runs the Job and pod watches (list, resume, reconnect); their events
-# go to `child_event` in the stream and never reach these.
+# go to `stream_event` and never reach these.
 @kopf.on.event(*JOBS, labels=CHILD_LABELS)
 async def watch_jobs(**_: Any) -> None:
-    """Never called: see child_event."""
+    """Never called: see stream_event."""
 
 
 @kopf.on.event(*PODS, labels=CHILD_LABELS)
 async def watch_pods(**_: Any) -> None:
-    """Never called: see child_event."""
+    """Never called: see stream_event."""
 
 
 # --- deletion --------------------------------------------------------------------------------
@@ -223,7 +227,7 @@ async def watch_pods(**_: Any) -> None:
 # remove the finalizer and leave the results behind.
 @kopf.on.delete(*TASK, retries=None)
 async def task_deleted(body: kopf.Body, uid: str, retry: int, **_: Any) -> None:
-    r = _world()
+    r = reconciler()
     task = Task.from_body(body, SETTINGS)
     if not STORE.ready(task.namespace):
         # Its Job and pods are not all known yet (just started): stopping the runner and
@@ -231,7 +235,7 @@ async def task_deleted(body: kopf.Body, uid: str, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError("waiting for the first list of Jobs and pods", delay=1)
     try:
         await deletion.delete_task(task, r.world.job(uid), r.world.all_pods(uid), retry,
-                                   SETTINGS, r.api, r.s3() if r.s3 else None,
+                                   SETTINGS, r.api, r.s3() if r.s3 else None, r.events,
                                    merge_job=r.world.merge_job(uid))
     except RetryLater as later:
         raise kopf.TemporaryError(str(later), delay=later.delay) from later

@@ -191,7 +191,8 @@ class Kube:
 
 MERGE_PATCH = "application/merge-patch+json"
 # (API path prefix, plural) of the kinds the operator creates.
-COLLECTIONS = {"Job": (("apis", "batch", "v1"), "jobs"), "ConfigMap": (("api", "v1"), "configmaps")}
+COLLECTIONS = {"Job": (("apis", "batch", "v1"), "jobs"), "ConfigMap": (("api", "v1"), "configmaps"),
+               "Event": (("api", "v1"), "events")}
 
 
 def _collection(kind: str, namespace: str) -> str:

@@ -198,6 +198,7 @@ class Reconciler:
                  clock: Callable[[], datetime.datetime] | None = None) -> None:
         self.settings = settings
         self.api = api
+        self.events = events.Recorder(api)
         self.s3 = s3  # the shared client's factory; None: no S3 (unit tests)
         self.clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self.world = EMPTY
@@ -206,6 +207,8 @@ class Reconciler:
         self._written: LRU[str, dict[str, Any]] = LRU(settings.memory_tasks)
         self._created: LRU[str, bool] = LRU(settings.memory_tasks)
         self._creating: set[str] = set()
+        # Tasks whose `task_seen` runs -> whether another event came meanwhile.
+        self._seeing: dict[str, bool] = {}
         # Child POSTs in flight, and when the last one ended (loop time): a sweep being made.
         self._creates_in_flight = 0
         self._last_created = -math.inf
@@ -263,9 +266,29 @@ class Reconciler:
         """Tasks seen before their namespace's Jobs and pods were listed (world.Store):
         seen now."""
         for uid in uids:
-            task = self.world.task(uid)
-            if task is not None:
-                self.spawn(self.task_seen(task))
+            self.see(uid)
+
+    def see(self, uid: str) -> None:
+        """A task's event: `task_seen` on its latest state, one at a time per task, events
+        that arrive meanwhile folded into one more."""
+        if uid in self._seeing:
+            self._seeing[uid] = True
+            return
+        self._seeing[uid] = False
+        self.spawn(self._see_loop(uid))
+
+    async def _see_loop(self, uid: str) -> None:
+        try:
+            while True:
+                task = self.world.task(uid)
+                if task is None:
+                    return
+                await self.task_seen(task)
+                if not self._seeing.get(uid):
+                    return
+                self._seeing[uid] = False
+        finally:
+            self._seeing.pop(uid, None)
 
     def mark(self, uid: str) -> None:
         """Something about this task changed: write its status soon (at once if the run
@@ -360,10 +383,11 @@ class Reconciler:
                 if isinstance(value, dict | set | LRU) and name not in SHARED_TABLES}
 
     async def drain(self, timeout: float = 10) -> None:
-        """Wait for the scheduled writes (tests; shutdown)."""
+        """Wait for the scheduled writes and Events (tests; shutdown)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while self._tasks and asyncio.get_running_loop().time() < deadline:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self.events.drain(max(0.0, deadline - asyncio.get_running_loop().time()))
 
     # --- cancel -----------------------------------------------------------------------------
 
@@ -399,7 +423,7 @@ class Reconciler:
             return
         self._written.put(task.uid, status)
         if task.cancel_requested:
-            events.normal(task, "CancelIgnored",
+            self.events.normal(task, "CancelIgnored",
                           f"spec.cancel was set after the task had finished "
                           f"({previous.get('phase')}, {previous.get('reason')}): nothing to "
                           "stop; its status and results are unchanged.")
@@ -802,7 +826,7 @@ class Reconciler:
         metrics.observe_transition(task.namespace, task.name, previous, status,
                                    created=task.created)
         if reason.posts_event:
-            post = events.warning if reason.warning else events.normal
+            post = self.events.warning if reason.warning else self.events.normal
             post(task, reason.value, status["message"])
         if assessment.phase is Phase.FAILED:
             metrics.record_failure(task.namespace, reason.value)
@@ -816,7 +840,7 @@ class Reconciler:
         if assessment.phase is Phase.COMPLETED and status.get("gates"):
             passed = all(g["passed"] for g in status["gates"])
             message = condition_of(status, PASSED_CONDITION).get("message", "")
-            post = events.normal if passed else events.warning
+            post = self.events.normal if passed else self.events.warning
             post(task, (GateReason.PASSED if passed else GateReason.FAILED).value, message)
             metrics.record_gates(task.namespace, task.name, passed)
 

@@ -102,13 +102,23 @@ def project_event(event: Any, projection: Projection) -> Any:
     return {**event, "object": projection(obj)}
 
 
+def kopf_needed(event: Mapping[str, Any]) -> bool:
+    """Kopf's part of a task's events: the finalizer (added when missing, removed after the
+    purge), the deletion handler, and forgetting the object; every other task event is the
+    operator's alone."""
+    meta = event["object"].get("metadata") or {}
+    return (event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
+            or naming.FINALIZER not in (meta.get("finalizers") or ()))
+
+
 def hand_over(children: ChildEvents, kind: str, event: Any) -> bool:
-    """A Job's or pod's event to the operator instead of Kopf (True: taken); never raises
-    into Kopf's watch."""
-    if kind == TASKS or not isinstance(event, dict) or not isinstance(event.get("object"),
-                                                                        dict):
+    """An event to the operator instead of Kopf (True: taken); never raises into Kopf's
+    watch. Every Job and pod event; a task's unless Kopf has a part in it."""
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
         return False
     if event.get("type") in ("BOOKMARK", "ERROR"):
+        return False
+    if kind == TASKS and kopf_needed(event):
         return False
     try:
         children(kind, event.get("type"), event["object"])

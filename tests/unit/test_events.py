@@ -1,18 +1,27 @@
-"""Events posted by work that runs outside Kopf's handlers (the progress poller and its timers
-write statuses too) must reach Kopf's event queue, not be dropped."""
+"""Events on tasks (events.py): posted by the operator's own client, from anywhere in it.
+
+Most of a task's watch events never pass through a Kopf handler (watch_projection.py), so
+Kopf's poster, which is reached only from inside one, cannot carry them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from typing import Any
+import datetime
+import logging
 
-import kopf
 import pytest
-from evaluation_operator import events
+from evaluation_operator import events, naming
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.events import Recorder, build_event
+from evaluation_operator.kube import Api
 from evaluation_operator.task import Task
-from kopf._core.engines import posting
+
+from tests.unit.test_apiclient import FakeApiServer, api_server, kube, status_body
+
+__all__ = ["api_server"]  # the fixture, used by name
+EVENTS = "/api/v1/namespaces/team-a/events"
+NOW = datetime.datetime(2026, 11, 30, 12, 0, 5, 250000, tzinfo=datetime.UTC)
 
 
 def _task() -> Task:
@@ -25,34 +34,54 @@ def _task() -> Task:
     }, OperatorSettings(s3_bucket="eval-results"))
 
 
-@pytest.fixture(autouse=True)
-def no_remembered_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(events, "_handler_context", None)
+def test_an_event_points_at_its_task_in_the_task_s_namespace() -> None:
+    event = build_event(_task(), "Warning", "PartiallyFailed", "x" * 5000, NOW, "op-0")
+    assert event["metadata"] == {"generateName": "t.", "namespace": "team-a"}
+    # What `kubectl describe evaluationtask t` matches the Event on.
+    assert event["involvedObject"] == {
+        "apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": "EvaluationTask",
+        "namespace": "team-a", "name": "t", "uid": "u-1"}
+    assert (event["type"], event["reason"]) == ("Warning", "PartiallyFailed")
+    assert len(event["message"]) == events.MAX_MESSAGE
+    assert event["source"] == {"component": "evaluation-operator"}
+    assert (event["reportingComponent"], event["reportingInstance"]) == (
+        "evaluation-operator", "op-0")
+    assert event["firstTimestamp"] == event["lastTimestamp"] == "2026-11-30T12:00:05Z"
 
 
-def _posted_outside_a_handler(remember: bool) -> list[Any]:
-    async def scenario() -> list[Any]:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+def test_the_recorder_posts_through_the_operators_client_in_the_background(
+        api_server: FakeApiServer) -> None:
+    api_server.routes["POST", EVENTS] = (201, {"kind": "Event"})
 
-        def handler() -> None:  # what Kopf sets before it calls a handler
-            posting.event_queue_var.set(queue)
-            posting.event_queue_loop_var.set(asyncio.get_running_loop())
-            posting.settings_var.set(kopf.OperatorSettings())
-            if remember:
-                events.remember_handler_context()
+    async def scenario() -> None:
+        recorder = Recorder(Api(kube(api_server), 1), instance="op-0")
+        recorder.warning(_task(), "PartiallyFailed", "1 of 2 benchmarks failed")
+        recorder.normal(_task(), "ResultsPurged", "Deleted 3 object versions")
+        await recorder.drain()
 
-        contextvars.copy_context().run(handler)
-        events.warning(_task(), "PartiallyFailed", "1 of 2 benchmarks failed")
-        await asyncio.sleep(0)
-        return [queue.get_nowait() for _ in range(queue.qsize())]
-
-    return asyncio.run(scenario())
-
-
-def test_an_event_from_outside_a_handler_reaches_kopfs_queue() -> None:
-    [event] = _posted_outside_a_handler(remember=True)
-    assert (event.type, event.reason, event.ref["name"]) == ("Warning", "PartiallyFailed", "t")
+    asyncio.run(scenario())
+    posted = [s.body for s in api_server.seen if (s.method, s.path) == ("POST", EVENTS)]
+    assert [(e["type"], e["reason"], e["message"]) for e in posted] == [
+        ("Warning", "PartiallyFailed", "1 of 2 benchmarks failed"),
+        ("Normal", "ResultsPurged", "Deleted 3 object versions")]
+    assert all(e["kind"] == "Event" and e["involvedObject"]["uid"] == "u-1" for e in posted)
 
 
-def test_without_a_handler_ever_seen_the_event_is_dropped_not_raised() -> None:
-    assert _posted_outside_a_handler(remember=False) == []
+def test_a_refused_event_is_logged_not_raised(api_server: FakeApiServer,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    api_server.routes["POST", EVENTS] = (403, status_body(403, "Forbidden", "no events"))
+
+    async def scenario() -> None:
+        recorder = Recorder(Api(kube(api_server), 1), instance="op-0")
+        recorder.warning(_task(), "PartiallyFailed", "1 of 2 benchmarks failed")
+        await recorder.drain()
+
+    with caplog.at_level(logging.DEBUG, logger="evaluation_operator.events"):
+        asyncio.run(scenario())
+    assert "could not post event PartiallyFailed" in caplog.text
+
+
+def test_without_an_event_loop_the_event_is_dropped_not_raised(
+        api_server: FakeApiServer) -> None:
+    Recorder(Api(kube(api_server), 1), instance="op-0").warning(_task(), "X", "y")
+    assert api_server.seen == []

@@ -16,6 +16,7 @@ import pytest
 from evaluation_operator import deletion, memory, naming, reconcile
 from evaluation_operator.apiclient import ApiError
 from evaluation_operator.config import OperatorSettings
+from evaluation_operator.events import Recorder
 from evaluation_operator.kube import Api, FailedCreate, Found, Throttle
 from evaluation_operator.reconcile import LRU, Reconciler, RetryLater
 from evaluation_operator.task import Task
@@ -76,8 +77,12 @@ class FakeKube:
         self.configmaps: dict[str, frozenset[str]] = {}  # name -> keys (dataset ConfigMaps)
         self.failed: dict[str, FailedCreate] = {}  # Job uid -> its FailedCreate event
         self.queues: dict[str, Found] = {}
+        self.events: list[tuple[str, str]] = []  # (type, reason) of each Event posted
 
     def create(self, manifest: dict[str, Any]) -> bool:
+        if manifest["kind"] == "Event":
+            self.events.append((manifest["type"], manifest["reason"]))
+            return True
         self.calls.append(f"create {manifest['kind']}")
         if self.refuse_with is not None and manifest["kind"] == "Job":
             raise self.refuse_with
@@ -190,6 +195,38 @@ def test_a_new_task_gets_its_configmap_and_job_once() -> None:
         return c.kube.calls
 
     assert run(scenario()) == ["create ConfigMap", "create Job"]
+
+
+def test_a_task_s_events_are_seen_one_at_a_time_and_those_meanwhile_folded_into_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task events reach the reconciler in the watch stream, not through Kopf's per-object
+    worker: `see` is what keeps them in order."""
+    async def scenario() -> tuple[list[str], int, dict[str, int]]:
+        c = Cluster(task())
+        seen: list[str] = []
+        running = 0
+        most = 0
+        release = asyncio.Event()
+
+        async def slow_seen(t: Task) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            seen.append(t.uid)
+            await release.wait()
+            running -= 1
+
+        monkeypatch.setattr(c.reconciler, "task_seen", slow_seen)
+        for _ in range(5):  # five events while the first is being handled
+            c.reconciler.see(UID)
+            await asyncio.sleep(0)
+        release.set()
+        await c.reconciler.drain()
+        return seen, most, c.reconciler.state_sizes()
+
+    seen, most, sizes = run(scenario())
+    assert seen == [UID, UID] and most == 1
+    assert sizes["seeing"] == 0
 
 
 def test_existing_children_of_this_task_are_reused_after_a_restart() -> None:
@@ -376,6 +413,8 @@ def test_an_image_that_cannot_be_pulled_stops_the_job_after_the_grace_period() -
     c = run(scenario())
     assert c.kube.status_patches[-1]["reason"] == "ImagePullError"
     assert c.kube.calls[-1] == "delete Job"
+    # What `kubectl describe` shows: one Warning, posted through the operator's own client.
+    assert c.kube.events == [("Warning", "ImagePullError")]
 
 
 def test_progress_is_mirrored_and_nothing_is_kept_after_the_task_goes() -> None:
@@ -516,10 +555,21 @@ def test_lru_and_throttle_are_bounded() -> None:
 # --- deletion -----------------------------------------------------------------------------
 
 
+async def deleting(t: Task, job_: dict[str, Any] | None, pods: list[dict[str, Any]],
+                   retry: int, kube: FakeKube, s3: FakeS3) -> None:
+    """`deletion.delete_task` on `kube`, its Events posted (or the error raised) by the end."""
+    api = Api(kube, 1)
+    recorder = Recorder(api, instance="test")
+    try:
+        await deletion.delete_task(t, job_, pods, retry, SETTINGS, api, s3, recorder)
+    finally:
+        await recorder.drain()
+
+
 def delete(t: Task, job_: dict[str, Any] | None, pods: list[dict[str, Any]], retry: int,
            s3: FakeS3) -> FakeKube:
     kube = FakeKube()
-    run(deletion.delete_task(t, job_, pods, retry, SETTINGS, Api(kube, 1), s3))
+    run(deleting(t, job_, pods, retry, kube, s3))
     return kube
 
 
@@ -548,8 +598,7 @@ def test_a_running_runner_is_stopped_before_the_purge() -> None:
     s3 = FakeS3()
     kube = FakeKube()
     with pytest.raises(RetryLater, match="to stop before deleting the results"):
-        run(deletion.delete_task(started, job(), [pod("Running")], 0, SETTINGS,
-                                 Api(kube, 1), s3))
+        run(deleting(started, job(), [pod("Running")], 0, kube, s3))
     assert kube.calls == ["delete Job"]
     assert s3.purged == [], "purging while the runner still writes would leave data behind"
     # Next attempt: the Job and its pod are gone.
@@ -571,8 +620,10 @@ def test_a_completed_task_s_job_not_yet_marked_complete_is_not_deleted() -> None
     done = task({"phase": "Completed", "startTime": "2026-01-01T00:00:00Z",
                  "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
     s3 = FakeS3()
-    assert delete(done, job(), [pod("Succeeded")], 0, s3).calls == []
+    kube = delete(done, job(), [pod("Succeeded")], 0, s3)
+    assert kube.calls == []
     assert s3.purged == [f"runs/team-a/t/{UID}/"]
+    assert kube.events == [("Normal", "ResultsPurged")]
     evaluating = task({"phase": "Evaluating", "startTime": "2026-01-01T00:00:00Z",
                        "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
     assert delete(evaluating, job(), [pod("Succeeded")], 0, FakeS3()).calls == ["delete Job"]
@@ -583,9 +634,9 @@ def test_purge_failure_keeps_the_task_and_says_why() -> None:
                     "results": {"uri": f"s3://eval-results/runs/team-a/t/{UID}/"}})
     kube = FakeKube()
     with pytest.raises(RetryLater) as later:
-        run(deletion.delete_task(started, job(), [pod("Succeeded")], 3, SETTINGS,
-                                 Api(kube, 1), FakeS3(fail=True)))
+        run(deleting(started, job(), [pod("Succeeded")], 3, kube, FakeS3(fail=True)))
     assert later.value.delay == 40
+    assert kube.events == [("Warning", "PurgeFailed")]
     condition = next(c for c in kube.status_patches[-1]["conditions"]
                      if c["type"] == "ResultsPurged")
     assert (condition["status"], condition["reason"]) == ("False", "PurgeFailed")
@@ -796,6 +847,7 @@ def test_cancelling_a_finished_task_changes_nothing_but_the_observed_generation(
 
     c = run(scenario())
     assert c.kube.calls == ["patch status"]
+    assert c.kube.events == [("Normal", "CancelIgnored")]
     status = c.kube.status_patches[0]
     assert status == {**completed, "observedGeneration": 2, "conditions": [
         {**completed["conditions"][0], "observedGeneration": 2}]}

@@ -250,3 +250,37 @@ def test_job_and_pod_events_go_to_the_operator_and_never_to_kopf(
                       ) == [] and handed[-1][0] == JOBS
     task = {"type": "ADDED", "object": {"metadata": {"name": "t", "uid": UID}}}
     assert run_stream([task], resource(naming.GROUP, naming.PLURAL)) == [task]  # Kopf's
+
+
+def test_a_task_s_events_go_to_kopf_only_for_its_finalizer_and_its_deletion() -> None:
+    """Kopf adds the finalizer when it is missing, runs the purge on deletion and forgets the
+    task when it is gone; every other event of a task is the operator's alone."""
+    handed: list[tuple[str | None, str]] = []
+
+    def operator(kind: str, type_: str | None, obj: dict[str, Any]) -> None:
+        handed.append((type_, obj["metadata"]["name"]))
+
+    def task(name: str, **meta: Any) -> dict[str, Any]:
+        return {"apiVersion": f"{naming.GROUP}/{naming.VERSION}", "kind": naming.KIND,
+                "metadata": {"name": name, "namespace": "team-a", "uid": f"uid-{name}",
+                             "managedFields": MANAGED, **meta},
+                "spec": {}}
+
+    finalized = {"finalizers": [naming.FINALIZER]}
+    deleting = {**finalized, "deletionTimestamp": "2026-01-01T00:05:00Z"}
+    ours = [{"type": None, "object": task("listed", **finalized)},
+            {"type": "ADDED", "object": task("added", **finalized)},
+            {"type": "MODIFIED", "object": task("modified", **finalized)}]
+    kopfs = [{"type": "ADDED", "object": task("no-finalizer")},
+             {"type": "ADDED", "object": task("other-finalizer", finalizers=["x/y"])},
+             {"type": "MODIFIED", "object": task("deleting", **deleting)},
+             {"type": "DELETED", "object": task("gone", **finalized)}]
+    watch_projection.install(Store(OperatorSettings()), operator)
+    try:
+        out = run_stream([*ours, *kopfs], resource(naming.GROUP, naming.PLURAL))
+    finally:
+        watch_projection._store = watch_projection._children = None
+    assert handed == [(None, "listed"), ("ADDED", "added"), ("MODIFIED", "modified")]
+    assert [e["object"]["metadata"]["name"] for e in out] == [
+        "no-finalizer", "other-finalizer", "deleting", "gone"]
+    assert all("managedFields" not in e["object"]["metadata"] for e in out)

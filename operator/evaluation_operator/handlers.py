@@ -3,7 +3,7 @@
 | what arrives | what it does | API calls |
 | --- | --- | --- |
 | any watch event | the store keeps the parsed `Task` or a compact Job or pod (world.py) | none |
-| any task event | first sight: create ConfigMap + Job (children listed) | 2 POST, once |
+| task event (in the stream, Kopf's if deleted or unfinalized) | first: ConfigMap + Job | 2 POST |
 | Job or pod event (in the stream, not through Kopf) | mark the task changed | none |
 | (a marked task) | status from the store, written if it changed | 0-1 PATCH |
 | Job deleted | never started: create again; started: `JobDeleted` | 0-2 |

@@ -313,7 +313,7 @@ def watch_lag() -> None:
     seen: set[str] = set()
     started: list[Any] = []
 
-    def hand_over(children: Any, kind: str, event: Any) -> bool:
+    def hand_over(stream_events: Any, kind: str, event: Any) -> bool:
         if not started:
             started.append(threading.Thread(target=_watch_loop, daemon=True,
                                             args=(asyncio.get_running_loop(),)))
@@ -326,7 +326,7 @@ def watch_lag() -> None:
             if name not in seen:
                 seen.add(name)
                 lag_line("pod-done", f"{time.time():.3f}", name)
-        return handed(children, kind, event)
+        return handed(stream_events, kind, event)
 
     def patch_task_status(self: Any, namespace: str, name: str, status: Any) -> None:
         began = time.time()

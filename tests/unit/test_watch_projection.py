@@ -109,10 +109,10 @@ def test_a_task_keeps_everything_but_managed_fields() -> None:
 def nothing_installed() -> Iterator[None]:
     """No store and no hand-over unless a test installs them (importing the handlers, as
     other tests do, installs the operator's)."""
-    before = watch_projection._store, watch_projection._children
-    watch_projection._store = watch_projection._children = None
+    before = watch_projection._store, watch_projection._stream_events
+    watch_projection._store = watch_projection._stream_events = None
     yield
-    watch_projection._store, watch_projection._children = before
+    watch_projection._store, watch_projection._stream_events = before
 
 
 def resource(group: str, plural: str) -> references.Resource:
@@ -276,10 +276,7 @@ def test_a_task_s_events_go_to_kopf_only_for_its_finalizer_and_its_deletion() ->
              {"type": "MODIFIED", "object": task("deleting", **deleting)},
              {"type": "DELETED", "object": task("gone", **finalized)}]
     watch_projection.install(Store(OperatorSettings()), operator)
-    try:
-        out = run_stream([*ours, *kopfs], resource(naming.GROUP, naming.PLURAL))
-    finally:
-        watch_projection._store = watch_projection._children = None
+    out = run_stream([*ours, *kopfs], resource(naming.GROUP, naming.PLURAL))
     assert handed == [(None, "listed"), ("ADDED", "added"), ("MODIFIED", "modified")]
     assert [e["object"]["metadata"]["name"] for e in out] == [
         "no-finalizer", "other-finalizer", "deleting", "gone"]

@@ -1,0 +1,53 @@
+"""bench/operator_scale.py's creation window, timed by the API server's audit log."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("operator_scale",
+                                                  ROOT / "bench" / "operator_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("operator_scale", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def entry(agent: str, verb: str, resource: str, name: str, received: str, done: str,
+          code: int = 201) -> str:
+    return json.dumps({
+        "verb": verb, "userAgent": agent, "objectRef": {"resource": resource, "name": name},
+        "requestReceivedTimestamp": f"2026-11-30T12:00:{received}Z",
+        "stageTimestamp": f"2026-11-30T12:00:{done}Z", "responseStatus": {"code": code}})
+
+
+def test_the_span_runs_from_the_bench_s_first_create_to_the_last_job_created(
+        tmp_path: Path) -> None:
+    scale = bench()
+    op, bench_agent = "evaluation-operator/0.1", f"{scale.AGENT}/1"
+    lines = [
+        entry("kube-controller-manager/v1.37", "create", "pods", "p", "00.500000", "00.600000"),
+        entry(bench_agent, "create", "evaluationtasks", "t-0", "01.000000", "01.010000"),
+        entry(bench_agent, "create", "evaluationtasks", "t-1", "01.100000", "01.120000"),
+        entry(op, "create", "configmaps", "t-0-config", "01.200000", "01.250000"),
+        entry(op, "create", "jobs", "t-0-eval", "01.300000", "01.350000"),
+        entry(op, "create", "jobs", "t-1-eval", "02.300000", "03.456000"),
+        entry(op, "create", "jobs", "t-1-eval", "04.000000", "04.100000", code=409),
+        entry("kube-controller-manager/v1.37", "create", "pods", "p2", "05.0", "05.100000"),
+    ]
+    audit = tmp_path / "audit.log"
+    audit.write_text("\n".join(lines) + "\n")
+    window: dict[str, Any] = scale.audit_window(audit, "2026-11-30T12:00:00",
+                                                "2026-11-30T12:01:00")
+    # A refused duplicate and the controller manager's later pods do not end it.
+    assert window["span_seconds"] == 2.456
+    assert window["after_task_created"]["create jobs"][0] == 2

@@ -621,6 +621,20 @@ def probe(pid: int, what: str, seconds: float = 0) -> None:
         time.sleep(5)
 
 
+def profile_api_server(cluster: Cluster, what: str, seconds: int) -> None:
+    """BENCH_APISERVER_PROFILE=/dir: the API server's own CPU profile (Go's pprof, which it
+    serves to an admin) over the next `seconds`, to `/dir/<what>.pb.gz`, in the background.
+    Read it with `go tool pprof -top <file>`."""
+    out = os.environ.get("BENCH_APISERVER_PROFILE")
+    if not out:
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(f"{out}/{what}.pb.gz", "wb") as sink:  # the child keeps its own descriptor
+        subprocess.Popen([str(cluster.kubectl_path), "--kubeconfig", str(cluster.kubeconfig),
+                          "get", "--raw", f"/debug/pprof/profile?seconds={seconds}"],
+                         stdout=sink, stderr=subprocess.DEVNULL)
+
+
 def keep_for_probe(audit: Path) -> None:
     """The audit log, for a look after the run (BENCH_PROBE=/dir), before the cluster goes."""
     if os.environ.get("BENCH_PROBE"):
@@ -712,6 +726,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         bare_window = [utc_now()]
         names = {os.getpid(): "bench", s3_process.pid: "moto"}
         cpu_before = cpu_by_process(names)
+        profile_api_server(cluster, "bare", 4)
         figures["bare_seconds"] = baseline(cluster, "bench-bare", count, suspend=False)
         figures["bare_cpu_split"] = cpu_split(cpu_before, cpu_by_process(names),
                                               figures["bare_seconds"])
@@ -741,6 +756,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
                  "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
 
         probe(pid, "create", 60)
+        profile_api_server(cluster, "operator", 8)
         in_parallel(create, count)
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(300, count))

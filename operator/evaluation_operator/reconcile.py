@@ -212,6 +212,7 @@ class Reconciler:
         # Child POSTs in flight, and when the last one ended (loop time): a sweep being made.
         self._creates_in_flight = 0
         self._last_created = -math.inf
+        self._sweep_check: asyncio.TimerHandle | None = None
         self._overrides: dict[str, Assessment] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._retry: dict[str, asyncio.TimerHandle] = {}
@@ -618,6 +619,21 @@ class Reconciler:
         finally:
             self._creates_in_flight -= 1
             self._last_created = asyncio.get_running_loop().time()
+            if self._sweep_check is None:
+                self._sweep_check = asyncio.get_running_loop().call_later(
+                    BUSY_RECHECK_SECONDS, self._sweep_paused)
+
+    def _sweep_paused(self) -> None:
+        """Once creating has paused, every status change held for it is weighed again (once,
+        not every second per task while the sweep lasts)."""
+        loop = asyncio.get_running_loop()
+        if self._creating_children():
+            wait = BUSY_RECHECK_SECONDS - (loop.time() - self._last_created)
+            self._sweep_check = loop.call_later(max(wait, 0.05), self._sweep_paused)
+            return
+        self._sweep_check = None
+        for pending in self._pending.values():
+            pending.wake.set()
 
     def spawn(self, work: Any) -> None:
         """Run `work` in the background, awaited by `drain`."""

@@ -17,7 +17,9 @@ While the operator is creating ConfigMaps and Jobs (a sweep of many tasks applie
 everything but a finished run and a warning also waits until creating has paused for
 `BUSY_RECHECK_SECONDS`, at most `burst` since the first change: status writes would compete
 with the creates on the API server (the whole sweep's last Job comes later), and `Running`
-or `JobPending` a few seconds late costs a user nothing a warning or the end would.
+or `JobPending` a few seconds late costs a user nothing a warning or the end would. The
+reconciler wakes every held change once the pause comes (`Reconciler._sweep_paused`); none
+of them is asked again meanwhile but on its own task's events.
 
 A change noticed while one is held shortens the hold when it is more urgent (the reconciler
 asks again on every event); it never lengthens the time since the first change.
@@ -38,12 +40,13 @@ def hold_seconds(reason: Reason | None, written: Reason | None, waited: float, *
     `reason`: what the status would say now (None: nothing to write); `written`: the reason
     of the status written last (None: none yet); `waited`: seconds since the first change not
     yet written was noticed; `creating`: children are being created now (or were within
-    `BUSY_RECHECK_SECONDS`); `burst`: the longest hold that gives a change.
+    `BUSY_RECHECK_SECONDS`); `burst`: the longest hold that gives a change (while creating,
+    the hold runs to it: the caller is woken when creating pauses).
     """
     if reason is None or reason.phase.terminal:
         return 0.0
     new_step = reason.on_the_way and reason is not written
     hold = (settle if new_step else debounce) - waited
     if creating and not reason.warning:
-        hold = max(hold, min(BUSY_RECHECK_SECONDS, burst - waited))
+        hold = max(hold, burst - waited)
     return max(0.0, hold)

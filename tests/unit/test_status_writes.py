@@ -108,10 +108,11 @@ def test_while_children_are_created_only_the_end_and_warnings_go_out() -> None:
         return hold_seconds(reason, written, waited, debounce=DEBOUNCE, settle=SETTLE,
                             creating=True, burst=BURST)
 
-    # Past its debounce, Running still waits for a pause in creating, rechecked each second.
-    assert busy(Reason.RUNNING, None, 5) == BUSY_RECHECK_SECONDS
-    assert busy(Reason.JOB_PENDING, None, 12) == BUSY_RECHECK_SECONDS  # settled: held too
-    assert busy(Reason.POD_PENDING, None, 2) == SETTLE - 2  # the settle is longer: kept
+    # Past its debounce, Running still waits for a pause in creating: up to `burst`, unless
+    # the reconciler wakes it when creating pauses (not asked again every second meanwhile).
+    assert busy(Reason.RUNNING, None, 5) == BURST - 5
+    assert busy(Reason.JOB_PENDING, None, 12) == BURST - 12  # settled: held too
+    assert busy(Reason.POD_PENDING, None, 2) == BURST - 2
     # At most `burst` from the first change: a steady stream of new tasks never hides it.
     assert busy(Reason.RUNNING, None, BURST - 0.25) == 0.25
     assert busy(Reason.RUNNING, None, BURST) == 0
@@ -215,6 +216,51 @@ def test_the_write_loop_holds_running_while_another_tasks_children_are_created()
     assert reason == "Running"
     # Written once creating had paused for BUSY_RECHECK_SECONDS, not after the debounce.
     assert after_creates >= BUSY_RECHECK_SECONDS * 0.8
+
+
+def test_a_held_change_is_weighed_again_when_creating_pauses_not_every_second() -> None:
+    """1,000 tasks held through a sweep: each is asked again on its own events and once when
+    the sweep pauses, not once a second per task while it lasts."""
+    async def scenario() -> tuple[int, list[str]]:
+        c = Cluster(task())
+        c.reconciler.settings = OperatorSettings(
+            s3_bucket="eval-results", status_debounce_ms=100, status_settle_ms=1000,
+            status_burst_hold_ms=20000)
+        create = c.kube.create
+
+        def slow_create(manifest: dict[str, Any]) -> bool:  # a busy API server
+            time.sleep(0.5)
+            return create(manifest)
+
+        c.kube.create = slow_create  # type: ignore[method-assign]
+        weighed = 0
+        hold = c.reconciler._hold
+
+        def counted(uid: str, waited: float) -> float:
+            nonlocal weighed
+            weighed += uid == UID
+            return hold(uid, waited)
+
+        c.reconciler._hold = counted  # type: ignore[method-assign]
+        c.set(job(), [pod("Running")])
+
+        async def sweep() -> None:  # other tasks' children: 8 creates of 0.5 s, one by one
+            for i in range(8):
+                await c.reconciler._post({"kind": "ConfigMap", "metadata": {
+                    "namespace": "team-a", "name": f"other-{i}",
+                    "ownerReferences": [{"uid": f"other-{i}"}]}})
+
+        sweeping = asyncio.get_running_loop().create_task(sweep())
+        await asyncio.sleep(0.1)
+        c.reconciler.mark(UID)  # held while the sweep goes on, 4 s
+        await sweeping
+        await c.reconciler.drain()
+        return weighed, [p["reason"] for p in c.kube.status_patches]
+
+    weighed, written = asyncio.run(scenario())
+    assert written == ["Running"]
+    # Asked when marked, when the sweep paused, and as it is written: not 4 more times.
+    assert weighed <= 3
 
 
 def test_looking_up_a_missing_dataset_configmap_holds_no_other_status() -> None:

@@ -185,6 +185,7 @@ def _task_changed(r: Reconciler, type: str | None, uid: str) -> None:
     task = r.world.task(uid)
     if task is None:
         return
+    log.debug("task %s: %s", task.key, type or "listed")  # Kopf's own line, when it handled it
     if type is None or type == "ADDED":  # (re)listed: the gauges start empty after a restart
         metrics.observe_task(task.namespace, task.name, dict(task.status))
     if STORE.wait_for_ready(uid, task.namespace):  # else seen once its children are listed

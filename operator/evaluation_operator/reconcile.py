@@ -425,9 +425,9 @@ class Reconciler:
         self._written.put(task.uid, status)
         if task.cancel_requested:
             self.events.normal(task, "CancelIgnored",
-                          f"spec.cancel was set after the task had finished "
-                          f"({previous.get('phase')}, {previous.get('reason')}): nothing to "
-                          "stop; its status and results are unchanged.")
+                               f"spec.cancel was set after the task had finished "
+                               f"({previous.get('phase')}, {previous.get('reason')}): "
+                               "nothing to stop; its status and results are unchanged.")
 
     # --- creation ---------------------------------------------------------------------------
 
@@ -628,7 +628,9 @@ class Reconciler:
         not every second per task while the sweep lasts)."""
         loop = asyncio.get_running_loop()
         if self._creating_children():
-            wait = BUSY_RECHECK_SECONDS - (loop.time() - self._last_created)
+            # A create in flight: ask again a pause's length later (its end moves the pause).
+            wait = BUSY_RECHECK_SECONDS - (0 if self._creates_in_flight
+                                           else loop.time() - self._last_created)
             self._sweep_check = loop.call_later(max(wait, 0.05), self._sweep_paused)
             return
         self._sweep_check = None

@@ -51,3 +51,44 @@ def test_the_span_runs_from_the_bench_s_first_create_to_the_last_job_created(
     # A refused duplicate and the controller manager's later pods do not end it.
     assert window["span_seconds"] == 2.456
     assert window["after_task_created"]["create jobs"][0] == 2
+
+
+def test_jobs_created_counts_new_jobs_in_the_namespace_as_the_log_grows(tmp_path: Path) -> None:
+    scale = bench()
+    op = "evaluation-operator/0.1"
+
+    def job(name: str, namespace: str, code: int = 201, verb: str = "create") -> str:
+        return json.dumps({"verb": verb, "userAgent": op, "responseStatus": {"code": code},
+                           "objectRef": {"resource": "jobs", "namespace": namespace,
+                                         "name": name}}, separators=(",", ":"))
+
+    audit = tmp_path / "audit.log"
+    audit.write_text(job("old", "bench-op") + "\n")
+    counter = scale.JobsCreated(audit, "bench-op")  # what is there already does not count
+    with audit.open("a") as log_file:
+        log_file.write("\n".join([
+            job("t-0-eval", "bench-op"),
+            job("t-0-eval", "bench-op", code=409),  # a duplicate, refused
+            job("b-0-eval", "bench-bare"),
+            job("t-0-eval", "bench-op", verb="patch"),
+        ]) + "\n" + job("t-1-eval", "bench-op")[:30])  # a line the server is still writing
+    assert counter.poll() == 1
+    with audit.open("a") as log_file:
+        log_file.write(job("t-1-eval", "bench-op")[30:] + "\n")
+    assert counter.poll() == 2
+
+
+def test_the_window_counts_reads_by_client_and_leaves_watches_out(tmp_path: Path) -> None:
+    scale = bench()
+    lines = [
+        entry("kube-controller-manager/v1.37", "get", "evaluationtasks", "t-0", "01.0", "01.1"),
+        entry("kube-controller-manager/v1.37", "get", "evaluationtasks", "t-1", "01.0", "01.1"),
+        entry("evaluation-operator/0.1", "list", "pods", "", "01.0", "01.1"),
+        entry("evaluation-operator/0.1", "watch", "pods", "", "01.0", "59.0"),
+    ]
+    audit = tmp_path / "audit.log"
+    audit.write_text("\n".join(lines) + "\n")
+    window = scale.audit_window(audit, "2026-11-30T12:00:00", "2026-11-30T12:01:00")
+    assert window["reads"] == {"controller manager: get evaluationtasks": 2,
+                               "operator: list pods": 1}
+    assert window["server_seconds"] == {}

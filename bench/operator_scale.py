@@ -10,8 +10,10 @@ gets a GPU at once; moto's S3 server as its own process):
    `manifests`), timed from the first request to the N-th Job: once with the Jobs suspended
    (no pods follow), once as the operator creates them (the cluster runs their pods meanwhile).
 2. The operator, started as `hack/run_local.py` starts it (`python -m evaluation_operator`),
-   gets N tasks (created by 16 threads): time from the first task to the N-th Job, counted
-   in the audit log (no watch of the bench's open meanwhile, as in the baseline).
+   is warmed up with WARM_UP_TASKS tasks (deleted again), then gets N tasks (created by 16
+   threads): time from the first task to the N-th Job, counted in the audit log (no watch
+   of the bench's open meanwhile, as in the baseline). `--creation-only --pairs K`: K such
+   pairs of windows, and their median.
 3. Once every task is Running and no Job, pod or task has changed for 5 s: RSS, and CPU and
    API reads over an idle window.
 4. Every pod finishes (exit 0 with a full termination message, as the runner writes it);
@@ -36,6 +38,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +49,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,7 @@ from tests.support.s3 import free_port  # noqa: E402
 BUCKET = "eval-results"
 AGENT = "operator-scale-bench"
 THREADS = 16
+WARM_UP_TASKS = 200  # through the operator before its first window (`warm_up`)
 QUIET_SECONDS = 5.0  # "nothing happening": no Job, pod or task changed for this long
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -258,6 +263,11 @@ def baseline(cluster: Cluster, namespace: str, count: int, suspend: bool) -> flo
         configmap = build_configmap(task, config)
         for manifest in (configmap, job):  # no task object to own them
             manifest["metadata"].pop("ownerReferences")
+        # Not the operator's (its watches select Jobs and pods by this label): a running
+        # operator would otherwise get every event of them, in the bare client's window.
+        for labels in (configmap["metadata"]["labels"], job["metadata"]["labels"],
+                       job["spec"]["template"]["metadata"]["labels"]):
+            labels[naming.LABEL_MANAGED_BY] = AGENT
         manifests.append((configmap, job))
 
     def create(i: int) -> None:
@@ -415,6 +425,12 @@ class JobsCreated:
                     entry.get("responseStatus") or {}).get("code") == 201:
                 self.count += 1
         return self.count
+
+
+def wait_time(work: Callable[[], None]) -> float:
+    started = time.monotonic()
+    work()
+    return time.monotonic() - started
 
 
 def wait(what: str, predicate: Callable[[], bool], timeout: float) -> float:
@@ -680,15 +696,16 @@ def keep_for_probe(audit: Path) -> None:
         shutil.copy(audit, os.environ["BENCH_PROBE"])
 
 
-def install_finalizer_policy(cluster: Cluster, namespace: str) -> None:
-    """The chart's finalizer policy for the operator's namespace, as `helm install` would
+def install_finalizer_policy(cluster: Cluster, *namespaces: str) -> None:
+    """The chart's finalizer policy for the operator's namespaces, as `helm install` would
     make it on this cluster, so the bench measures what the chart deploys."""
+    namespace = namespaces[0]
     rendered = subprocess.run(
         [str(toolchain().helm), "template", "bench", str(REPO_ROOT / "charts" /
                                                          "evaluation-operator"),
          "--kube-version", toolchain().kubernetes_version,
          "--api-versions", "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
-         "--set-json", f"watchNamespaces={json.dumps([namespace])}",
+         "--set-json", f"watchNamespaces={json.dumps(list(namespaces))}",
          "--show-only", "templates/finalizerpolicy.yaml"],
         capture_output=True, text=True, check=True).stdout
     cluster.apply(rendered)
@@ -705,13 +722,14 @@ def install_finalizer_policy(cluster: Cluster, namespace: str) -> None:
     cluster.wait_until("the finalizer policy to take effect", finalized, timeout=60)
 
 
-def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...],
-            finalizer_policy: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """CRDs, GPU nodes enough for `count` tasks at once, moto's S3 (its process and URL),
-    the namespaces, the chart's finalizer policy and the operator's S3 credentials in
-    `bench-op`."""
+def prepare(cluster: Cluster, gpus: int, namespaces: tuple[str, ...],
+            finalizer_policy: bool = True, operator_namespaces: tuple[str, ...] = ("bench-op",)
+            ) -> tuple[subprocess.Popen[bytes], str]:
+    """CRDs, GPU nodes enough for `gpus` tasks running at once, moto's S3 (its process and
+    URL), the namespaces, the chart's finalizer policy and the operator's S3 credentials in
+    the operator namespaces."""
     cluster.install_crds()
-    node_count = count // 100 + 1
+    node_count = gpus // 100 + 1
     add_gpu_nodes(cluster, node_count, 110)
     cluster.wait_until("bench nodes Ready", lambda: cluster.kubectl(
         "get", "nodes", "-o", "json", check=False).stdout.count('"Ready"') >= 3 + node_count,
@@ -720,10 +738,11 @@ def prepare(cluster: Cluster, count: int, namespaces: tuple[str, ...],
     for namespace in namespaces:
         cluster.kubectl("create", "namespace", namespace)
     if finalizer_policy:
-        install_finalizer_policy(cluster, "bench-op")
-    cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
-                    "bench-op", "--from-literal=AWS_ACCESS_KEY_ID=bench",
-                    "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
+        install_finalizer_policy(cluster, *operator_namespaces)
+    for namespace in operator_namespaces:
+        cluster.kubectl("create", "secret", "generic", "evaluation-s3-credentials", "-n",
+                        namespace, "--from-literal=AWS_ACCESS_KEY_ID=bench",
+                        "--from-literal=AWS_SECRET_ACCESS_KEY=bench")
     return s3
 
 
@@ -739,20 +758,127 @@ def tear_down(owner: KwokCluster, s3_process: subprocess.Popen[bytes] | None,
     owner.stop()
 
 
+@dataclass
+class Window:
+    """One creation window: seconds by the bench's clock, the cores each process used, and
+    its bounds as the audit log stamps them."""
+    seconds: float
+    cpu: dict[str, float]
+    since: str
+    until: str
+    started: float = 0.0  # the bench's monotonic clock at its start
+    create_tasks_seconds: float = 0.0  # the operator's: the bench's own task creates
+
+
+def bare_window(cluster: Cluster, namespace: str, count: int, names: dict[int, str]) -> Window:
+    """The bare client creates `count` ConfigMaps and running Jobs in `namespace`, which is
+    then cleared."""
+    log(f"baseline: a bare client creates {count} ConfigMaps and the same Jobs, running "
+        f"({namespace})")
+    since, cpu_before = utc_now(), cpu_by_process(names)
+    profile_api_server(cluster, namespace, 4)
+    seconds = baseline(cluster, namespace, count, suspend=False)
+    window = Window(seconds, cpu_split(cpu_before, cpu_by_process(names), seconds), since,
+                    utc_now())
+    clear_namespace(cluster, namespace)
+    return window
+
+
+def create_tasks(cluster: Cluster, namespace: str, count: int) -> None:
+    custom = client.CustomObjectsApi(api(cluster))
+
+    def create(i: int) -> None:
+        custom.create_namespaced_custom_object(
+            "evaluation.dev", "v1alpha1", namespace, "evaluationtasks",
+            {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
+             "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
+
+    in_parallel(create, count)
+
+
+def warm_up(cluster: Cluster, audit: Path, namespace: str, count: int) -> None:
+    """The operator's path warmed before its first window, as the suspended baseline warms
+    the bare client's (the API server's handlers for ConfigMaps and Jobs, the bench's
+    client): `count` tasks through the operator to their Jobs, then their namespace
+    deleted (tasks purged, Jobs and pods gone). Without it the first window also carried
+    the API server's first use of the CRD (bench/README.md, task_admission.py)."""
+    log(f"warm-up: {count} tasks through the operator ({namespace}), then deleted")
+    jobs = JobsCreated(audit, namespace)
+    create_tasks(cluster, namespace, count)
+    wait("every warm-up Job", lambda: jobs.poll() >= count, timeout=300)
+    clear_namespace(cluster, namespace)
+
+
+def operator_window(cluster: Cluster, audit: Path, namespace: str, count: int,
+                    names: dict[int, str], pid: int) -> Window:
+    """The bench creates `count` tasks in `namespace`; the window ends at the operator's
+    `count`-th Job there, counted in the audit log."""
+    jobs = JobsCreated(audit, namespace)
+    log(f"operator: {count} tasks ({namespace})")
+    since, started, cpu_before = utc_now(), time.monotonic(), cpu_by_process(names)
+    probe(pid, f"create-{namespace}", 60)
+    profile_api_server(cluster, namespace, 8)
+    create_tasks(cluster, namespace, count)
+    created = time.monotonic() - started
+    wait("every Job", lambda: jobs.poll() >= count, timeout=max(300, count))
+    seconds = time.monotonic() - started  # to within a poll (0.2 s)
+    return Window(seconds, cpu_split(cpu_before, cpu_by_process(names), seconds), since,
+                  utc_now(), started, created)
+
+
+def all_running(watcher: Watcher, count: int) -> None:
+    wait("every task Running", lambda: len(watcher.running) >= count, timeout=max(300, count))
+
+
+def quiet(watcher: Watcher, count: int) -> float:
+    """Seconds until no Job, pod or task the watcher sees changed for QUIET_SECONDS."""
+    return wait(f"no Job, pod or task changed for {QUIET_SECONDS:.0f} s",
+                lambda: time.monotonic() - watcher.last_change >= QUIET_SECONDS,
+                timeout=max(300, count))
+
+
+def pair_figures(audit: Path, bare: Window, made: Window) -> dict[str, Any]:
+    return {"bare_seconds": bare.seconds, "operator_seconds": made.seconds,
+            "bare_cpu_split": bare.cpu, "operator_cpu_split": made.cpu,
+            "bare_window": audit_window(audit, bare.since, bare.until),
+            "creation_window": audit_window(audit, made.since, made.until)}
+
+
+def more_pairs(cluster: Cluster, audit: Path, watcher: Watcher, count: int, pairs: int,
+               names: dict[int, str], pid: int) -> list[tuple[Window, Window]]:
+    """Pairs 2..`pairs` of creation windows, each in namespaces of its own once the cluster
+    has settled (the tasks before stay, Running): the machine's speed drifts between two
+    windows minutes apart, so one pair's ratio is a sample, and several give its spread."""
+    made: list[tuple[Window, Window]] = []
+    for k in range(2, pairs + 1):
+        quiet(watcher, count)
+        watcher.close()
+        bare = bare_window(cluster, f"bench-bare-{k}", count, names)
+        operator = operator_window(cluster, audit, f"bench-op-{k}", count, names, pid)
+        made.append((bare, operator))
+        watcher = Watcher(cluster, f"bench-op-{k}")
+        all_running(watcher, count)
+    watcher.close()
+    return made
+
+
 def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
-        finalizer_policy: bool = True, creation_only: bool = False) -> dict[str, Any]:
+        finalizer_policy: bool = True, creation_only: bool = False, pairs: int = 1
+        ) -> dict[str, Any]:
     """The whole run; `creation_only`: the baselines and the operator's creation (to every
-    task Running), nothing after."""
+    task Running), nothing after, `pairs` times."""
     owner, cluster = start_cluster(state, controller_qps)
     s3_process: subprocess.Popen[bytes] | None = None
     operator: Operator | None = None
     figures: dict[str, Any] = {"tasks": count, "load_before": load(),
                                "controller_qps": controller_qps,
                                "finalizer_policy": finalizer_policy}
+    extra = [(f"bench-bare-{k}", f"bench-op-{k}") for k in range(2, pairs + 1)]
     try:
-        s3_process, s3_url = prepare(cluster, count,
-                                     ("bench-bare-suspended", "bench-bare", "bench-op"),
-                                     finalizer_policy)
+        s3_process, s3_url = prepare(
+            cluster, count * pairs, ("bench-bare-suspended", "bench-bare", "bench-warm",
+                                     "bench-op", *(name for both in extra for name in both)),
+            finalizer_policy, ("bench-warm", "bench-op", *(op for _, op in extra)))
 
         log(f"baseline: a bare client creates {count} ConfigMaps and suspended Jobs")
         figures["bare_suspended_seconds"] = baseline(cluster, "bench-bare-suspended", count,
@@ -761,66 +887,43 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         # The operator's Jobs are not suspended: the Job controller, the scheduler and KWOK
         # make and run their pods while it creates the rest, on the same cores. The baseline
         # that compares like with like has the cluster doing the same.
-        log(f"baseline: a bare client creates {count} ConfigMaps and the same Jobs, running")
-        bare_window = [utc_now()]
         names = {os.getpid(): "bench", s3_process.pid: "moto"}
-        cpu_before = cpu_by_process(names)
-        profile_api_server(cluster, "bare", 4)
-        figures["bare_seconds"] = baseline(cluster, "bench-bare", count, suspend=False)
-        figures["bare_cpu_split"] = cpu_split(cpu_before, cpu_by_process(names),
-                                              figures["bare_seconds"])
-        bare_window.append(utc_now())
-        clear_namespace(cluster, "bench-bare")
+        bare = bare_window(cluster, "bench-bare", count, names)
+        figures["bare_seconds"], figures["bare_cpu_split"] = bare.seconds, bare.cpu
 
         operator = Operator(cluster, s3_url, state / "operator.log")
         pid = operator.start()
         time.sleep(10)
         figures["rss_start_mib"] = rss_mib(pid)
         probe(pid, "start")
-        custom = client.CustomObjectsApi(api(cluster))
         audit = audit_log(owner)
-        jobs = JobsCreated(audit, "bench-op")
+        figures["warm_up_seconds"] = wait_time(
+            lambda: warm_up(cluster, audit, "bench-warm", WARM_UP_TASKS))
 
-        log(f"operator: {count} tasks")
-        phase_start = utc_now()
-        started = time.monotonic()
         cpu_create = cpu_seconds(pid)
         names[pid] = "operator"
-        cpu_before = cpu_by_process(names)
-
-        def create(i: int) -> None:
-            custom.create_namespaced_custom_object(
-                "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks",
-                {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
-                 "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
-
-        probe(pid, "create", 60)
-        profile_api_server(cluster, "operator", 8)
-        in_parallel(create, count)
-        figures["create_tasks_seconds"] = time.monotonic() - started
-        wait("every Job", lambda: jobs.poll() >= count, timeout=max(300, count))
-        figures["operator_seconds"] = time.monotonic() - started  # to within a poll (0.2 s)
-        figures["operator_cpu_split"] = cpu_split(cpu_before, cpu_by_process(names),
-                                                  time.monotonic() - started)
-        creation_end = utc_now()
+        made = operator_window(cluster, audit, "bench-op", count, names, pid)
+        phase_start, creation_end, started = made.since, made.until, made.started
+        custom = client.CustomObjectsApi(api(cluster))
+        figures["create_tasks_seconds"] = made.create_tasks_seconds
+        figures["operator_seconds"], figures["operator_cpu_split"] = made.seconds, made.cpu
         watcher = Watcher(cluster, "bench-op")  # sees every task, Job and pod there so far
-        wait("every task Running", lambda: len(watcher.running) >= count,
-             timeout=max(300, count))
+        all_running(watcher, count)
         figures["to_running_seconds"] = max(watcher.running.values()) - started
         figures["cpu_to_running_s"] = cpu_seconds(pid) - cpu_create
         time.sleep(5)
         figures["rss_running_mib"] = rss_mib(pid)
         probe(pid, "running")
         if creation_only:
+            later = more_pairs(cluster, audit, watcher, count, pairs, names, pid)
             time.sleep(2)  # the audit log is flushed in batches
-            figures["bare_window"] = audit_window(audit, *bare_window)
+            figures["bare_window"] = audit_window(audit, bare.since, bare.until)
             figures["creation_window"] = audit_window(audit, phase_start, creation_end)
+            figures["pairs"] = [pair_figures(audit, *pair) for pair in later]
             return figures
 
-        figures["settle_seconds"] = wait(
-            f"no Job, pod or task changed for {QUIET_SECONDS:.0f} s",
-            lambda: time.monotonic() - watcher.last_change >= QUIET_SECONDS,
-            timeout=max(300, count))
+        bare_bounds = [bare.since, bare.until]
+        figures["settle_seconds"] = quiet(watcher, count)
         log(f"idle window: {idle_seconds:.0f}s with {count} running tasks")
         idle_start, cpu0, t0 = utc_now(), cpu_seconds(pid), time.monotonic()
         changes0 = Counter(watcher.changes)
@@ -916,7 +1019,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["finish_watches_cut"] = watches_cut_short(audit, finish_audit_start,
                                                           lifecycle_end)
         figures["writes"] = dict(writes)
-        figures["bare_window"] = audit_window(audit, *bare_window)
+        figures["bare_window"] = audit_window(audit, *bare_bounds)
         figures["creation_window"] = audit_window(audit, phase_start, creation_end)
         figures["latency_server_tail"] = []
         split: dict[str, list[float]] = {}
@@ -1109,7 +1212,8 @@ def report(f: dict[str, Any]) -> str:
         f"Events in the namespace after the pods finished (by source: reason): {f['events']}",
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
         f"{f['to_running_seconds']:.1f} s; all Completed {f['to_completed_seconds']:.1f} s "
-        "after the bench started finishing pods",
+        f"after the bench started finishing pods; warm-up ({WARM_UP_TASKS} tasks, then "
+        f"deleted) {f['warm_up_seconds']:.0f} s",
         f"operator CPU: {f['cpu_to_running_s']:.1f} s from the first task to all Running, "
         f"{f['cpu_finishing_s']:.1f} s while pods finished",
         f"finalizer: {FINALIZER_BY[f.get('finalizer_policy', False)]}",
@@ -1129,6 +1233,23 @@ def audit_spans(f: dict[str, Any]) -> tuple[float, float]:
             max(1e-3, f["bare_window"]["span_seconds"]))
 
 
+def pairs_report(f: dict[str, Any]) -> list[str]:
+    """Every pair's ratio, timed by the API server, and their median (`--pairs`)."""
+    if not f.get("pairs"):
+        return []
+    ratios = [op / bare for op, bare in map(audit_spans, [f, *f["pairs"]])]
+    lines = ["", "pairs of creation windows, timed by the API server (operator / bare client):"]
+    for k, pair in enumerate([f, *f["pairs"]], start=1):
+        op, bare = audit_spans(pair)
+        lines.append(f"  {k}: {op:.2f} / {bare:.2f} s: {op / bare:.2f}x")
+    lines.append(f"  median of {len(ratios)}: {statistics.median(ratios):.2f}x (target <= 2x); "
+                 f"{sum(r <= 2 for r in ratios)} of {len(ratios)} at or under 2x")
+    for k, pair in enumerate(f["pairs"], start=2):
+        lines += window_report(f"pair {k}, operator", pair["creation_window"],
+                               pair["operator_cpu_split"])[:2]
+    return lines
+
+
 def creation_report(f: dict[str, Any]) -> str:
     n = f["tasks"]
     audit_op, audit_bare = audit_spans(f)
@@ -1139,11 +1260,13 @@ def creation_report(f: dict[str, Any]) -> str:
         f"{audit_op:.2f} / {audit_bare:.2f} s: {audit_op / audit_bare:.2f}x)",
         f"tasks created by the bench in {f['create_tasks_seconds']:.1f} s; all Running after "
         f"{f['to_running_seconds']:.1f} s; operator CPU {f['cpu_to_running_s']:.1f} s; RSS "
-        f"{f['rss_start_mib']:.0f} / {f['rss_running_mib']:.0f} MiB",
+        f"{f['rss_start_mib']:.0f} / {f['rss_running_mib']:.0f} MiB; warm-up "
+        f"({WARM_UP_TASKS} tasks, then deleted) {f['warm_up_seconds']:.0f} s",
         f"finalizer: {FINALIZER_BY[f['finalizer_policy']]}; load before {f['load_before']}",
         *window_report("bare client, running Jobs", f["bare_window"], f["bare_cpu_split"]),
         *window_report("operator, first task -> last Job", f["creation_window"],
                        f["operator_cpu_split"]),
+        *pairs_report(f),
     ])
 
 
@@ -1176,6 +1299,9 @@ def main() -> int:
                         "(0: Kubernetes' defaults)")
     parser.add_argument("--creation-only", action="store_true",
                         help="the baselines and the operator's creation only (minutes less)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="with --creation-only: this many pairs of creation windows (bare "
+                        "client, operator), each in namespaces of its own, and their median")
     parser.add_argument("--no-finalizer-policy", action="store_true",
                         help="leave out the chart's finalizer policy: the operator adds the "
                         "finalizer with a PATCH per task, as on clusters before 1.36")
@@ -1197,7 +1323,8 @@ def bench(args: argparse.Namespace, state: Path) -> None:
         print(restart_report(figures))
     else:
         figures = run(args.tasks, args.idle_seconds, state, args.controller_qps,
-                      not args.no_finalizer_policy, args.creation_only)
+                      not args.no_finalizer_policy, args.creation_only,
+                      args.pairs if args.creation_only else 1)
         print(creation_report(figures) if args.creation_only else report(figures))
     if args.json:
         print(json.dumps(figures, indent=1))

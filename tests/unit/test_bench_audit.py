@@ -92,3 +92,19 @@ def test_the_window_counts_reads_by_client_and_leaves_watches_out(tmp_path: Path
     assert window["reads"] == {"controller manager: get evaluationtasks": 2,
                                "operator: list pods": 1}
     assert window["server_seconds"] == {}
+
+
+def test_pairs_report_gives_every_pair_s_ratio_and_their_median() -> None:
+    scale = bench()
+
+    def pair(operator: float, bare: float) -> dict[str, Any]:
+        window: dict[str, Any] = {"server_seconds": {}, "after_task_created": {}, "reads": {}}
+        return {"creation_window": {**window, "span_seconds": operator},
+                "bare_window": {**window, "span_seconds": bare}, "operator_cpu_split": {}}
+
+    figures = {**pair(9.0, 4.0), "pairs": [pair(8.0, 5.0), pair(7.0, 4.0)]}
+    lines = scale.pairs_report(figures)
+    assert "  1: 9.00 / 4.00 s: 2.25x" in lines
+    assert "  3: 7.00 / 4.00 s: 1.75x" in lines
+    assert "  median of 3: 1.75x (target <= 2x); 2 of 3 at or under 2x" in lines
+    assert scale.pairs_report(pair(9.0, 4.0)) == []  # one pair: nothing more to say

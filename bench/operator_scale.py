@@ -403,11 +403,15 @@ class JobsCreated:
 
     def __init__(self, path: Path, namespace: str) -> None:
         self.path, self.namespace = path, namespace
-        self.offset = 0
         self.count = 0
         self.marker = f'"namespace":"{namespace}"'
-        self.poll()
-        self.count = 0  # only Jobs created from now on count
+        # Only Jobs created from now on count: start after the last whole line, found in
+        # the log's last 64 KiB (a line is a few KiB) rather than by reading all of it.
+        with path.open("rb") as log_file:
+            end = log_file.seek(0, os.SEEK_END)
+            tail_start = max(0, end - (1 << 16))
+            log_file.seek(tail_start)
+            self.offset = tail_start + log_file.read().rfind(b"\n") + 1
 
     def poll(self) -> int:
         with self.path.open("rb") as log_file:
@@ -922,7 +926,6 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
             figures["pairs"] = [pair_figures(audit, *pair) for pair in later]
             return figures
 
-        bare_bounds = [bare.since, bare.until]
         figures["settle_seconds"] = quiet(watcher, count)
         log(f"idle window: {idle_seconds:.0f}s with {count} running tasks")
         idle_start, cpu0, t0 = utc_now(), cpu_seconds(pid), time.monotonic()
@@ -1019,7 +1022,7 @@ def run(count: int, idle_seconds: float, state: Path, controller_qps: int = 0,
         figures["finish_watches_cut"] = watches_cut_short(audit, finish_audit_start,
                                                           lifecycle_end)
         figures["writes"] = dict(writes)
-        figures["bare_window"] = audit_window(audit, *bare_bounds)
+        figures["bare_window"] = audit_window(audit, bare.since, bare.until)
         figures["creation_window"] = audit_window(audit, phase_start, creation_end)
         figures["latency_server_tail"] = []
         split: dict[str, list[float]] = {}
@@ -1100,20 +1103,12 @@ def run_restart(count: int, state: Path, controller_qps: int, finalizer_policy: 
         operator = Operator(cluster, s3_url, state / "operator.log")
         operator.start()
         watcher = Watcher(cluster, "bench-op")
-        custom = client.CustomObjectsApi(api(cluster))
         audit = audit_log(owner)
         time.sleep(10)
         log(f"operator: {count} tasks")
         phase_start = utc_now()
         started = time.monotonic()
-
-        def create(i: int) -> None:
-            custom.create_namespaced_custom_object(
-                "evaluation.dev", "v1alpha1", "bench-op", "evaluationtasks",
-                {"apiVersion": "evaluation.dev/v1alpha1", "kind": "EvaluationTask",
-                 "metadata": {"name": f"t-{i}"}, "spec": spec(i)})
-
-        in_parallel(create, count)
+        create_tasks(cluster, "bench-op", count)
         figures["create_tasks_seconds"] = time.monotonic() - started
         wait("every Job", lambda: len(watcher.jobs) >= count, timeout=max(600, count))
         figures["operator_seconds"] = max(watcher.jobs.values()) - started
@@ -1237,11 +1232,11 @@ def pairs_report(f: dict[str, Any]) -> list[str]:
     """Every pair's ratio, timed by the API server, and their median (`--pairs`)."""
     if not f.get("pairs"):
         return []
-    ratios = [op / bare for op, bare in map(audit_spans, [f, *f["pairs"]])]
+    spans = [audit_spans(pair) for pair in [f, *f["pairs"]]]
+    ratios = [op / bare for op, bare in spans]
     lines = ["", "pairs of creation windows, timed by the API server (operator / bare client):"]
-    for k, pair in enumerate([f, *f["pairs"]], start=1):
-        op, bare = audit_spans(pair)
-        lines.append(f"  {k}: {op:.2f} / {bare:.2f} s: {op / bare:.2f}x")
+    lines += [f"  {k}: {op:.2f} / {bare:.2f} s: {op / bare:.2f}x"
+              for k, (op, bare) in enumerate(spans, start=1)]
     lines.append(f"  median of {len(ratios)}: {statistics.median(ratios):.2f}x (target <= 2x); "
                  f"{sum(r <= 2 for r in ratios)} of {len(ratios)} at or under 2x")
     for k, pair in enumerate(f["pairs"], start=2):
@@ -1306,6 +1301,9 @@ def main() -> int:
                         help="leave out the chart's finalizer policy: the operator adds the "
                         "finalizer with a PATCH per task, as on clusters before 1.36")
     args = parser.parse_args()
+    if args.pairs < 1 or (args.pairs > 1 and not args.creation_only):
+        parser.error("--pairs takes a count of 1 or more, and more than 1 only with "
+                     "--creation-only (the full run's later phases need exactly --tasks tasks)")
     state = Path(tempfile.mkdtemp(prefix="eval-bench-"))
     try:
         bench(args, state)
@@ -1323,8 +1321,7 @@ def bench(args: argparse.Namespace, state: Path) -> None:
         print(restart_report(figures))
     else:
         figures = run(args.tasks, args.idle_seconds, state, args.controller_qps,
-                      not args.no_finalizer_policy, args.creation_only,
-                      args.pairs if args.creation_only else 1)
+                      not args.no_finalizer_policy, args.creation_only, args.pairs)
         print(creation_report(figures) if args.creation_only else report(figures))
     if args.json:
         print(json.dumps(figures, indent=1))

@@ -78,6 +78,20 @@ def test_jobs_created_counts_new_jobs_in_the_namespace_as_the_log_grows(tmp_path
     assert counter.poll() == 2
 
 
+def test_jobs_created_starts_at_the_end_of_a_long_log(tmp_path: Path) -> None:
+    scale = bench()
+    line = json.dumps({"verb": "create", "responseStatus": {"code": 201},
+                       "objectRef": {"resource": "jobs", "namespace": "bench-op", "name": "j"}},
+                      separators=(",", ":")) + "\n"
+    audit = tmp_path / "audit.log"
+    audit.write_text(line * (200_000 // len(line)))  # beyond the 64 KiB looked at
+    counter = scale.JobsCreated(audit, "bench-op")
+    assert counter.poll() == 0
+    with audit.open("a") as log_file:
+        log_file.write(line)
+    assert counter.poll() == 1
+
+
 def test_the_window_counts_reads_by_client_and_leaves_watches_out(tmp_path: Path) -> None:
     scale = bench()
     lines = [

@@ -169,7 +169,9 @@ def test_delete_asks_then_purges(page: Any, completed: Completed, cluster: Clust
         listing = s3.list_object_versions(Bucket=RESULTS_BUCKET, Prefix=prefix)
         return len(listing.get("Versions", [])) + len(listing.get("DeleteMarkers", []))
 
-    page.reload()
+    # The list reloads itself once its set of tasks changes (console.js): a reload of our
+    # own raced it and was aborted (net::ERR_ABORTED) in a CI run of 2026-11-30.
+    page.wait_for_selector("text=doomed-web")
     page.click("text=doomed-web")
     page.click("#delete")
     warning = page.locator(".danger-zone").inner_text()
